@@ -1,0 +1,122 @@
+// Package backend defines what runs engines: the Backend interface, the
+// instance description it returns and its error classes. It knows containers
+// and processes, not products or policies. Implementations: docker/ and
+// subprocess/; backendtest holds the shared conformance suite and a
+// fault-injecting fake for the layers above. Only lifecycle calls a Backend.
+package backend
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Error classes. Implementations wrap them with context; callers test with
+// errors.Is.
+var (
+	// ErrNotFound: no instance (or no image, see ErrImageNotFound) by that name.
+	ErrNotFound = errors.New("instance not found")
+	// ErrConflict: the operation conflicts with the instance's state.
+	ErrConflict = errors.New("instance conflict")
+	// ErrUnavailable: the daemon cannot be reached or timed out; the caller
+	// should retry later and must not blame the engine.
+	ErrUnavailable = errors.New("backend unavailable")
+	// ErrImageNotFound: the engine image is missing and cannot be pulled.
+	ErrImageNotFound = errors.New("engine image not found")
+)
+
+// Labels put on every instance (SPEC §9).
+const (
+	LabelManaged    = "bap-engine.managed"
+	LabelEngineID   = "bap-engine.engine_id"
+	LabelProductID  = "bap-engine.product_id"
+	LabelDeployment = "bap-engine.deployment"
+)
+
+// Spec describes the instance to create for one engine.
+type Spec struct {
+	EngineID  string
+	ProductID string
+	// Image is the engine image (docker) and is ignored by subprocess.
+	Image string
+	// Port is the host port the engine is published on (docker) or listens
+	// on (subprocess, as PORT).
+	Port int
+	// KeyHash becomes ENGINE_KEY_HASH.
+	KeyHash string
+	// MemoryMB and CPUs are ceilings (0: none); docker only.
+	MemoryMB int
+	CPUs     float64
+}
+
+// Status is what an instance is doing.
+type Status string
+
+// Instance statuses.
+const (
+	StatusCreated Status = "created" // exists, never started
+	StatusRunning Status = "running"
+	StatusPaused  Status = "paused"
+	StatusExited  Status = "exited" // stopped or died
+)
+
+// Instance is what the backend knows about one engine's container/process.
+type Instance struct {
+	// ID is the container id or the process identity.
+	ID        string
+	Name      string
+	EngineID  string
+	ProductID string
+	Status    Status
+	CreatedAt time.Time
+	// ExitCode is meaningful when Status is exited.
+	ExitCode int
+	// Pid is the process id (subprocess; 0 for docker).
+	Pid int
+}
+
+// Event reports an instance that stopped on its own (docker "die", a
+// subprocess exit) without the orchestrator asking.
+type Event struct {
+	EngineID string
+	ExitCode int
+	At       time.Time
+}
+
+// Backend runs engines. Every method is safe for concurrent use on
+// different engines; lifecycle serializes calls for one engine.
+type Backend interface {
+	// Name is "docker" or "subprocess" (or a test double's name).
+	Name() string
+	// Create makes the instance for spec without starting it. Idempotent by
+	// name: an existing instance for the same engine with the same spec is
+	// adopted, a different one replaced; data is never removed.
+	// ErrImageNotFound, ErrUnavailable.
+	Create(ctx context.Context, spec Spec) (Instance, error)
+	// Start starts the engine's instance; already running is success.
+	// ErrNotFound (caller recreates), ErrUnavailable.
+	Start(ctx context.Context, engineID string) error
+	// Stop sends SIGTERM, waits up to grace, then kills. Stopped or missing
+	// is success. ErrUnavailable.
+	Stop(ctx context.Context, engineID string, grace time.Duration) error
+	// Pause freezes the instance (SIGSTOP / docker pause). ErrNotFound,
+	// ErrConflict (not running), ErrUnavailable.
+	Pause(ctx context.Context, engineID string) error
+	// Unpause resumes a paused instance; running is success. ErrNotFound.
+	Unpause(ctx context.Context, engineID string) error
+	// Remove deletes the instance but keeps the engine's data (volume or
+	// data dir): used to recreate with a new spec. Missing is success.
+	Remove(ctx context.Context, engineID string) error
+	// Destroy deletes the instance and its data. Idempotent.
+	Destroy(ctx context.Context, engineID string) error
+	// Inspect describes the engine's instance. ErrNotFound.
+	Inspect(ctx context.Context, engineID string) (Instance, error)
+	// List returns every instance labelled as managed by this deployment.
+	List(ctx context.Context) ([]Instance, error)
+	// URL is the base URL at which the orchestrator and products reach the
+	// engine published on port.
+	URL(engineID string, port int) string
+	// Events delivers instances that stopped on their own until ctx ends.
+	// The channel is closed when ctx is done.
+	Events(ctx context.Context) <-chan Event
+}

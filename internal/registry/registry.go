@@ -1,0 +1,173 @@
+// Package registry defines the Store: the durable record of products, engines,
+// port allocations and the audit log. Implementations live in postgres/ and
+// sqlite/; registrytest holds the conformance suite both pass. A Store has no
+// side effects beyond its database: it never calls a backend.
+package registry
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/september/bap-engine/internal/audit"
+	"github.com/september/bap-engine/internal/bap"
+)
+
+// Errors returned by every Store implementation (wrapped with context).
+var (
+	// ErrNotFound: the row does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: a unique constraint was hit (slug, (product_id,user_id), port).
+	ErrConflict = errors.New("conflict")
+	// ErrQuotaExceeded: InsertEngine refused because the product is at a limit.
+	ErrQuotaExceeded = errors.New("quota exceeded")
+	// ErrPortExhausted: no free port in the requested range.
+	ErrPortExhausted = errors.New("port range exhausted")
+	// ErrUnavailable: the database cannot be reached.
+	ErrUnavailable = errors.New("database unavailable")
+)
+
+// Quota bounds InsertEngine. Zero means no limit.
+type Quota struct {
+	// MaxEngines counts the product's engines in any state.
+	MaxEngines int
+}
+
+// EngineFilter selects engines for ListEngines.
+type EngineFilter struct {
+	ProductID string    // required
+	Status    bap.State // empty: any
+	Limit     int       // 0: no limit
+	Offset    int
+}
+
+// AuditFilter selects audit rows, newest first.
+type AuditFilter struct {
+	ProductID string // empty: any
+	EngineID  string // empty: any
+	UserID    string // empty: any
+	Actions   []audit.Action
+	Since     time.Time // zero: no lower bound
+	Limit     int       // 0: no limit
+	Offset    int
+}
+
+// AuditStats are the per-product aggregates GET /metrics shows.
+type AuditStats struct {
+	ProvisionsSince int
+	CrashesSince    int // actions in audit.CrashActions
+	RestartsSince   int // auto_restart_start
+	AvgBootMSSince  float64
+	TotalProvisions int
+	TotalDestroys   int
+}
+
+// HealthResult is one probe outcome for RecordHealth.
+type HealthResult struct {
+	EngineID string
+	OK       bool
+	At       time.Time
+}
+
+// PortAllocation is one row of port_allocations.
+type PortAllocation struct {
+	Port      int
+	EngineID  string
+	CreatedAt time.Time
+}
+
+// Store is the registry. Every method may return ErrUnavailable when the
+// database cannot be reached. Methods called on the Store given to an InTx
+// callback run in that transaction; elsewhere each method is atomic on its own.
+type Store interface {
+	// InTx runs fn in one transaction, committed if fn returns nil and rolled
+	// back otherwise (also when ctx is cancelled). Nested InTx joins the outer
+	// transaction.
+	InTx(ctx context.Context, fn func(tx Store) error) error
+	// Ping checks the database is reachable and migrated.
+	Ping(ctx context.Context) error
+	// Close releases the connections.
+	Close() error
+
+	// CreateProduct inserts p (ID and CreatedAt set by the caller) and the
+	// audit entry. ErrConflict when the slug exists.
+	CreateProduct(ctx context.Context, p bap.Product, e audit.Entry) error
+	// GetProduct returns a product by id. ErrNotFound.
+	GetProduct(ctx context.Context, id string) (bap.Product, error)
+	// GetProductByKeyHash returns the product whose current key hash is h, or
+	// whose previous key hash is h and still valid at now. ErrNotFound.
+	GetProductByKeyHash(ctx context.Context, h string, now time.Time) (bap.Product, error)
+	// ListProducts returns every product ordered by slug.
+	ListProducts(ctx context.Context) ([]bap.Product, error)
+	// UpdatePolicy replaces a product's policy and appends e. ErrNotFound.
+	UpdatePolicy(ctx context.Context, productID string, p bap.Policy, e audit.Entry) (bap.Product, error)
+	// RotateProductKey makes newHash the current key hash, keeps the old one
+	// valid until graceUntil, and appends e. ErrNotFound.
+	RotateProductKey(ctx context.Context, productID, newHash string, graceUntil time.Time, e audit.Entry) error
+
+	// AdmitLookup authenticates and finds in one round trip: the product whose
+	// key hash (current, or previous within grace at now) is keyHash, and its
+	// engine for userID (nil when none). ErrNotFound when no product matches.
+	AdmitLookup(ctx context.Context, keyHash, userID string, now time.Time) (bap.Product, *bap.Engine, error)
+
+	// InsertEngine inserts e (normally in provisioning, with ID, timestamps and
+	// Port already set) only if the product is under q; the check and insert
+	// are atomic against concurrent inserts. ErrQuotaExceeded, ErrConflict
+	// (engine for that user exists).
+	InsertEngine(ctx context.Context, e bap.Engine, q Quota) error
+	// AllocatePort reserves the lowest free port in [min,max] for engineID.
+	// Concurrent allocations never return the same port. ErrPortExhausted.
+	AllocatePort(ctx context.Context, engineID string, min, max int) (int, error)
+	// ReleasePort frees a port; freeing a free port is not an error.
+	ReleasePort(ctx context.Context, port int) error
+	// ListPortAllocations returns all allocations ordered by port.
+	ListPortAllocations(ctx context.Context) ([]PortAllocation, error)
+	// FreeOrphanPorts deletes allocations whose engine row does not exist and
+	// returns how many it freed.
+	FreeOrphanPorts(ctx context.Context) (int, error)
+
+	// GetEngine returns an engine by id. ErrNotFound.
+	GetEngine(ctx context.Context, id string) (bap.Engine, error)
+	// GetEngineByUser returns the product's engine for userID. ErrNotFound.
+	GetEngineByUser(ctx context.Context, productID, userID string) (bap.Engine, error)
+	// LockEngine re-reads an engine holding a row lock until the transaction
+	// ends (inside InTx; SQLite's single writer makes the lock implicit).
+	// ErrNotFound.
+	LockEngine(ctx context.Context, id string) (bap.Engine, error)
+	// UpdateEngine writes every mutable column of e (status, port, key hash,
+	// key token, image, url, instance id, boot duration, counters, times,
+	// failure reason; UpdatedAt is set to now) and appends entries, atomically.
+	// ErrNotFound.
+	UpdateEngine(ctx context.Context, e bap.Engine, entries ...audit.Entry) error
+	// DeleteEngine deletes the engine row, frees its port and appends entries,
+	// atomically. ErrNotFound.
+	DeleteEngine(ctx context.Context, id string, entries ...audit.Entry) error
+	// ListEngines returns a page of a product's engines ordered by
+	// (created_at, id) and the total matching the filter.
+	ListEngines(ctx context.Context, f EngineFilter) ([]bap.Engine, int, error)
+	// EnginesByStatus returns every engine (all products) in one of states,
+	// ordered by id.
+	EnginesByStatus(ctx context.Context, states ...bap.State) ([]bap.Engine, error)
+	// CountByStatus counts a product's engines per state (all products when
+	// productID is empty). States with no engine are absent.
+	CountByStatus(ctx context.Context, productID string) (map[bap.State]int, error)
+	// CountByProductStatus counts engines per product slug and state (fleet
+	// metrics).
+	CountByProductStatus(ctx context.Context) (map[string]map[bap.State]int, error)
+	// TouchActive sets last_active_at = at for the engines (coalesced admits).
+	TouchActive(ctx context.Context, engineIDs []string, at time.Time) error
+	// RecordHealth applies a batch of probe results in one transaction: a
+	// success sets last_health_at and zeroes health_failures; a failure
+	// increments health_failures. Engines that vanished are skipped.
+	RecordHealth(ctx context.Context, results []HealthResult) error
+
+	// AppendAudit inserts entries (Timestamp zero means now).
+	AppendAudit(ctx context.Context, entries ...audit.Entry) error
+	// ListAudit returns matching entries newest first (timestamp desc, id
+	// desc) and the total matching.
+	ListAudit(ctx context.Context, f AuditFilter) ([]audit.Entry, int, error)
+	// AuditStats computes /metrics aggregates for a product since a time.
+	AuditStats(ctx context.Context, productID string, since time.Time) (AuditStats, error)
+	// PruneAudit deletes entries older than before and returns how many.
+	PruneAudit(ctx context.Context, before time.Time) (int64, error)
+}
