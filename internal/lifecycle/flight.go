@@ -112,7 +112,6 @@ func (f *flights) idle(ctx context.Context, key string) error {
 	}
 }
 
-
 func wait(ctx context.Context, c *call) (Result, error) {
 	select {
 	case <-c.done:
