@@ -1,0 +1,124 @@
+package engine
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// Version is the reference engine's version, reported by GET /health. The
+// build may override it with -ldflags "-X ...internal/engine.Version=v".
+var Version = "0.1.0"
+
+// Defaults of the engine contract.
+const (
+	defaultPort   = 8000
+	defaultDBPath = "/data/brain.sqlite"
+	// shutdownTimeout bounds how long in-flight requests may run after the
+	// context is cancelled; the orchestrator kills the engine after 30 s.
+	shutdownTimeout = 25 * time.Second
+)
+
+// config is the engine's environment, validated.
+type config struct {
+	host       string
+	port       int
+	keyHash    [sha256.Size]byte
+	dbPath     string
+	catalogDir string
+}
+
+// loadConfig reads the contract's variables through getenv. Errors name the
+// variable and never echo a secret.
+func loadConfig(getenv func(string) string) (config, error) {
+	cfg := config{
+		host:       getenv("ENGINE_LISTEN_HOST"),
+		port:       defaultPort,
+		dbPath:     getenv("SQLITE_DB_PATH"),
+		catalogDir: getenv("CATALOG_DIR"),
+	}
+	if cfg.dbPath == "" {
+		cfg.dbPath = defaultDBPath
+	}
+	if v := getenv("PORT"); v != "" {
+		p, err := strconv.Atoi(v)
+		if err != nil || p < 0 || p > 65535 {
+			return config{}, fmt.Errorf("PORT: %q is not a port number (0-65535)", v)
+		}
+		cfg.port = p
+	}
+	h := getenv("ENGINE_KEY_HASH")
+	if h == "" {
+		return config{}, errors.New("ENGINE_KEY_HASH is required (lowercase hex SHA-256 of the engine key)")
+	}
+	raw, err := hex.DecodeString(h)
+	if err != nil || len(raw) != sha256.Size {
+		return config{}, errors.New("ENGINE_KEY_HASH: must be 64 hex characters (a SHA-256 digest)")
+	}
+	copy(cfg.keyHash[:], raw)
+	return cfg, nil
+}
+
+// Run serves the reference engine until ctx is cancelled, then finishes the
+// in-flight requests (bounded), closes the brain and returns nil. It reads
+// PORT (default 8000), ENGINE_KEY_HASH (required), SQLITE_DB_PATH (default
+// /data/brain.sqlite; its directory is created), CATALOG_DIR (optional) and
+// ENGINE_LISTEN_HOST (default: all interfaces) through getenv, and writes
+// JSON log lines to logw.
+func Run(ctx context.Context, getenv func(string) string, logw io.Writer) error {
+	log := slog.New(slog.NewJSONHandler(logw, nil))
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return fmt.Errorf("engine config: %w", err)
+	}
+	b, err := openBrain(ctx, cfg.dbPath)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.host, strconv.Itoa(cfg.port)))
+	if err != nil {
+		return fmt.Errorf("engine listen on port %d: %w", cfg.port, err)
+	}
+	s := newServer(cfg, b, log)
+	srv := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	s.ready.Store(true)
+	log.Info("engine ready", "addr", ln.Addr().String(), "version", Version, "brain", cfg.dbPath)
+
+	select {
+	case err := <-serveErr:
+		s.ready.Store(false)
+		return fmt.Errorf("engine serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.ready.Store(false)
+	log.Info("engine shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		_ = srv.Close()
+		<-serveErr
+		return fmt.Errorf("engine shutdown: %w", err)
+	}
+	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("engine serve: %w", err)
+	}
+	log.Info("engine stopped")
+	return nil
+}
