@@ -112,6 +112,13 @@ func (f *flights) idle(ctx context.Context, key string) error {
 	}
 }
 
+// inFlight reports whether an operation is running or queued on key.
+func (f *flights) inFlight(key string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.slots[key] != nil
+}
+
 func wait(ctx context.Context, c *call) (Result, error) {
 	select {
 	case <-c.done:

@@ -119,6 +119,8 @@ func (m *Manager) Config() Config { return m.cfg }
 type Result struct {
 	Engine bap.Engine
 	APIKey string
+	// outcome carries a non-engine result through a flight (sleep, restart).
+	outcome string
 }
 
 // APIKey decrypts an engine's key for the caller.
@@ -543,11 +545,11 @@ func (m *Manager) Sleep(ctx context.Context, engineID string, idleSince time.Tim
 			return Result{}, err
 		}
 		if done {
-			return Result{Engine: bap.Engine{ID: engineID}}, nil
+			return Result{outcome: "slept"}, nil
 		}
 		return Result{}, nil
 	})
-	return res.Engine.ID != "", err
+	return res.outcome == "slept", err
 }
 
 func activeAfter(e bap.Engine, idleSince time.Time) bool {
