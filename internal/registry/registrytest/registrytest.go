@@ -1,0 +1,156 @@
+// Package registrytest holds the conformance suite every registry.Store
+// implementation runs, and fixture factories other packages' tests use to
+// put products and engines into a real store.
+//
+// A store passes when Run is green: the suite, not shared SQL, is what makes
+// the SQLite and PostgreSQL stores interchangeable.
+package registrytest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/september/bap-engine/internal/audit"
+	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/registry"
+)
+
+// Port range NewEngine allocates from. Suites that allocate ports of their
+// own should stay outside it.
+const (
+	FixturePortMin = 20000
+	FixturePortMax = 29999
+)
+
+// test is one conformance case; it gets a fresh, empty store.
+type test struct {
+	name string
+	fn   func(t *testing.T, s registry.Store)
+}
+
+// group is a named set of cases, run as nested subtests (Store/Group/Case).
+type group struct {
+	name  string
+	tests []test
+}
+
+// Run runs the conformance suite. newStore must return a fresh, empty,
+// migrated store for each subtest and arrange its Close with t.Cleanup.
+// Subtests are named Group/Case so `go test -v` lists each behaviour.
+func Run(t *testing.T, newStore func(t *testing.T) registry.Store) {
+	groups := []group{
+		{"Tx", txTests()},
+		{"Product", productTests()},
+		{"Admit", admitTests()},
+		{"Engine", engineTests()},
+		{"Port", portTests()},
+		{"Audit", auditTests()},
+	}
+	for _, g := range groups {
+		t.Run(g.name, func(t *testing.T) {
+			for _, tc := range g.tests {
+				t.Run(tc.name, func(t *testing.T) {
+					s := newStore(t)
+					require.NotNil(t, s, "newStore returned nil")
+					tc.fn(t, s)
+				})
+			}
+		})
+	}
+}
+
+// RandomKeyHash returns a random lowercase hex string shaped like a SHA-256
+// key hash.
+func RandomKeyHash() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// randomSlug returns a slug unlikely to collide.
+func randomSlug() string {
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	return "p-" + hex.EncodeToString(b)
+}
+
+// NewProduct registers a product with a unique slug, a random key hash and
+// an empty policy; mods adjust it before the insert. It returns the product
+// as the store reads it back.
+func NewProduct(t testing.TB, s registry.Store, mods ...func(*bap.Product)) bap.Product {
+	t.Helper()
+	p := bap.Product{
+		ID:          uuid.NewString(),
+		Slug:        randomSlug(),
+		DisplayName: "Test product",
+		APIKeyHash:  RandomKeyHash(),
+		CreatedAt:   bap.Now(),
+	}
+	for _, m := range mods {
+		m(&p)
+	}
+	ctx := t.Context()
+	require.NoError(t, s.CreateProduct(ctx, p, audit.Entry{
+		ProductID: p.ID, Action: audit.PolicyRegister, Actor: audit.ActorAdmin,
+	}))
+	got, err := s.GetProduct(ctx, p.ID)
+	require.NoError(t, err)
+	return got
+}
+
+// WithPolicy is a NewProduct modifier that sets the policy from JSON.
+func WithPolicy(t testing.TB, policyJSON string) func(*bap.Product) {
+	t.Helper()
+	pol, err := bap.ParsePolicy([]byte(policyJSON))
+	require.NoError(t, err)
+	return func(p *bap.Product) { p.Policy = pol }
+}
+
+// NewEngine reserves a port in [FixturePortMin, FixturePortMax] and inserts a
+// running engine of productID for userID, without quota; mods adjust it
+// before the insert. It returns the engine as the store reads it back.
+func NewEngine(t testing.TB, s registry.Store, productID, userID string, mods ...func(*bap.Engine)) bap.Engine {
+	t.Helper()
+	ctx := t.Context()
+	id := uuid.NewString()
+	port, err := s.AllocatePort(ctx, id, FixturePortMin, FixturePortMax)
+	require.NoError(t, err)
+	now := bap.Now()
+	e := bap.Engine{
+		ID:         id,
+		ProductID:  productID,
+		UserID:     userID,
+		Status:     bap.StateRunning,
+		Port:       port,
+		KeyHash:    RandomKeyHash(),
+		KeyEnc:     "gAAAAA-fixture-token",
+		Image:      "september-engine:test",
+		URL:        "http://127.0.0.1:" + strconv.Itoa(port),
+		InstanceID: "instance-" + id[:8],
+		CreatedAt:  now,
+		UpdatedAt:  now,
+	}
+	for _, m := range mods {
+		m(&e)
+	}
+	require.NoError(t, s.InsertEngine(ctx, e, registry.Quota{}))
+	got, err := s.GetEngine(ctx, e.ID)
+	require.NoError(t, err)
+	return got
+}
+
+// WithStatus is a NewEngine modifier that sets the state.
+func WithStatus(st bap.State) func(*bap.Engine) {
+	return func(e *bap.Engine) { e.Status = st }
+}
+
+// WithCreatedAt is a NewEngine modifier that sets created_at and updated_at.
+func WithCreatedAt(at time.Time) func(*bap.Engine) {
+	return func(e *bap.Engine) { e.CreatedAt, e.UpdatedAt = at, at }
+}

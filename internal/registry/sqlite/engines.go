@@ -1,0 +1,339 @@
+package sqlite
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/september/bap-engine/internal/audit"
+	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/registry"
+)
+
+// engineCols is the column list engineDest reads, for an engines table
+// aliased e. Every column tolerates NULL so that AdmitLookup's LEFT JOIN can
+// read "no engine" as an empty id.
+const engineCols = `COALESCE(e.id, ''), COALESCE(e.product_id, ''), COALESCE(e.user_id, ''),
+	COALESCE(e.status, ''), COALESCE(e.port, 0), COALESCE(e.engine_key_hash, ''),
+	COALESCE(e.engine_key_enc, ''), COALESCE(e.image, ''), COALESCE(e.url, ''),
+	COALESCE(e.instance_id, ''), e.boot_duration_ms, COALESCE(e.health_failures, 0),
+	COALESCE(e.restart_attempts, 0), e.next_restart_at, e.last_health_at, e.last_active_at,
+	COALESCE(e.failure_reason, ''), e.created_at, e.updated_at`
+
+// sqliteMaxParams bounds the ids bound into one IN list.
+const sqliteMaxParams = 500
+
+func engineDest(e *bap.Engine) []any {
+	return []any{&e.ID, &e.ProductID, &e.UserID, &e.Status, &e.Port, &e.KeyHash, &e.KeyEnc,
+		&e.Image, &e.URL, &e.InstanceID, &e.BootDurationMS, &e.HealthFailures, &e.RestartAttempts,
+		nullTimeScanner{&e.NextRestartAt}, nullTimeScanner{&e.LastHealthAt},
+		nullTimeScanner{&e.LastActiveAt}, &e.FailureReason,
+		timeScanner{&e.CreatedAt}, timeScanner{&e.UpdatedAt}}
+}
+
+func scanEngine(row rowScanner) (bap.Engine, error) {
+	var e bap.Engine
+	if err := row.Scan(engineDest(&e)...); err != nil {
+		return bap.Engine{}, err
+	}
+	return e, nil
+}
+
+func (s *Store) queryEngines(ctx context.Context, q querier, op, query string, args ...any) ([]bap.Engine, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, translate(op, err)
+	}
+	defer rows.Close()
+	out := []bap.Engine{}
+	for rows.Next() {
+		e, err := scanEngine(rows)
+		if err != nil {
+			return nil, translate(op, err)
+		}
+		out = append(out, e)
+	}
+	return out, translate(op, rows.Err())
+}
+
+// InsertEngine inserts e only if its user has no engine yet and the product
+// is under q. The write connection's IMMEDIATE transaction makes the checks
+// and the insert one atomic step. ErrConflict, ErrQuotaExceeded.
+func (s *Store) InsertEngine(ctx context.Context, e bap.Engine, q registry.Quota) error {
+	op := "insert engine " + e.ID
+	return s.inTx(ctx, func(tx *Store) error {
+		var exists bool
+		if err := tx.tx.QueryRowContext(ctx,
+			`SELECT EXISTS (SELECT 1 FROM engines WHERE product_id = ? AND user_id = ?)`,
+			e.ProductID, e.UserID).Scan(&exists); err != nil {
+			return translate(op, err)
+		}
+		if exists {
+			return fmt.Errorf("%s: the user already has an engine: %w", op, registry.ErrConflict)
+		}
+		if q.MaxEngines > 0 {
+			var n int
+			if err := tx.tx.QueryRowContext(ctx,
+				`SELECT COUNT(*) FROM engines WHERE product_id = ?`, e.ProductID).Scan(&n); err != nil {
+				return translate(op, err)
+			}
+			if n >= q.MaxEngines {
+				return fmt.Errorf("%s: product has %d engines, max_engines is %d: %w",
+					op, n, q.MaxEngines, registry.ErrQuotaExceeded)
+			}
+		}
+		created := e.CreatedAt
+		if created.IsZero() {
+			created = bap.Now()
+		}
+		updated := e.UpdatedAt
+		if updated.IsZero() {
+			updated = created
+		}
+		_, err := tx.tx.ExecContext(ctx, `INSERT INTO engines
+			(id, product_id, user_id, status, port, engine_key_hash, engine_key_enc, image, url,
+			 instance_id, boot_duration_ms, health_failures, restart_attempts, next_restart_at,
+			 last_health_at, last_active_at, failure_reason, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			e.ID, e.ProductID, e.UserID, string(e.Status), e.Port, nullStr(e.KeyHash),
+			nullStr(e.KeyEnc), nullStr(e.Image), nullStr(e.URL), nullStr(e.InstanceID),
+			nullInt64(e.BootDurationMS), e.HealthFailures, e.RestartAttempts,
+			nullTS(e.NextRestartAt), nullTS(e.LastHealthAt), nullTS(e.LastActiveAt),
+			nullStr(e.FailureReason), ts(created), ts(updated))
+		return translate(op, err)
+	})
+}
+
+// GetEngine returns an engine by id. ErrNotFound.
+func (s *Store) GetEngine(ctx context.Context, id string) (bap.Engine, error) {
+	e, err := scanEngine(s.reader().QueryRowContext(ctx,
+		`SELECT `+engineCols+` FROM engines e WHERE e.id = ?`, id))
+	if err != nil {
+		return bap.Engine{}, translate("get engine "+id, err)
+	}
+	return e, nil
+}
+
+// GetEngineByUser returns the product's engine for userID. ErrNotFound.
+func (s *Store) GetEngineByUser(ctx context.Context, productID, userID string) (bap.Engine, error) {
+	e, err := scanEngine(s.reader().QueryRowContext(ctx,
+		`SELECT `+engineCols+` FROM engines e WHERE e.product_id = ? AND e.user_id = ?`,
+		productID, userID))
+	if err != nil {
+		return bap.Engine{}, translate(fmt.Sprintf("get engine of user %q", userID), err)
+	}
+	return e, nil
+}
+
+// LockEngine re-reads an engine. Inside InTx the IMMEDIATE transaction
+// already excludes every other writer, which is the lock; outside it is a
+// plain read. ErrNotFound.
+func (s *Store) LockEngine(ctx context.Context, id string) (bap.Engine, error) {
+	e, err := scanEngine(s.reader().QueryRowContext(ctx,
+		`SELECT `+engineCols+` FROM engines e WHERE e.id = ?`, id))
+	if err != nil {
+		return bap.Engine{}, translate("lock engine "+id, err)
+	}
+	return e, nil
+}
+
+// UpdateEngine writes every mutable column of e, sets updated_at to now and
+// appends entries, atomically. ErrNotFound.
+func (s *Store) UpdateEngine(ctx context.Context, e bap.Engine, entries ...audit.Entry) error {
+	return s.inTx(ctx, func(tx *Store) error {
+		if err := tx.updateOne(ctx, "update engine "+e.ID, `UPDATE engines SET
+			status = ?, port = ?, engine_key_hash = ?, engine_key_enc = ?, image = ?, url = ?,
+			instance_id = ?, boot_duration_ms = ?, health_failures = ?, restart_attempts = ?,
+			next_restart_at = ?, last_health_at = ?, last_active_at = ?, failure_reason = ?,
+			updated_at = ?
+			WHERE id = ?`,
+			string(e.Status), e.Port, nullStr(e.KeyHash), nullStr(e.KeyEnc), nullStr(e.Image),
+			nullStr(e.URL), nullStr(e.InstanceID), nullInt64(e.BootDurationMS), e.HealthFailures,
+			e.RestartAttempts, nullTS(e.NextRestartAt), nullTS(e.LastHealthAt),
+			nullTS(e.LastActiveAt), nullStr(e.FailureReason), ts(bap.Now()), e.ID); err != nil {
+			return err
+		}
+		return tx.appendAudit(ctx, entries...)
+	})
+}
+
+// DeleteEngine deletes the engine row, frees its ports and appends entries,
+// atomically. ErrNotFound.
+func (s *Store) DeleteEngine(ctx context.Context, id string, entries ...audit.Entry) error {
+	op := "delete engine " + id
+	return s.inTx(ctx, func(tx *Store) error {
+		if err := tx.updateOne(ctx, op, `DELETE FROM engines WHERE id = ?`, id); err != nil {
+			return err
+		}
+		if _, err := tx.tx.ExecContext(ctx, `DELETE FROM port_allocations WHERE engine_id = ?`, id); err != nil {
+			return translate(op, err)
+		}
+		return tx.appendAudit(ctx, entries...)
+	})
+}
+
+// ListEngines returns a page of a product's engines ordered by
+// (created_at, id) and the total matching the filter, from one snapshot.
+func (s *Store) ListEngines(ctx context.Context, f registry.EngineFilter) ([]bap.Engine, int, error) {
+	const op = "list engines"
+	if f.ProductID == "" {
+		return nil, 0, errors.New("list engines: product id is required")
+	}
+	where := `e.product_id = ?`
+	args := []any{f.ProductID}
+	if f.Status != "" {
+		where += ` AND e.status = ?`
+		args = append(args, string(f.Status))
+	}
+	var (
+		out   []bap.Engine
+		total int
+	)
+	err := s.readTx(ctx, op, func(q querier) error {
+		if err := q.QueryRowContext(ctx, `SELECT COUNT(*) FROM engines e WHERE `+where, args...).Scan(&total); err != nil {
+			return translate(op, err)
+		}
+		var err error
+		out, err = s.queryEngines(ctx, q, op, `SELECT `+engineCols+` FROM engines e WHERE `+where+
+			` ORDER BY e.created_at, e.id LIMIT ? OFFSET ?`,
+			append(args, limitArg(f.Limit), max(f.Offset, 0))...)
+		return err
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return out, total, nil
+}
+
+// EnginesByStatus returns every engine in one of states, ordered by id.
+func (s *Store) EnginesByStatus(ctx context.Context, states ...bap.State) ([]bap.Engine, error) {
+	if len(states) == 0 {
+		return []bap.Engine{}, nil
+	}
+	args := make([]any, len(states))
+	for i, st := range states {
+		args[i] = string(st)
+	}
+	return s.queryEngines(ctx, s.reader(), "engines by status", `SELECT `+engineCols+`
+		FROM engines e WHERE e.status IN (`+placeholders(len(states))+`) ORDER BY e.id`, args...)
+}
+
+// CountByStatus counts a product's engines (every product's when productID is
+// empty) per state; states without engines are absent.
+func (s *Store) CountByStatus(ctx context.Context, productID string) (map[bap.State]int, error) {
+	const op = "count engines by status"
+	query := `SELECT status, COUNT(*) FROM engines GROUP BY status`
+	var args []any
+	if productID != "" {
+		query = `SELECT status, COUNT(*) FROM engines WHERE product_id = ? GROUP BY status`
+		args = append(args, productID)
+	}
+	rows, err := s.reader().QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, translate(op, err)
+	}
+	defer rows.Close()
+	out := map[bap.State]int{}
+	for rows.Next() {
+		var (
+			st string
+			n  int
+		)
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, translate(op, err)
+		}
+		out[bap.State(st)] = n
+	}
+	return out, translate(op, rows.Err())
+}
+
+// CountByProductStatus counts engines per product slug and state. A product
+// without engines is present with an empty map.
+func (s *Store) CountByProductStatus(ctx context.Context) (map[string]map[bap.State]int, error) {
+	const op = "count engines by product and status"
+	rows, err := s.reader().QueryContext(ctx, `SELECT p.slug, e.status, COUNT(e.id)
+		FROM products p LEFT JOIN engines e ON e.product_id = p.id
+		GROUP BY p.slug, e.status`)
+	if err != nil {
+		return nil, translate(op, err)
+	}
+	defer rows.Close()
+	out := map[string]map[bap.State]int{}
+	for rows.Next() {
+		var (
+			slug string
+			st   *string
+			n    int
+		)
+		if err := rows.Scan(&slug, &st, &n); err != nil {
+			return nil, translate(op, err)
+		}
+		m := out[slug]
+		if m == nil {
+			m = map[bap.State]int{}
+			out[slug] = m
+		}
+		if st != nil {
+			m[bap.State(*st)] = n
+		}
+	}
+	return out, translate(op, rows.Err())
+}
+
+// TouchActive sets last_active_at = at for the engines; unknown ids are
+// ignored.
+func (s *Store) TouchActive(ctx context.Context, engineIDs []string, at time.Time) error {
+	if len(engineIDs) == 0 {
+		return nil
+	}
+	const op = "touch engines"
+	return s.inTx(ctx, func(tx *Store) error {
+		for start := 0; start < len(engineIDs); start += sqliteMaxParams {
+			chunk := engineIDs[start:min(start+sqliteMaxParams, len(engineIDs))]
+			args := make([]any, 0, len(chunk)+1)
+			args = append(args, ts(at))
+			for _, id := range chunk {
+				args = append(args, id)
+			}
+			if _, err := tx.tx.ExecContext(ctx, `UPDATE engines SET last_active_at = ?
+				WHERE id IN (`+placeholders(len(chunk))+`)`, args...); err != nil {
+				return translate(op, err)
+			}
+		}
+		return nil
+	})
+}
+
+// RecordHealth applies a batch of probe results in one transaction.
+func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResult) error {
+	if len(results) == 0 {
+		return nil
+	}
+	const op = "record health"
+	return s.inTx(ctx, func(tx *Store) error {
+		ok, err := tx.tx.PrepareContext(ctx,
+			`UPDATE engines SET last_health_at = ?, health_failures = 0 WHERE id = ?`)
+		if err != nil {
+			return translate(op, err)
+		}
+		defer ok.Close()
+		failed, err := tx.tx.PrepareContext(ctx,
+			`UPDATE engines SET health_failures = health_failures + 1 WHERE id = ?`)
+		if err != nil {
+			return translate(op, err)
+		}
+		defer failed.Close()
+		for _, r := range results {
+			if r.OK {
+				_, err = ok.ExecContext(ctx, ts(r.At), r.EngineID)
+			} else {
+				_, err = failed.ExecContext(ctx, r.EngineID)
+			}
+			if err != nil {
+				return translate(op, err)
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,105 @@
+package sqlite
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/september/bap-engine/internal/bap"
+)
+
+// timeLayout is how every time is stored: UTC, microseconds, fixed width, so
+// that text order is time order and round trips are exact.
+const timeLayout = "2006-01-02T15:04:05.000000Z"
+
+// ts renders t for storage.
+func ts(t time.Time) string { return bap.Timestamp(t).Format(timeLayout) }
+
+// nullTS renders an optional time for storage (NULL when nil).
+func nullTS(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return ts(*t)
+}
+
+// nullStr stores an empty string as NULL.
+func nullStr(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// nullInt64 stores a nil pointer as NULL.
+func nullInt64(p *int64) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+// timeScanner scans a stored time into *dst; NULL leaves the zero time.
+type timeScanner struct{ dst *time.Time }
+
+func (s timeScanner) Scan(v any) error {
+	if v == nil {
+		*s.dst = time.Time{}
+		return nil
+	}
+	t, err := parseTime(v)
+	if err != nil {
+		return err
+	}
+	*s.dst = t
+	return nil
+}
+
+// nullTimeScanner scans a stored time into *dst; NULL gives nil.
+type nullTimeScanner struct{ dst **time.Time }
+
+func (s nullTimeScanner) Scan(v any) error {
+	if v == nil {
+		*s.dst = nil
+		return nil
+	}
+	t, err := parseTime(v)
+	if err != nil {
+		return err
+	}
+	*s.dst = &t
+	return nil
+}
+
+func parseTime(v any) (time.Time, error) {
+	var str string
+	switch x := v.(type) {
+	case string:
+		str = x
+	case []byte:
+		str = string(x)
+	default:
+		return time.Time{}, fmt.Errorf("stored time has type %T", v)
+	}
+	t, err := time.Parse(timeLayout, str)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("stored time %q: %w", str, err)
+	}
+	return t, nil
+}
+
+// placeholders returns "?, ?, ?" for n parameters.
+func placeholders(n int) string {
+	if n <= 0 {
+		return ""
+	}
+	return strings.Repeat("?, ", n-1) + "?"
+}
+
+// limitArg maps the registry's "0 means no limit" to SQLite's LIMIT -1.
+func limitArg(limit int) int {
+	if limit <= 0 {
+		return -1
+	}
+	return limit
+}
