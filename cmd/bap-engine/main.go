@@ -15,7 +15,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "bap-engine:", err)
+		fmt.Fprintln(os.Stderr, "bap-engine:", describeError(err))
 		os.Exit(1)
 	}
 }

@@ -19,7 +19,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	root.SetOut(stdout)
 	root.SetArgs(args)
 	root.AddCommand(
+		devCmd(getenv, stdout),
+		serveCmd(getenv, stdout),
+		migrateCmd(getenv, stdout),
+		keygenCmd(stdout),
+		rekeyCmd(getenv, stdout),
 		engineCmd(getenv, stdout),
 	)
+	root.AddCommand(clientCmds(getenv, stdout, root.ErrOrStderr())...)
 	return root.ExecuteContext(ctx)
 }

@@ -1,0 +1,363 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/september/bap-engine/client"
+)
+
+// cliFlags are the options every client command shares.
+type cliFlags struct {
+	url         string
+	platformKey string
+	adminKey    string
+	json        bool
+}
+
+func (f *cliFlags) register(cmd *cobra.Command, getenv func(string) string) {
+	cmd.PersistentFlags().StringVar(&f.url, "url", firstNonEmpty(getenv("BAP_URL"), "http://127.0.0.1:8000"), "orchestrator URL (BAP_URL)")
+	cmd.PersistentFlags().BoolVar(&f.json, "json", false, "print JSON instead of a table")
+	f.platformKey = getenv("BAP_PLATFORM_KEY")
+	f.adminKey = getenv("BAP_ADMIN_KEY")
+}
+
+func (f *cliFlags) client() *client.Client {
+	return client.New(f.url, client.WithPlatformKey(f.platformKey), client.WithAdminKey(f.adminKey))
+}
+
+func firstNonEmpty(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// clientCmds are the operator commands over the HTTP API.
+func clientCmds(getenv func(string) string, stdout, stderr io.Writer) []*cobra.Command {
+	f := &cliFlags{}
+	out := &printer{w: stdout, flags: f}
+
+	products := &cobra.Command{Use: "products", Short: "Register products and set their policies (BAP_ADMIN_KEY)"}
+	f.register(products, getenv)
+	var displayName, policyJSON string
+	register := &cobra.Command{
+		Use:   "register SLUG",
+		Short: "Register a product and print its platform key (shown once)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pol, err := parsePolicyFlag(policyJSON)
+			if err != nil {
+				return err
+			}
+			p, err := f.client().RegisterProduct(cmd.Context(), client.ProductRequest{
+				Slug: args[0], DisplayName: firstNonEmpty(displayName, args[0]), Policy: pol})
+			if err != nil {
+				return err
+			}
+			return out.kv(p, [][2]string{{"product_id", p.ProductID}, {"slug", p.Slug}, {"platform_api_key", p.PlatformAPIKey}})
+		},
+	}
+	register.Flags().StringVar(&displayName, "display-name", "", "human-readable name (default: the slug)")
+	register.Flags().StringVar(&policyJSON, "policy", "", `policy JSON, e.g. '{"max_engines": 100, "rate_limit_rpm": 600}'`)
+	policy := &cobra.Command{
+		Use:   "policy PRODUCT_ID POLICY_JSON",
+		Short: "Replace a product's policy",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pol, err := parsePolicyFlag(args[1])
+			if err != nil {
+				return err
+			}
+			got, err := f.client().UpdatePolicy(cmd.Context(), args[0], pol)
+			if err != nil {
+				return err
+			}
+			b, _ := json.Marshal(got)
+			return out.kv(map[string]any{"policy": got}, [][2]string{{"policy", string(b)}})
+		},
+	}
+	products.AddCommand(register, policy)
+
+	engines := &cobra.Command{Use: "engines", Short: "Manage the product's engines (BAP_PLATFORM_KEY)"}
+	f.register(engines, getenv)
+	var lsStatus string
+	var lsLimit, lsOffset int
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List engines",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			page, err := f.client().List(cmd.Context(), client.ListOptions{Status: lsStatus, Limit: lsLimit, Offset: lsOffset})
+			if err != nil {
+				return err
+			}
+			rows := [][]string{{"USER", "STATUS", "URL", "VERSION", "CREATED", "LAST HEALTH"}}
+			for _, e := range page.Engines {
+				rows = append(rows, []string{e.UserID, e.Status, e.URL, e.EngineVersion, fmtTime(&e.CreatedAt), fmtTime(e.LastHealthAt)})
+			}
+			return out.table(page, rows, fmt.Sprintf("%d of %d engines", len(page.Engines), page.Total))
+		},
+	}
+	ls.Flags().StringVar(&lsStatus, "status", "", "only engines in this state")
+	ls.Flags().IntVar(&lsLimit, "limit", 100, "page size (max 1000)")
+	ls.Flags().IntVar(&lsOffset, "offset", 0, "page offset")
+	get := userCmd("get", "Show one engine, with its key", func(ctx context.Context, c *client.Client, user string) (any, error) {
+		return c.Get(ctx, user)
+	}, f, out, nil)
+	var version string
+	provision := userCmd("provision", "Provision an engine and wait until it is healthy", func(ctx context.Context, c *client.Client, user string) (any, error) {
+		return c.Provision(ctx, client.ProvisionRequest{UserID: user, EngineVersion: version})
+	}, f, out, stderr)
+	provision.Flags().StringVar(&version, "engine-version", "", "engine image (default: the orchestrator's ORCH_ENGINE_IMAGE)")
+	var autoProvision, autoWake bool
+	admit := userCmd("admit", "Admit a user: the engine URL and key, or why not", func(ctx context.Context, c *client.Client, user string) (any, error) {
+		return c.Admit(ctx, user, client.AdmitOptions{AutoProvision: autoProvision, AutoWake: autoWake})
+	}, f, out, stderr)
+	admit.Flags().BoolVar(&autoProvision, "auto-provision", false, "provision an engine if the user has none")
+	admit.Flags().BoolVar(&autoWake, "auto-wake", false, "wake a sleeping or stopped engine")
+	start := userCmd("start", "Start a stopped, sleeping or failed engine", func(ctx context.Context, c *client.Client, user string) (any, error) {
+		return c.Start(ctx, user)
+	}, f, out, stderr)
+	stop := userCmd("stop", "Stop an engine (its data is kept)", func(ctx context.Context, c *client.Client, user string) (any, error) {
+		return c.Stop(ctx, user)
+	}, f, out, stderr)
+	destroy := userCmd("destroy", "Destroy an engine and its data", func(ctx context.Context, c *client.Client, user string) (any, error) {
+		return c.Destroy(ctx, user)
+	}, f, out, stderr)
+	rotate := userCmd("rotate-key", "Give an engine a new key (the old one stops working)", func(ctx context.Context, c *client.Client, user string) (any, error) {
+		return c.RotateKey(ctx, user)
+	}, f, out, stderr)
+	var auLimit, auOffset int
+	auditCmd := &cobra.Command{
+		Use:   "audit USER_ID",
+		Short: "Show an engine's audit trail, newest first",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			page, err := f.client().Audit(cmd.Context(), args[0], client.AuditOptions{Limit: auLimit, Offset: auOffset})
+			if err != nil {
+				return err
+			}
+			rows := [][]string{{"TIME", "ACTION", "ACTOR", "DURATION", "METADATA"}}
+			for _, e := range page.Entries {
+				d := ""
+				if e.DurationMS != nil {
+					d = strconv.FormatInt(*e.DurationMS, 10) + "ms"
+				}
+				meta, _ := json.Marshal(e.Metadata)
+				rows = append(rows, []string{fmtTime(&e.Timestamp), e.Action, e.Actor, d, string(meta)})
+			}
+			return out.table(page, rows, fmt.Sprintf("%d of %d entries", len(page.Entries), page.Total))
+		},
+	}
+	auditCmd.Flags().IntVar(&auLimit, "limit", 50, "page size")
+	auditCmd.Flags().IntVar(&auOffset, "offset", 0, "page offset")
+	engines.AddCommand(ls, get, provision, admit, start, stop, destroy, rotate, auditCmd)
+
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Show the product's fleet status and metrics (BAP_PLATFORM_KEY)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c := f.client()
+			st, err := c.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			m, err := c.Metrics(cmd.Context())
+			if err != nil {
+				return err
+			}
+			pairs := [][2]string{{"health", st.Health}, {"total", strconv.Itoa(st.Total)}, {"unhealthy", strconv.Itoa(st.UnhealthyCount)}}
+			for _, s := range []string{"provisioning", "running", "sleeping", "stopped", "failed", "destroying"} {
+				if n := st.ByStatus[s]; n > 0 {
+					pairs = append(pairs, [2]string{s, strconv.Itoa(n)})
+				}
+			}
+			pairs = append(pairs,
+				[2]string{"provisions_1h", strconv.Itoa(m.Provisions1h)},
+				[2]string{"crashes_1h", strconv.Itoa(m.Crashes1h)},
+				[2]string{"restarts_1h", strconv.Itoa(m.Restarts1h)},
+				[2]string{"avg_boot_ms", strconv.FormatFloat(m.AvgBootMS, 'f', 0, 64)},
+				[2]string{"total_provisions", strconv.Itoa(m.TotalProvisions)},
+				[2]string{"total_destroys", strconv.Itoa(m.TotalDestroys)})
+			return out.kv(map[string]any{"status": st, "metrics": m}, pairs)
+		},
+	}
+	f.register(status, getenv)
+	return []*cobra.Command{products, engines, status}
+}
+
+// userCmd builds a command taking one USER_ID whose call may take long:
+// when stderr is given, progress is shown there while it runs.
+func userCmd(name, short string, call func(context.Context, *client.Client, string) (any, error), f *cliFlags, out *printer, stderr io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   name + " USER_ID",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			stopProgress := progress(stderr, name+" "+args[0])
+			v, err := call(cmd.Context(), f.client(), args[0])
+			stopProgress(err)
+			if err != nil {
+				return err
+			}
+			return out.value(v)
+		},
+	}
+}
+
+// progress prints "<what>… Ns" on w once a second while a call runs longer
+// than a second, and a final line with the elapsed time.
+func progress(w io.Writer, what string) func(error) {
+	if w == nil {
+		return func(error) {}
+	}
+	began := time.Now()
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	shown := false
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				shown = true
+				fmt.Fprintf(w, "\r%s… %ds", what, int(time.Since(began).Seconds()))
+			}
+		}
+	}()
+	return func(err error) {
+		close(done)
+		<-stopped
+		if shown {
+			result := "done"
+			if err != nil {
+				result = "failed"
+			}
+			fmt.Fprintf(w, "\r%s: %s in %s\n", what, result, time.Since(began).Round(100*time.Millisecond))
+		}
+	}
+}
+
+func parsePolicyFlag(s string) (client.Policy, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var p client.Policy
+	if err := json.Unmarshal([]byte(s), &p); err != nil {
+		return nil, fmt.Errorf("policy must be a JSON object: %w", err)
+	}
+	return p, nil
+}
+
+func fmtTime(t *time.Time) string {
+	if t == nil || t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// printer renders results as tables or JSON.
+type printer struct {
+	w     io.Writer
+	flags *cliFlags
+}
+
+func (p *printer) jsonOut(v any) error {
+	enc := json.NewEncoder(p.w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func (p *printer) table(v any, rows [][]string, footer string) error {
+	if p.flags.json {
+		return p.jsonOut(v)
+	}
+	tw := tabwriter.NewWriter(p.w, 0, 4, 2, ' ', 0)
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintln(p.w, footer)
+	return err
+}
+
+func (p *printer) kv(v any, pairs [][2]string) error {
+	if p.flags.json {
+		return p.jsonOut(v)
+	}
+	tw := tabwriter.NewWriter(p.w, 0, 4, 2, ' ', 0)
+	for _, kv := range pairs {
+		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+	}
+	return tw.Flush()
+}
+
+// value prints any result struct: JSON with --json, else its fields as
+// key: value lines.
+func (p *printer) value(v any) error {
+	if p.flags.json {
+		return p.jsonOut(v)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return p.jsonOut(v)
+	}
+	return p.kv(v, flatten("", m))
+}
+
+func flatten(prefix string, m map[string]any) [][2]string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var out [][2]string
+	for _, k := range keys {
+		name := prefix + k
+		switch x := m[k].(type) {
+		case map[string]any:
+			out = append(out, flatten(name+".", x)...)
+		case nil:
+			out = append(out, [2]string{name, "-"})
+		default:
+			b, _ := json.Marshal(x)
+			s := strings.Trim(string(b), `"`)
+			out = append(out, [2]string{name, s})
+		}
+	}
+	return out
+}
+
+// describeError renders an error for the terminal, with the API code when
+// there is one.
+func describeError(err error) string {
+	var ce *client.Error
+	if errors.As(err, &ce) {
+		return fmt.Sprintf("%s (%d): %s", ce.Code, ce.Status, ce.Message)
+	}
+	return err.Error()
+}

@@ -1,0 +1,307 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/september/bap-engine/internal/api"
+	"github.com/september/bap-engine/internal/backend"
+	"github.com/september/bap-engine/internal/backend/docker"
+	"github.com/september/bap-engine/internal/backend/subprocess"
+	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/config"
+	"github.com/september/bap-engine/internal/discovery"
+	"github.com/september/bap-engine/internal/health"
+	"github.com/september/bap-engine/internal/lifecycle"
+	"github.com/september/bap-engine/internal/metrics"
+	"github.com/september/bap-engine/internal/policy"
+	"github.com/september/bap-engine/internal/registry"
+	"github.com/september/bap-engine/internal/registry/postgres"
+	"github.com/september/bap-engine/internal/registry/sqlite"
+	"github.com/september/bap-engine/internal/secret"
+)
+
+// Intervals of the maintenance loops that have no ORCH_* variable.
+const (
+	reconcileEvery  = time.Minute
+	orphanGrace     = 2 * time.Minute
+	pruneEvery      = time.Hour
+	shutdownTimeout = 15 * time.Second
+)
+
+// server is the orchestrator assembled from a Config: the only place that
+// names concrete implementations.
+type server struct {
+	cfg       config.Config
+	log       *slog.Logger
+	store     registry.Store
+	backend   backend.Backend
+	lifecycle *lifecycle.Manager
+	discovery *discovery.Service
+	checker   *health.Checker
+	idle      *health.IdleSweeper
+	handler   http.Handler
+}
+
+// newLogger builds the slog logger ORCH_LOG_LEVEL and ORCH_LOG_FORMAT ask for.
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == config.LogFormatText {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// openStore opens (and migrates) the registry ORCH_DATABASE_URL names.
+func openStore(ctx context.Context, cfg config.Config) (registry.Store, error) {
+	switch cfg.DatabaseDriver {
+	case config.DriverPostgres:
+		s, err := postgres.Open(ctx, cfg.DatabaseURL)
+		if err != nil {
+			return nil, fmt.Errorf("open PostgreSQL registry: %w", err)
+		}
+		return s, nil
+	case config.DriverSQLite:
+		s, err := sqlite.Open(ctx, cfg.SQLitePath)
+		if err != nil {
+			return nil, fmt.Errorf("open SQLite registry %s: %w", cfg.SQLitePath, err)
+		}
+		return s, nil
+	default:
+		return nil, errors.New("ORCH_DATABASE_URL: not set")
+	}
+}
+
+// openBackend connects the backend ORCH_ENGINE_BACKEND names.
+func openBackend(ctx context.Context, cfg config.Config, getenv func(string) string) (backend.Backend, error) {
+	switch cfg.EngineBackend {
+	case config.BackendSubprocess:
+		cmd := cfg.SubprocessCommand
+		if len(cmd) == 0 {
+			self, err := os.Executable()
+			if err != nil {
+				return nil, fmt.Errorf("find this binary for ORCH_SUBPROCESS_COMMAND: %w", err)
+			}
+			cmd = []string{self, "engine"}
+		}
+		b, err := subprocess.New(subprocess.Config{
+			Command:     cmd,
+			DataRoot:    cfg.DataRoot,
+			CatalogDir:  cfg.CatalogMountPath,
+			Passthrough: cfg.EngineEnvPassthrough,
+			Deployment:  cfg.DeploymentID,
+			Getenv:      getenv,
+			Host:        cfg.EngineHost,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("subprocess backend: %w", err)
+		}
+		return b, nil
+	default:
+		b, err := docker.New(ctx, docker.Config{
+			Network:      cfg.EngineNetwork,
+			CatalogPath:  cfg.CatalogMountPath,
+			Passthrough:  cfg.EngineEnvPassthrough,
+			Getenv:       getenv,
+			Deployment:   cfg.DeploymentID,
+			URLMode:      cfg.EngineURLMode,
+			EngineHost:   cfg.EngineHost,
+			DefaultImage: cfg.EngineImage,
+			Host:         cfg.DockerHost,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("docker backend: %w", err)
+		}
+		return b, nil
+	}
+}
+
+// newServer assembles the orchestrator. The caller closes the store.
+func newServer(ctx context.Context, cfg config.Config, getenv func(string) string, log *slog.Logger) (*server, error) {
+	sealer, err := secret.NewSealer(cfg.MasterKey)
+	if err != nil {
+		return nil, fmt.Errorf("ORCH_MASTER_KEY: %w", err)
+	}
+	store, err := openStore(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	be, err := openBackend(ctx, cfg, getenv)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	slugOf := func(ctx context.Context, productID string) (string, error) {
+		p, err := store.GetProduct(ctx, productID)
+		return p.Slug, err
+	}
+	met := metrics.New(metrics.Config{
+		Slug: slugOf,
+		Snapshot: func(ctx context.Context) (map[string]map[string]int, error) {
+			counts, err := store.CountByProductStatus(ctx)
+			if err != nil {
+				return nil, err
+			}
+			out := make(map[string]map[string]int, len(counts))
+			for slug, byState := range counts {
+				m := make(map[string]int, len(byState))
+				for st, n := range byState {
+					m[string(st)] = n
+				}
+				out[slug] = m
+			}
+			return out, nil
+		},
+	})
+	lm := lifecycle.New(store, be, sealer, lifecycle.Config{
+		PortMin:      cfg.PortMin,
+		PortMax:      cfg.PortMax,
+		BootTimeout:  cfg.BootTimeout,
+		DefaultImage: cfg.EngineImage,
+		SleepMode:    cfg.SleepMode,
+		Logger:       log,
+		Observer:     met,
+	})
+	limiter := policy.NewLimiter(time.Now)
+	disc := discovery.New(store, lm, limiter, discovery.Config{Logger: log, Observer: met})
+	checker := health.New(store, lm, health.Config{
+		Interval:           cfg.HealthCheckInterval,
+		Timeout:            cfg.HealthCheckTimeout,
+		MaxFailures:        cfg.HealthMaxFailures,
+		RestartMaxAttempts: cfg.RestartMaxAttempts,
+		BackoffBase:        cfg.RestartBackoffBase,
+		BackoffMax:         cfg.RestartBackoffMax,
+		SleepMode:          cfg.SleepMode,
+		Logger:             log,
+		Observer:           met,
+	})
+	idle := health.NewIdleSweeper(store, lm, health.IdleConfig{IdleTimeout: cfg.IdleTimeout, Logger: log})
+	handler := api.New(api.Deps{
+		Store:            store,
+		Lifecycle:        lm,
+		Discovery:        disc,
+		Metrics:          met,
+		AdminKey:         cfg.AdminKey,
+		PlatformKeyGrace: cfg.PlatformKeyGrace,
+		Logger:           log,
+	})
+	return &server{
+		cfg: cfg, log: log, store: store, backend: be, lifecycle: lm,
+		discovery: disc, checker: checker, idle: idle, handler: handler,
+	}, nil
+}
+
+// backoff is the restart schedule ORCH_RESTART_BACKOFF_* configure.
+func (s *server) backoff(n int) time.Duration {
+	return health.Backoff(s.cfg.RestartBackoffBase, s.cfg.RestartBackoffMax, n)
+}
+
+// serve runs the orchestrator on ln until ctx ends: a reconciliation pass,
+// then the HTTP API and every background loop. Shutdown stops accepting,
+// finishes in-flight requests (bounded), stops the loops and never stops
+// engines.
+func (s *server) serve(ctx context.Context, ln net.Listener) error {
+	if st, err := s.lifecycle.Reconcile(ctx, orphanGrace, s.backoff); err != nil {
+		s.log.Warn("startup reconciliation incomplete; the periodic pass will retry", "err", err)
+	} else {
+		s.log.Info("startup reconciliation", "stats", fmt.Sprintf("%+v", st))
+	}
+
+	loopCtx, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLoops()
+	g, gctx := errgroup.WithContext(loopCtx)
+	g.Go(func() error { return ignoreCanceled(s.discovery.Run(gctx)) })
+	g.Go(func() error { return ignoreCanceled(s.checker.Run(gctx)) })
+	g.Go(func() error { s.lifecycle.WatchCrashes(gctx, s.backoff, s.checker.Kick); return nil })
+	g.Go(func() error { return ignoreCanceled(s.idle.Run(gctx)) })
+	g.Go(func() error { s.reconcileLoop(gctx); return nil })
+	if s.cfg.AuditRetentionDays > 0 {
+		g.Go(func() error { s.pruneLoop(gctx); return nil })
+	}
+
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	s.log.Info("bap-engine listening", "addr", ln.Addr().String(), "backend", s.backend.Name(),
+		"database", s.cfg.DatabaseDriver, "sleep_mode", s.cfg.SleepMode)
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+	}
+	s.log.Info("shutting down: engines keep running")
+	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	if serr := srv.Shutdown(shutCtx); serr != nil {
+		s.log.Warn("http shutdown", "err", serr)
+	}
+	stopLoops()
+	if gerr := g.Wait(); gerr != nil {
+		s.log.Warn("background loop", "err", gerr)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (s *server) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(reconcileEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, reconcileEvery)
+		st, err := s.lifecycle.Reconcile(pctx, orphanGrace, s.backoff)
+		cancel()
+		if err != nil {
+			s.log.Warn("reconciliation", "err", err)
+			continue
+		}
+		if st != (lifecycle.ReconcileStats{}) {
+			s.log.Info("reconciliation repaired", "stats", fmt.Sprintf("%+v", st))
+		}
+	}
+}
+
+func (s *server) pruneLoop(ctx context.Context) {
+	t := time.NewTicker(pruneEvery)
+	defer t.Stop()
+	for {
+		before := bap.Now().Add(-time.Duration(s.cfg.AuditRetentionDays) * 24 * time.Hour)
+		if n, err := s.store.PruneAudit(ctx, before); err != nil {
+			s.log.Warn("audit pruning", "err", err)
+		} else if n > 0 {
+			s.log.Info("audit pruned", "rows", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func ignoreCanceled(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
