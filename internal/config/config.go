@@ -1,0 +1,262 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Values of the enumerated settings.
+const (
+	// DriverPostgres is DatabaseDriver for postgres:// and postgresql:// URLs.
+	DriverPostgres = "postgres"
+	// DriverSQLite is DatabaseDriver for sqlite:// URLs.
+	DriverSQLite = "sqlite"
+
+	// BackendDocker runs engines as Docker containers (production).
+	BackendDocker = "docker"
+	// BackendSubprocess runs engines as local processes (dev and tests).
+	BackendSubprocess = "subprocess"
+
+	// SleepMark only records that an idle engine sleeps; it keeps running.
+	SleepMark = "mark"
+	// SleepPause freezes an idle engine (container pause / SIGSTOP).
+	SleepPause = "pause"
+	// SleepStop stops an idle engine; waking it starts it again.
+	SleepStop = "stop"
+
+	// URLModeHost gives products http://<ORCH_ENGINE_HOST>:<port> URLs.
+	URLModeHost = "host"
+	// URLModeNetwork gives products http://engine-<id>:8000 URLs on the engine network.
+	URLModeNetwork = "network"
+
+	// LogFormatJSON writes one JSON object per log line.
+	LogFormatJSON = "json"
+	// LogFormatText writes slog's key=value text lines.
+	LogFormatText = "text"
+)
+
+// MinAdminKeyLen is the shortest ORCH_ADMIN_KEY that serve accepts.
+const MinAdminKeyLen = 16
+
+// Config is the orchestrator's settings, parsed and validated.
+type Config struct {
+	// DatabaseURL is ORCH_DATABASE_URL as given, except that an SQLAlchemy
+	// driver suffix (postgresql+asyncpg://) is dropped. Empty when unset.
+	DatabaseURL string
+	// DatabaseDriver is DriverPostgres or DriverSQLite; empty when DatabaseURL is.
+	DatabaseDriver string
+	// SQLitePath is the database file of a sqlite:// URL: sqlite:///abs/x.db
+	// gives /abs/x.db, sqlite://rel.db gives rel.db.
+	SQLitePath string
+	// MasterKey is ORCH_MASTER_KEY: comma-separated Fernet keys, first seals.
+	MasterKey string
+	// AdminKey is ORCH_ADMIN_KEY, the X-Admin-Key secret.
+	AdminKey string
+
+	// EngineImage is the default image of engine containers.
+	EngineImage string
+	// EngineBackend is BackendDocker or BackendSubprocess.
+	EngineBackend string
+	// EngineEnvPassthrough names the orchestrator variables forwarded to engines.
+	EngineEnvPassthrough []string
+	// EngineNetwork is the Docker network engines join.
+	EngineNetwork string
+	// PortMin and PortMax bound the engine port range (inclusive).
+	PortMin, PortMax int
+
+	// HealthCheckInterval is the time between two probes of one engine.
+	HealthCheckInterval time.Duration
+	// HealthCheckTimeout bounds one probe.
+	HealthCheckTimeout time.Duration
+	// HealthMaxFailures is the number of consecutive failed probes that fail an engine.
+	HealthMaxFailures int
+	// RestartBackoffBase is the wait before the first automatic restart; it doubles per attempt.
+	RestartBackoffBase time.Duration
+	// RestartBackoffMax caps the wait between automatic restarts.
+	RestartBackoffMax time.Duration
+	// RestartMaxAttempts is the number of automatic restarts before giving up (0: none).
+	RestartMaxAttempts int
+	// BootTimeout bounds the wait for a started engine to answer /health.
+	BootTimeout time.Duration
+
+	// CatalogMountPath is the host catalog directory given to engines; empty for none.
+	CatalogMountPath string
+	// DockerHost is DOCKER_HOST; empty means the client's default socket.
+	DockerHost string
+	// ListenAddr is the HTTP listen address.
+	ListenAddr string
+	// DataRoot holds the data directories of subprocess engines.
+	DataRoot string
+	// SubprocessCommand is the command line that starts one subprocess engine;
+	// nil means this binary's own `engine` subcommand.
+	SubprocessCommand []string
+	// DeploymentID scopes the labels reconciliation looks at.
+	DeploymentID string
+
+	// IdleTimeout is the time without admit before an engine sleeps; 0 disables sleep.
+	IdleTimeout time.Duration
+	// SleepMode is SleepMark, SleepPause or SleepStop.
+	SleepMode string
+	// EngineURLMode is URLModeHost or URLModeNetwork.
+	EngineURLMode string
+	// EngineHost is the host part of engine URLs in host mode (no brackets for IPv6).
+	EngineHost string
+	// PlatformKeyGrace is how long a replaced platform key keeps working.
+	PlatformKeyGrace time.Duration
+	// AuditRetentionDays is the age at which audit rows are pruned; 0 keeps them forever.
+	AuditRetentionDays int
+	// LogLevel is the minimum level logged.
+	LogLevel slog.Level
+	// LogFormat is LogFormatJSON or LogFormatText.
+	LogFormat string
+}
+
+// Error is one environment variable with a bad value.
+type Error struct {
+	// Var is the variable's name.
+	Var string
+	// Err says what is wrong; it never holds the value of a secret variable.
+	Err error
+}
+
+// Error returns "NAME: reason".
+func (e *Error) Error() string { return e.Var + ": " + e.Err.Error() }
+
+// Unwrap returns the reason.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Load reads every variable of Vars through getenv (os.Getenv in production).
+// An unset or blank variable takes its default; surrounding whitespace is
+// ignored. All bad values are reported together, joined with errors.Join,
+// each as an *Error naming its variable.
+func Load(getenv func(string) string) (Config, error) {
+	var c Config
+	var errs []error
+	failed := map[string]bool{}
+	for _, v := range table {
+		raw := strings.TrimSpace(getenv(v.Name))
+		if raw == "" {
+			raw = v.Default
+		}
+		if err := v.parse(&c, raw); err != nil {
+			errs = append(errs, v.error(raw, err))
+			failed[v.Name] = true
+		}
+	}
+	if !failed[varPortMin] && !failed[varPortMax] && c.PortMin > c.PortMax {
+		errs = append(errs, &Error{varPortMax, fmt.Errorf("%d is below %s (%d)", c.PortMax, varPortMin, c.PortMin)})
+	}
+	if !failed[varBackoffBase] && !failed[varBackoffMax] && c.RestartBackoffMax < c.RestartBackoffBase {
+		errs = append(errs, &Error{varBackoffMax, fmt.Errorf("%s is below %s (%s)",
+			seconds(c.RestartBackoffMax), varBackoffBase, seconds(c.RestartBackoffBase))})
+	}
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// seconds formats d the way the *_S variables are written.
+func seconds(d time.Duration) string {
+	return fmt.Sprintf("%gs", d.Seconds())
+}
+
+// ValidateServe reports what serve needs beyond Load: a database URL, a
+// well-formed master key and an admin key of at least MinAdminKeyLen
+// characters. Like Load it reports every problem at once without echoing
+// secrets.
+func (c Config) ValidateServe() error {
+	var errs []error
+	if c.DatabaseURL == "" {
+		errs = append(errs, &Error{varDatabaseURL, errors.New(
+			"required by serve: set postgresql://user:password@host:5432/dbname or sqlite:///path/to/bap-engine.db")})
+	} else if err := parseDatabaseURL(new(Config), c.DatabaseURL); err != nil {
+		errs = append(errs, &Error{varDatabaseURL, err})
+	}
+	if c.MasterKey == "" {
+		errs = append(errs, &Error{varMasterKey, errors.New(
+			"required by serve: generate a key with `bap-engine keygen`")})
+	} else if err := validateMasterKey(c.MasterKey); err != nil {
+		errs = append(errs, &Error{varMasterKey, err})
+	}
+	switch {
+	case c.AdminKey == "":
+		errs = append(errs, &Error{varAdminKey, errors.New(
+			"required by serve: set a long random string, e.g. the output of `openssl rand -hex 32`")})
+	case len([]rune(c.AdminKey)) < MinAdminKeyLen:
+		errs = append(errs, &Error{varAdminKey, fmt.Errorf(
+			"too weak: use at least %d characters, e.g. the output of `openssl rand -hex 32`", MinAdminKeyLen)})
+	}
+	return errors.Join(errs...)
+}
+
+// LogValue lets a Config be logged with slog without its secrets: keys show
+// only whether they are set and the database password is masked.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("database_url", redactURL(c.DatabaseURL)),
+		slog.String("database_driver", c.DatabaseDriver),
+		slog.String("master_key", redactSecret(c.MasterKey)),
+		slog.String("admin_key", redactSecret(c.AdminKey)),
+		slog.String("engine_image", c.EngineImage),
+		slog.String("engine_backend", c.EngineBackend),
+		slog.Any("engine_env_passthrough", c.EngineEnvPassthrough),
+		slog.String("engine_network", c.EngineNetwork),
+		slog.Int("port_min", c.PortMin),
+		slog.Int("port_max", c.PortMax),
+		slog.Duration("health_check_interval", c.HealthCheckInterval),
+		slog.Duration("health_check_timeout", c.HealthCheckTimeout),
+		slog.Int("health_max_failures", c.HealthMaxFailures),
+		slog.Duration("restart_backoff_base", c.RestartBackoffBase),
+		slog.Duration("restart_backoff_max", c.RestartBackoffMax),
+		slog.Int("restart_max_attempts", c.RestartMaxAttempts),
+		slog.Duration("boot_timeout", c.BootTimeout),
+		slog.String("catalog_mount_path", c.CatalogMountPath),
+		slog.String("docker_host", c.DockerHost),
+		slog.String("listen_addr", c.ListenAddr),
+		slog.String("data_root", c.DataRoot),
+		slog.Any("subprocess_command", c.SubprocessCommand),
+		slog.String("deployment_id", c.DeploymentID),
+		slog.Duration("idle_timeout", c.IdleTimeout),
+		slog.String("sleep_mode", c.SleepMode),
+		slog.String("engine_url_mode", c.EngineURLMode),
+		slog.String("engine_host", c.EngineHost),
+		slog.Duration("platform_key_grace", c.PlatformKeyGrace),
+		slog.Int("audit_retention_days", c.AuditRetentionDays),
+		slog.String("log_level", c.LogLevel.String()),
+		slog.String("log_format", c.LogFormat),
+	)
+}
+
+// String prints the settings without secrets, so %v never leaks a key.
+func (c Config) String() string {
+	return "config" + c.LogValue().String()
+}
+
+func redactSecret(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+// redactURL masks the password of a database URL (in the user part or a
+// password= parameter); anything it cannot parse is hidden entirely.
+func redactURL(s string) string {
+	if s == "" {
+		return ""
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return "[redacted]"
+	}
+	if q := u.Query(); q.Has("password") {
+		q.Set("password", "xxxxx")
+		u.RawQuery = q.Encode()
+	}
+	return u.Redacted()
+}

@@ -1,0 +1,210 @@
+package config
+
+import (
+	"slices"
+	"strings"
+	"time"
+)
+
+// Var describes one environment variable that Load reads.
+type Var struct {
+	// Name is the environment variable.
+	Name string
+	// Default is the value used when the variable is unset or blank.
+	Default string
+	// Help says what the variable is for, for the README and the CLI.
+	Help string
+	// Secret marks variables whose values are never printed or put in errors.
+	Secret bool
+
+	parse func(c *Config, v string) error
+}
+
+// error wraps a parse failure of v, making sure a secret value never leaks
+// through it even if a parser forgot.
+func (v Var) error(raw string, err error) *Error {
+	if v.Secret && raw != "" && strings.Contains(err.Error(), raw) {
+		return &Error{Var: v.Name, Err: errInvalidSecret}
+	}
+	return &Error{Var: v.Name, Err: err}
+}
+
+// Vars returns every variable Load reads, in a stable order.
+func Vars() []Var {
+	return slices.Clone(table)
+}
+
+// Names used by the cross-variable checks and ValidateServe.
+const (
+	varDatabaseURL = "ORCH_DATABASE_URL"
+	varMasterKey   = "ORCH_MASTER_KEY"
+	varAdminKey    = "ORCH_ADMIN_KEY"
+	varPortMin     = "ORCH_PORT_MIN"
+	varPortMax     = "ORCH_PORT_MAX"
+	varBackoffBase = "ORCH_RESTART_BACKOFF_BASE_S"
+	varBackoffMax  = "ORCH_RESTART_BACKOFF_MAX_S"
+)
+
+// table declares every variable once. Defaults go through the same parsers
+// as user values, so a bad default fails every test of Load.
+var table = []Var{
+	{
+		Name: varDatabaseURL, Secret: true,
+		Help:  "Database URL: postgresql://user:password@host:5432/dbname (PostgreSQL) or sqlite:///abs/path.db, sqlite://relative.db (embedded SQLite). Required by serve.",
+		parse: parseDatabaseURL,
+	},
+	{
+		Name: varMasterKey, Secret: true,
+		Help: "Fernet key(s) encrypting engine keys at rest, comma-separated: the first encrypts, all decrypt. Generate with `bap-engine keygen`; `bap-engine rekey` re-encrypts under the first. Required by serve.",
+		parse: func(c *Config, v string) error {
+			if v == "" {
+				return nil
+			}
+			if err := validateMasterKey(v); err != nil {
+				return err
+			}
+			c.MasterKey = v
+			return nil
+		},
+	},
+	{
+		Name: varAdminKey, Secret: true,
+		Help:  "Admin key expected in X-Admin-Key (at least 16 characters). Required by serve.",
+		parse: func(c *Config, v string) error { c.AdminKey = v; return nil },
+	},
+	{
+		Name: "ORCH_ENGINE_IMAGE", Default: "september-engine:latest",
+		Help:  "Docker image of engine containers when a provision names no engine_version.",
+		parse: word(func(c *Config) *string { return &c.EngineImage }),
+	},
+	{
+		Name: "ORCH_ENGINE_BACKEND", Default: BackendDocker,
+		Help:  "What runs engines: docker (production) or subprocess (dev, tests).",
+		parse: oneOf(func(c *Config) *string { return &c.EngineBackend }, BackendDocker, BackendSubprocess),
+	},
+	{
+		Name:  "ORCH_ENGINE_ENV_PASSTHROUGH",
+		Help:  "Comma-separated names of orchestrator variables forwarded to engines, e.g. LLM_API_KEY,OPENAI_API_KEY. ORCH_* variables are never forwarded.",
+		parse: parsePassthrough,
+	},
+	{
+		Name: "ORCH_ENGINE_NETWORK", Default: "engine_net",
+		Help:  "Docker network engine containers join (created if missing).",
+		parse: parseNetwork,
+	},
+	{
+		Name: varPortMin, Default: "9001",
+		Help:  "Lowest host port given to an engine.",
+		parse: integer(func(c *Config) *int { return &c.PortMin }, 1, 65535),
+	},
+	{
+		Name: varPortMax, Default: "9999",
+		Help:  "Highest host port given to an engine.",
+		parse: integer(func(c *Config) *int { return &c.PortMax }, 1, 65535),
+	},
+	{
+		Name: "ORCH_HEALTH_CHECK_INTERVAL_S", Default: "30",
+		Help:  "Seconds between two health probes of an engine (fractions allowed).",
+		parse: duration(func(c *Config) *time.Duration { return &c.HealthCheckInterval }, positive),
+	},
+	{
+		Name: "ORCH_HEALTH_CHECK_TIMEOUT_S", Default: "10",
+		Help:  "Seconds one health probe may take.",
+		parse: duration(func(c *Config) *time.Duration { return &c.HealthCheckTimeout }, positive),
+	},
+	{
+		Name: "ORCH_HEALTH_MAX_FAILURES", Default: "3",
+		Help:  "Consecutive failed probes before an engine is marked failed.",
+		parse: integer(func(c *Config) *int { return &c.HealthMaxFailures }, 1, maxCount),
+	},
+	{
+		Name: varBackoffBase, Default: "5",
+		Help:  "Seconds before the first automatic restart of a failed engine; doubles per attempt.",
+		parse: duration(func(c *Config) *time.Duration { return &c.RestartBackoffBase }, positive),
+	},
+	{
+		Name: varBackoffMax, Default: "300",
+		Help:  "Cap in seconds on the wait between automatic restarts.",
+		parse: duration(func(c *Config) *time.Duration { return &c.RestartBackoffMax }, positive),
+	},
+	{
+		Name: "ORCH_RESTART_MAX_ATTEMPTS", Default: "8",
+		Help:  "Automatic restarts before giving up (0: never restart automatically).",
+		parse: integer(func(c *Config) *int { return &c.RestartMaxAttempts }, 0, maxCount),
+	},
+	{
+		Name: "ORCH_BOOT_TIMEOUT_S", Default: "60",
+		Help:  "Seconds a started engine has to answer GET /health.",
+		parse: duration(func(c *Config) *time.Duration { return &c.BootTimeout }, positive),
+	},
+	{
+		Name:  "ORCH_CATALOG_MOUNT_PATH",
+		Help:  "Host directory mounted read-only at /catalog in engines (CATALOG_DIR); empty for none.",
+		parse: func(c *Config, v string) error { c.CatalogMountPath = v; return nil },
+	},
+	{
+		Name:  "DOCKER_HOST",
+		Help:  "Docker daemon address, e.g. unix:///var/run/docker.sock or tcp://host:2376; empty for the default socket.",
+		parse: parseDockerHost,
+	},
+	{
+		Name: "ORCH_LISTEN_ADDR", Default: ":8000",
+		Help:  "HTTP listen address (host:port).",
+		parse: parseListenAddr,
+	},
+	{
+		Name: "ORCH_DATA_ROOT", Default: "/data/engine-data",
+		Help:  "Directory holding each subprocess engine's data directory (dev uses ./.bap-engine/engine-data).",
+		parse: func(c *Config, v string) error { c.DataRoot = v; return nil },
+	},
+	{
+		Name:  "ORCH_SUBPROCESS_COMMAND",
+		Help:  "Command line starting one subprocess engine (spaces separate arguments; quotes and backslashes as in a shell); empty for this binary's `engine` subcommand.",
+		parse: parseSubprocessCommand,
+	},
+	{
+		Name: "ORCH_DEPLOYMENT_ID", Default: "default",
+		Help:  "Label value scoping reconciliation to this deployment's containers and processes (letters, digits, _ . -).",
+		parse: parseDeploymentID,
+	},
+	{
+		Name: "ORCH_IDLE_TIMEOUT_S", Default: "1800",
+		Help:  "Seconds without admit before an engine is put to sleep; 0 disables sleep.",
+		parse: duration(func(c *Config) *time.Duration { return &c.IdleTimeout }, zeroAllowed),
+	},
+	{
+		Name: "ORCH_SLEEP_MODE", Default: SleepMark,
+		Help:  "What sleep does: mark (status only), pause (freeze the engine) or stop (stop it).",
+		parse: oneOf(func(c *Config) *string { return &c.SleepMode }, SleepMark, SleepPause, SleepStop),
+	},
+	{
+		Name: "ORCH_ENGINE_URL_MODE", Default: URLModeHost,
+		Help:  "Engine URLs given to products: host (http://ORCH_ENGINE_HOST:port) or network (http://engine-<id>:8000).",
+		parse: oneOf(func(c *Config) *string { return &c.EngineURLMode }, URLModeHost, URLModeNetwork),
+	},
+	{
+		Name: "ORCH_ENGINE_HOST", Default: "127.0.0.1",
+		Help:  "Host part of engine URLs in host mode (a name or an IP address).",
+		parse: parseEngineHost,
+	},
+	{
+		Name: "ORCH_PLATFORM_KEY_GRACE_S", Default: "300",
+		Help:  "Seconds a replaced platform key keeps working after rotation; 0 revokes it at once.",
+		parse: duration(func(c *Config) *time.Duration { return &c.PlatformKeyGrace }, zeroAllowed),
+	},
+	{
+		Name: "ORCH_AUDIT_RETENTION_DAYS", Default: "0",
+		Help:  "Days audit rows are kept; 0 keeps them forever.",
+		parse: integer(func(c *Config) *int { return &c.AuditRetentionDays }, 0, maxRetentionDays),
+	},
+	{
+		Name: "ORCH_LOG_LEVEL", Default: "info",
+		Help:  "Minimum log level: debug, info, warn or error.",
+		parse: parseLogLevel,
+	},
+	{
+		Name: "ORCH_LOG_FORMAT", Default: LogFormatJSON,
+		Help:  "Log line format: json or text.",
+		parse: oneOf(func(c *Config) *string { return &c.LogFormat }, LogFormatJSON, LogFormatText),
+	},
+}
