@@ -565,4 +565,3 @@ func drain(events <-chan backend.Event) <-chan backend.Event {
 	}()
 	return out
 }
-
