@@ -1,0 +1,59 @@
+package docker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"syscall"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/client"
+
+	"github.com/september/bap-engine/internal/backend"
+)
+
+// classify maps an error from the Docker client onto a backend error class,
+// or nil when it belongs to none of them. It is the only place in the
+// package that knows how the client reports what: the daemon's HTTP status
+// becomes a containerd errdefs class, transport failures become
+// client.IsErrConnectionFailed, and our per-call timeouts surface as
+// context.DeadlineExceeded.
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var netErr net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded),
+		cerrdefs.IsDeadlineExceeded(err),
+		cerrdefs.IsUnavailable(err),
+		client.IsErrConnectionFailed(err),
+		errors.Is(err, syscall.ECONNREFUSED),
+		errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EPIPE),
+		errors.Is(err, io.ErrUnexpectedEOF),
+		errors.As(err, &netErr) && netErr.Timeout():
+		return backend.ErrUnavailable
+	case cerrdefs.IsNotFound(err):
+		return backend.ErrNotFound
+	case cerrdefs.IsConflict(err):
+		return backend.ErrConflict
+	}
+	return nil
+}
+
+// wrap annotates err with what was being done and, when classify knows it,
+// its backend error class, so callers can test with errors.Is while the
+// daemon's own message stays readable.
+func wrap(err error, format string, args ...any) error {
+	if err == nil {
+		return nil
+	}
+	what := fmt.Sprintf(format, args...)
+	if class := classify(err); class != nil {
+		return fmt.Errorf("%s: %w: %w", what, class, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
