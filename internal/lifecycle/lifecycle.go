@@ -344,15 +344,13 @@ func (m *Manager) bringUp(ctx context.Context, engineID, actor string, action au
 	case bap.StateProvisioning, bap.StateDestroying:
 		return Result{}, bap.Errorf(bap.CodeEngineBusy, "Engine is %s.", e.Status)
 	}
-	if e.Status != bap.StateFailed {
+	if e.Status == bap.StateStopped {
 		p, err := m.store.GetProduct(ctx, e.ProductID)
 		if err != nil {
 			return Result{}, storeErr("read product", err)
 		}
-		if e.Status == bap.StateStopped {
-			if err := m.checkMaxRunning(ctx, p); err != nil {
-				return Result{}, err
-			}
+		if err := m.checkMaxRunning(ctx, p); err != nil {
+			return Result{}, err
 		}
 	}
 	inst, boot, err := m.ensureRunning(ctx, e)

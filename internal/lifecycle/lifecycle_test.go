@@ -62,7 +62,7 @@ type envOptions struct {
 	wrap        func(backend.Backend) backend.Backend
 }
 
-func newSubprocessBackend(t *testing.T, dataRoot string) backend.Backend {
+func newSubprocessBackend(t testing.TB, dataRoot string) backend.Backend {
 	t.Helper()
 	b, err := subprocess.New(subprocess.Config{
 		Command:     []string{os.Args[0]},
@@ -80,7 +80,7 @@ func newSubprocessBackend(t *testing.T, dataRoot string) backend.Backend {
 	return b
 }
 
-func newEnv(t *testing.T, be backend.Backend, o envOptions) *env {
+func newEnv(t testing.TB, be backend.Backend, o envOptions) *env {
 	t.Helper()
 	ctx := context.Background()
 	store, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "registry.db"))
@@ -135,6 +135,7 @@ type countingBackend struct {
 	mu                                                          sync.Mutex
 	lastCreateStart                                             time.Duration
 	startReturned                                               time.Time
+	inspectTime                                                 time.Duration
 }
 
 func (c *countingBackend) Create(ctx context.Context, s backend.Spec) (backend.Instance, error) {
@@ -177,6 +178,15 @@ func (c *countingBackend) Unpause(ctx context.Context, id string) error {
 	c.startReturned = time.Now()
 	c.mu.Unlock()
 	return err
+}
+
+func (c *countingBackend) Inspect(ctx context.Context, id string) (backend.Instance, error) {
+	began := time.Now()
+	inst, err := c.Backend.Inspect(ctx, id)
+	c.mu.Lock()
+	c.inspectTime += time.Since(began)
+	c.mu.Unlock()
+	return inst, err
 }
 
 func (c *countingBackend) Remove(ctx context.Context, id string) error {
@@ -253,7 +263,7 @@ func auditActions(t *testing.T, s registry.Store, engineID string) []audit.Actio
 func errCode(err error) string { return bap.ErrorCode(err) }
 
 // lifecycleSuite runs every transition against one backend.
-func lifecycleSuite(t *testing.T, newBackend func(t *testing.T) backend.Backend, instanceGone func(t *testing.T, engineID string) bool) {
+func lifecycleSuite(t *testing.T, newBackend func(t testing.TB) backend.Backend, instanceGone func(t *testing.T, engineID string) bool) {
 	ctx := context.Background()
 
 	t.Run("ProvisionStopStartRotateDestroy", func(t *testing.T) {
@@ -505,7 +515,7 @@ func (f *faultyBackend) Start(ctx context.Context, id string) error {
 func TestLifecycleSubprocess(t *testing.T) {
 	t.Parallel()
 	var roots sync.Map
-	lifecycleSuite(t, func(t *testing.T) backend.Backend {
+	lifecycleSuite(t, func(t testing.TB) backend.Backend {
 		root := t.TempDir()
 		roots.Store(t.Name(), root)
 		return newSubprocessBackend(t, root)

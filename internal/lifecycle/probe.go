@@ -14,10 +14,13 @@ import (
 // errBootTimeout: the engine did not answer /health with ok in time.
 var errBootTimeout = errors.New("engine did not become healthy in time")
 
-// Boot detection polls /health starting 25 ms apart and backing off to 500 ms.
+// Boot detection polls /health 25 ms apart for the first second (engines
+// usually become ready within it, and the poll interval is pure latency
+// added to every provision and wake), then backs off to 500 ms.
 const (
 	probeFirstDelay = 25 * time.Millisecond
 	probeMaxDelay   = 500 * time.Millisecond
+	probeSteadyFor  = time.Second
 )
 
 func newProbeClient() *http.Client {
@@ -69,6 +72,7 @@ func (m *Manager) waitHealthy(ctx context.Context, url string, timeout time.Dura
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	delay := probeFirstDelay
+	began := time.Now()
 	var last error
 	for {
 		last = Probe(ctx, m.probe, url, m.cfg.ProbeTimeout)
@@ -82,6 +86,8 @@ func (m *Manager) waitHealthy(ctx context.Context, url string, timeout time.Dura
 			return fmt.Errorf("%w (last probe: %v)", errBootTimeout, last)
 		case <-t.C:
 		}
-		delay = min(delay*3/2, probeMaxDelay)
+		if time.Since(began) >= probeSteadyFor {
+			delay = min(delay*3/2, probeMaxDelay)
+		}
 	}
 }
