@@ -28,6 +28,9 @@ func serveCmd(getenv func(string) string, stdout io.Writer) *cobra.Command {
 				return fmt.Errorf("configuration:\n%w", err)
 			}
 			log := newLogger(cfg, cmd.ErrOrStderr())
+			if cfg.WeakAdminKey() {
+				log.Warn("ORCH_ADMIN_KEY is short; use at least 16 random characters (e.g. openssl rand -hex 32)")
+			}
 			srv, err := newServer(cmd.Context(), cfg, getenv, log)
 			if err != nil {
 				return err

@@ -39,7 +39,7 @@ const (
 	LogFormatText = "text"
 )
 
-// MinAdminKeyLen is the shortest ORCH_ADMIN_KEY that serve accepts.
+// MinAdminKeyLen is the shortest ORCH_ADMIN_KEY that serve does not warn about.
 const MinAdminKeyLen = 16
 
 // Config is the orchestrator's settings, parsed and validated.
@@ -166,8 +166,9 @@ func seconds(d time.Duration) string {
 }
 
 // ValidateServe reports what serve needs beyond Load: a database URL, a
-// well-formed master key and an admin key of at least MinAdminKeyLen
-// characters. Like Load it reports every problem at once without echoing
+// well-formed master key and an admin key. Any non-empty admin key is
+// accepted, as the original did, so existing deployments keep working;
+// WeakAdminKey lets serve warn about short ones. Like Load it reports every problem at once without echoing
 // secrets.
 func (c Config) ValidateServe() error {
 	var errs []error
@@ -187,12 +188,12 @@ func (c Config) ValidateServe() error {
 	case c.AdminKey == "":
 		errs = append(errs, &Error{varAdminKey, errors.New(
 			"required by serve: set a long random string, e.g. the output of `openssl rand -hex 32`")})
-	case len([]rune(c.AdminKey)) < MinAdminKeyLen:
-		errs = append(errs, &Error{varAdminKey, fmt.Errorf(
-			"too weak: use at least %d characters, e.g. the output of `openssl rand -hex 32`", MinAdminKeyLen)})
 	}
 	return errors.Join(errs...)
 }
+
+// WeakAdminKey reports whether the admin key is shorter than MinAdminKeyLen.
+func (c Config) WeakAdminKey() bool { return len([]rune(c.AdminKey)) < MinAdminKeyLen }
 
 // LogValue lets a Config be logged with slog without its secrets: keys show
 // only whether they are set and the database password is masked.
