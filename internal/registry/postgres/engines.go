@@ -1,0 +1,385 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/september/bap-engine/internal/audit"
+	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/registry"
+)
+
+// engineCols lists an engine's columns with absent values as Go zero values,
+// except those a LEFT JOIN can make NULL, which engineRow scans as pointers.
+const engineCols = `e.id, e.product_id, e.user_id, e.status, COALESCE(e.port, 0),
+	COALESCE(e.engine_key_hash, ''), COALESCE(e.engine_key_enc, ''), COALESCE(e.image, ''),
+	COALESCE(e.url, ''), COALESCE(e.instance_id, ''), e.boot_duration_ms,
+	COALESCE(e.health_failures, 0), COALESCE(e.restart_attempts, 0), e.next_restart_at,
+	e.last_health_at, e.last_active_at, COALESCE(e.failure_reason, ''), e.created_at, e.updated_at`
+
+// engineRow receives engineCols.
+type engineRow struct {
+	e                             bap.Engine
+	id, productID, userID, status *string
+	createdAt, updatedAt          *time.Time
+}
+
+func (r *engineRow) dest() []any {
+	return []any{&r.id, &r.productID, &r.userID, &r.status, &r.e.Port,
+		&r.e.KeyHash, &r.e.KeyEnc, &r.e.Image,
+		&r.e.URL, &r.e.InstanceID, &r.e.BootDurationMS,
+		&r.e.HealthFailures, &r.e.RestartAttempts, &r.e.NextRestartAt,
+		&r.e.LastHealthAt, &r.e.LastActiveAt, &r.e.FailureReason, &r.createdAt, &r.updatedAt}
+}
+
+// engine returns the scanned engine, false when the LEFT JOIN found none.
+func (r *engineRow) engine() (bap.Engine, bool) {
+	if r.id == nil {
+		return bap.Engine{}, false
+	}
+	e := r.e
+	e.ID, e.ProductID, e.UserID, e.Status = *r.id, *r.productID, *r.userID, bap.State(*r.status)
+	e.CreatedAt, e.UpdatedAt = bap.Timestamp(*r.createdAt), bap.Timestamp(*r.updatedAt)
+	e.NextRestartAt = timePtr(e.NextRestartAt)
+	e.LastHealthAt = timePtr(e.LastHealthAt)
+	e.LastActiveAt = timePtr(e.LastActiveAt)
+	return e, true
+}
+
+func scanEngine(row pgx.CollectableRow) (bap.Engine, error) {
+	var r engineRow
+	if err := row.Scan(r.dest()...); err != nil {
+		return bap.Engine{}, err
+	}
+	e, _ := r.engine()
+	return e, nil
+}
+
+// sqlInsertEngine inserts unless the product is at its quota ($20, 0 = none).
+// An existing engine of that user lets the insert through so that it fails
+// with a unique violation: "exists" is the more useful answer than "quota".
+const sqlInsertEngine = `INSERT INTO engines (id, product_id, user_id, status, port, engine_key_hash, engine_key_enc,
+	image, url, instance_id, boot_duration_ms, health_failures, restart_attempts, next_restart_at,
+	last_health_at, last_active_at, failure_reason, created_at, updated_at)
+SELECT $1::uuid, $2::uuid, $3::text, $4::text, NULLIF($5::int, 0), NULLIF($6::text, ''), NULLIF($7::text, ''),
+	NULLIF($8::text, ''), NULLIF($9::text, ''), NULLIF($10::text, ''), $11::bigint, $12::int, $13::int,
+	$14::timestamptz, $15::timestamptz, $16::timestamptz, NULLIF($17::text, ''), $18::timestamptz, $19::timestamptz
+WHERE $20::int = 0
+	OR (SELECT count(*) FROM engines WHERE product_id = $2::uuid) < $20::int
+	OR EXISTS (SELECT 1 FROM engines WHERE product_id = $2::uuid AND user_id = $3::text)
+RETURNING 1`
+
+// InsertEngine inserts e if the product is under q. With a quota, the
+// product row is locked first (FOR UPDATE) and the count-and-insert runs as
+// the next statement of the same batch: it takes its snapshot after the lock,
+// so it sees every engine a concurrent inserter committed. One round trip.
+func (s *Store) InsertEngine(ctx context.Context, e bap.Engine, q registry.Quota) error {
+	b := &pgx.Batch{}
+	if q.MaxEngines > 0 {
+		b.Queue(`SELECT 1 FROM products WHERE id = $1::uuid FOR UPDATE`, e.ProductID)
+	}
+	b.Queue(sqlInsertEngine, e.ID, e.ProductID, e.UserID, string(e.Status), e.Port,
+		e.KeyHash, e.KeyEnc, e.Image, e.URL, e.InstanceID, e.BootDurationMS,
+		e.HealthFailures, e.RestartAttempts, timePtr(e.NextRestartAt),
+		timePtr(e.LastHealthAt), timePtr(e.LastActiveAt), e.FailureReason,
+		bap.Timestamp(e.CreatedAt), bap.Timestamp(e.UpdatedAt), max(q.MaxEngines, 0))
+	err := s.savepointed(ctx, b, func(br pgx.BatchResults) error {
+		if q.MaxEngines > 0 {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
+		tag, err := br.Exec()
+		if err == nil && tag.RowsAffected() == 0 {
+			err = registry.ErrQuotaExceeded
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("insert engine for %s: %w", e.UserID, translate(err))
+	}
+	return nil
+}
+
+// GetEngine returns an engine by id.
+func (s *Store) GetEngine(ctx context.Context, id string) (bap.Engine, error) {
+	return s.oneEngine(ctx, "get engine "+id, `SELECT `+engineCols+` FROM engines e WHERE e.id = $1::uuid`, id)
+}
+
+// LockEngine re-reads an engine holding its row lock until the transaction
+// ends.
+func (s *Store) LockEngine(ctx context.Context, id string) (bap.Engine, error) {
+	return s.oneEngine(ctx, "lock engine "+id, `SELECT `+engineCols+` FROM engines e WHERE e.id = $1::uuid FOR UPDATE`, id)
+}
+
+func (s *Store) oneEngine(ctx context.Context, what, sql, id string) (bap.Engine, error) {
+	if !validID(id) {
+		return bap.Engine{}, fmt.Errorf("%s: %w", what, registry.ErrNotFound)
+	}
+	rows, _ := s.db.Query(ctx, sql, id)
+	e, err := pgx.CollectExactlyOneRow(rows, scanEngine)
+	if err != nil {
+		return e, fmt.Errorf("%s: %w", what, notFound(err))
+	}
+	return e, nil
+}
+
+// GetEngineByUser returns the product's engine for userID.
+func (s *Store) GetEngineByUser(ctx context.Context, productID, userID string) (bap.Engine, error) {
+	if !validID(productID) {
+		return bap.Engine{}, fmt.Errorf("get engine of %s: %w", userID, registry.ErrNotFound)
+	}
+	rows, _ := s.db.Query(ctx, `SELECT `+engineCols+` FROM engines e WHERE e.product_id = $1::uuid AND e.user_id = $2`,
+		productID, userID)
+	e, err := pgx.CollectExactlyOneRow(rows, scanEngine)
+	if err != nil {
+		return e, fmt.Errorf("get engine of %s: %w", userID, notFound(err))
+	}
+	return e, nil
+}
+
+var sqlUpdateEngine = `WITH e AS (
+	UPDATE engines SET status = $2, port = NULLIF($3::int, 0), engine_key_hash = NULLIF($4::text, ''),
+		engine_key_enc = NULLIF($5::text, ''), image = NULLIF($6::text, ''), url = NULLIF($7::text, ''),
+		instance_id = NULLIF($8::text, ''), boot_duration_ms = $9, health_failures = $10,
+		restart_attempts = $11, next_restart_at = $12, last_health_at = $13, last_active_at = $14,
+		failure_reason = NULLIF($15::text, ''), updated_at = $16
+	WHERE id = $1::uuid RETURNING id
+), audit AS (` + auditInsert(17, " CROSS JOIN e") + `)
+SELECT count(*) FROM e`
+
+// UpdateEngine writes every mutable column of e and appends entries in one
+// statement; nothing is written when the engine does not exist.
+func (s *Store) UpdateEngine(ctx context.Context, e bap.Engine, entries ...audit.Entry) error {
+	if !validID(e.ID) {
+		return fmt.Errorf("update engine %s: %w", e.ID, registry.ErrNotFound)
+	}
+	args, err := auditArgs(entries)
+	if err != nil {
+		return fmt.Errorf("update engine %s: %w", e.ID, err)
+	}
+	args = append([]any{e.ID, string(e.Status), e.Port, e.KeyHash, e.KeyEnc, e.Image, e.URL,
+		e.InstanceID, e.BootDurationMS, e.HealthFailures, e.RestartAttempts, timePtr(e.NextRestartAt),
+		timePtr(e.LastHealthAt), timePtr(e.LastActiveAt), e.FailureReason, bap.Now()}, args...)
+	var n int
+	err = s.db.QueryRow(ctx, sqlUpdateEngine, args...).Scan(&n)
+	if err == nil && n == 0 {
+		err = registry.ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("update engine %s: %w", e.ID, translate(err))
+	}
+	return nil
+}
+
+var sqlDeleteEngine = `WITH e AS (
+	DELETE FROM engines WHERE id = $1::uuid RETURNING id
+), freed AS (
+	DELETE FROM port_allocations pa USING e WHERE pa.engine_id = e.id
+), audit AS (` + auditInsert(2, " CROSS JOIN e") + `)
+SELECT count(*) FROM e`
+
+// DeleteEngine deletes the engine, frees the ports allocated to it and
+// appends entries in one statement.
+func (s *Store) DeleteEngine(ctx context.Context, id string, entries ...audit.Entry) error {
+	if !validID(id) {
+		return fmt.Errorf("delete engine %s: %w", id, registry.ErrNotFound)
+	}
+	args, err := auditArgs(entries)
+	if err != nil {
+		return fmt.Errorf("delete engine %s: %w", id, err)
+	}
+	var n int
+	err = s.db.QueryRow(ctx, sqlDeleteEngine, append([]any{id}, args...)...).Scan(&n)
+	if err == nil && n == 0 {
+		err = registry.ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("delete engine %s: %w", id, translate(err))
+	}
+	return nil
+}
+
+// ListEngines returns a page of a product's engines ordered by (created_at,
+// id) and the total; count and page go in one round trip.
+func (s *Store) ListEngines(ctx context.Context, f registry.EngineFilter) ([]bap.Engine, int, error) {
+	if f.ProductID == "" {
+		return nil, 0, errors.New("list engines: product id is required")
+	}
+	if !validID(f.ProductID) {
+		return []bap.Engine{}, 0, nil
+	}
+	cond := ` WHERE e.product_id = $1::uuid`
+	args := []any{f.ProductID}
+	if f.Status != "" {
+		cond += ` AND e.status = $2`
+		args = append(args, string(f.Status))
+	}
+	n := len(args)
+	b := &pgx.Batch{}
+	b.Queue(`SELECT count(*) FROM engines e`+cond, args...)
+	b.Queue(`SELECT `+engineCols+` FROM engines e`+cond+` ORDER BY e.created_at, e.id LIMIT NULLIF($`+
+		strconv.Itoa(n+1)+`::int, 0) OFFSET $`+strconv.Itoa(n+2), append(args[:n:n], f.Limit, f.Offset)...)
+	br := s.db.SendBatch(ctx, b)
+	defer br.Close()
+	var total int
+	if err := br.QueryRow().Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("count engines: %w", translate(err))
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return nil, 0, fmt.Errorf("list engines: %w", translate(err))
+	}
+	engines, err := pgx.CollectRows(rows, scanEngine)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list engines: %w", translate(err))
+	}
+	if err := br.Close(); err != nil {
+		return nil, 0, fmt.Errorf("list engines: %w", translate(err))
+	}
+	return engines, total, nil
+}
+
+// EnginesByStatus returns every engine in one of states, ordered by id.
+func (s *Store) EnginesByStatus(ctx context.Context, states ...bap.State) ([]bap.Engine, error) {
+	if len(states) == 0 {
+		return []bap.Engine{}, nil
+	}
+	names := make([]string, len(states))
+	for i, st := range states {
+		names[i] = string(st)
+	}
+	rows, _ := s.db.Query(ctx, `SELECT `+engineCols+` FROM engines e WHERE e.status = ANY($1::text[]) ORDER BY e.id`, names)
+	engines, err := pgx.CollectRows(rows, scanEngine)
+	if err != nil {
+		return nil, fmt.Errorf("engines by status: %w", translate(err))
+	}
+	return engines, nil
+}
+
+// CountByStatus counts a product's engines (all products when productID is
+// empty) per state.
+func (s *Store) CountByStatus(ctx context.Context, productID string) (map[bap.State]int, error) {
+	counts := map[bap.State]int{}
+	sql, args := `SELECT status, count(*) FROM engines GROUP BY status`, []any{}
+	if productID != "" {
+		if !validID(productID) {
+			return counts, nil
+		}
+		sql, args = `SELECT status, count(*) FROM engines WHERE product_id = $1::uuid GROUP BY status`, []any{productID}
+	}
+	rows, _ := s.db.Query(ctx, sql, args...)
+	var status string
+	var n int
+	_, err := pgx.ForEachRow(rows, []any{&status, &n}, func() error {
+		counts[bap.State(status)] = n
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("count engines by status: %w", translate(err))
+	}
+	return counts, nil
+}
+
+// CountByProductStatus counts engines per product slug and state.
+func (s *Store) CountByProductStatus(ctx context.Context) (map[string]map[bap.State]int, error) {
+	counts := map[string]map[bap.State]int{}
+	rows, _ := s.db.Query(ctx, `SELECT p.slug, e.status, count(*) FROM engines e
+		JOIN products p ON p.id = e.product_id GROUP BY p.slug, e.status`)
+	var slug, status string
+	var n int
+	_, err := pgx.ForEachRow(rows, []any{&slug, &status, &n}, func() error {
+		if counts[slug] == nil {
+			counts[slug] = map[bap.State]int{}
+		}
+		counts[slug][bap.State(status)] = n
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("count engines by product and status: %w", translate(err))
+	}
+	return counts, nil
+}
+
+// TouchActive sets last_active_at for the engines in one statement.
+func (s *Store) TouchActive(ctx context.Context, engineIDs []string, at time.Time) error {
+	ids := validIDs(engineIDs)
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err := s.db.Exec(ctx, `UPDATE engines SET last_active_at = $2 WHERE id = ANY($1::text[]::uuid[])`,
+		ids, bap.Timestamp(at))
+	if err != nil {
+		return fmt.Errorf("touch active: %w", translate(err))
+	}
+	return nil
+}
+
+// sqlRecordHealth applies per-engine summaries of a batch of probes: whether
+// a success resets the failure count, the time of the last success, and the
+// failures after it.
+const sqlRecordHealth = `UPDATE engines e SET
+	health_failures = CASE WHEN r.reset THEN 0 ELSE e.health_failures END + r.failures,
+	last_health_at = COALESCE(r.ok_at, e.last_health_at)
+FROM unnest($1::text[]::uuid[], $2::bool[], $3::timestamptz[], $4::int[]) AS r(id, reset, ok_at, failures)
+WHERE e.id = r.id`
+
+// RecordHealth applies a batch of probe results in one statement. Results
+// are folded per engine in order first, so several results for one engine
+// count as they would one by one.
+func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResult) error {
+	type summary struct {
+		reset    bool
+		okAt     *time.Time
+		failures int
+	}
+	byID := map[string]*summary{}
+	var order []string
+	for _, r := range results {
+		if !validID(r.EngineID) {
+			continue
+		}
+		sm := byID[r.EngineID]
+		if sm == nil {
+			sm = &summary{}
+			byID[r.EngineID] = sm
+			order = append(order, r.EngineID)
+		}
+		if r.OK {
+			at := bap.Timestamp(r.At)
+			sm.reset, sm.okAt, sm.failures = true, &at, 0
+		} else {
+			sm.failures++
+		}
+	}
+	if len(order) == 0 {
+		return nil
+	}
+	resets := make([]bool, len(order))
+	okAt := make([]*time.Time, len(order))
+	failures := make([]int32, len(order))
+	for i, id := range order {
+		sm := byID[id]
+		resets[i], okAt[i], failures[i] = sm.reset, sm.okAt, int32(sm.failures)
+	}
+	if _, err := s.db.Exec(ctx, sqlRecordHealth, order, resets, okAt, failures); err != nil {
+		return fmt.Errorf("record health: %w", translate(err))
+	}
+	return nil
+}
+
+// validIDs returns the ids that can exist.
+func validIDs(ids []string) []string {
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if validID(id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
