@@ -49,7 +49,7 @@ type fixture struct {
 	image      string
 }
 
-func setup(t *testing.T, configure ...func(*docker.Config)) fixture {
+func setup(t testing.TB, configure ...func(*docker.Config)) fixture {
 	t.Helper()
 	cli := dockertest.Client(t)
 	image := dockertest.BuildEngineImage(t, engineImage)
@@ -61,7 +61,7 @@ func setup(t *testing.T, configure ...func(*docker.Config)) fixture {
 }
 
 // newBackend opens another backend on the fixture's deployment and network.
-func newBackend(t *testing.T, f fixture, configure ...func(*docker.Config)) *docker.Backend {
+func newBackend(t testing.TB, f fixture, configure ...func(*docker.Config)) *docker.Backend {
 	t.Helper()
 	cfg := docker.Config{
 		Network:      f.network,
@@ -85,7 +85,7 @@ type engine struct {
 	key  string
 }
 
-func newEngine(t *testing.T) engine {
+func newEngine(t testing.TB) engine {
 	t.Helper()
 	key := "sk-sept-" + uuid.NewString()
 	return engine{
@@ -105,7 +105,7 @@ func hashKey(key string) string {
 }
 
 // freePort is a loopback port nobody listens on right now.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -118,7 +118,7 @@ func freePort(t *testing.T) int {
 var noKeepAlive = &http.Transport{DisableKeepAlives: true}
 
 // waitHealthy polls the engine's /health through its published port.
-func waitHealthy(t *testing.T, port int) {
+func waitHealthy(t testing.TB, port int) {
 	t.Helper()
 	url := fmt.Sprintf("http://127.0.0.1:%d/health", port)
 	hc := &http.Client{Timeout: time.Second, Transport: noKeepAlive}
