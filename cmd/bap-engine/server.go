@@ -144,9 +144,15 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		p, err := store.GetProduct(ctx, productID)
 		return p.Slug, err
 	}
+	states := make([]string, len(bap.States))
+	for i, st := range bap.States {
+		states[i] = string(st)
+	}
 	met := metrics.New(metrics.Config{
-		Slug: slugOf,
-		Snapshot: func(ctx context.Context) (map[string]map[string]int, error) {
+		Slug:   slugOf,
+		States: states,
+		Logger: log,
+		Engines: func(ctx context.Context) (map[string]map[string]int, error) {
 			counts, err := store.CountByProductStatus(ctx)
 			if err != nil {
 				return nil, err
@@ -172,7 +178,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		Observer:     met,
 	})
 	limiter := policy.NewLimiter(time.Now)
-	disc := discovery.New(store, lm, limiter, discovery.Config{Logger: log, Observer: met})
+	disc := discovery.New(store, lm, limiter, discovery.Config{Logger: log})
 	checker := health.New(store, lm, health.Config{
 		Interval:           cfg.HealthCheckInterval,
 		Timeout:            cfg.HealthCheckTimeout,
@@ -221,7 +227,7 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 	g, gctx := errgroup.WithContext(loopCtx)
 	g.Go(func() error { return ignoreCanceled(s.discovery.Run(gctx)) })
 	g.Go(func() error { return ignoreCanceled(s.checker.Run(gctx)) })
-	g.Go(func() error { s.lifecycle.WatchCrashes(gctx, s.backoff, s.checker.Kick); return nil })
+	g.Go(func() error { return s.checker.RunCrashWatch(gctx) })
 	g.Go(func() error { return ignoreCanceled(s.idle.Run(gctx)) })
 	g.Go(func() error { s.reconcileLoop(gctx); return nil })
 	if s.cfg.AuditRetentionDays > 0 {
