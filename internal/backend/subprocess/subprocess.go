@@ -146,7 +146,10 @@ func New(cfg Config) (*Backend, error) {
 // processes) and ends every Events channel. Engines keep running: they are
 // meant to outlive the orchestrator.
 func (b *Backend) Close() error {
+	// Under b.mu, so no poller can be started after Wait begins.
+	b.mu.Lock()
 	b.once.Do(func() { close(b.closed) })
+	b.mu.Unlock()
 	b.poller.Wait()
 	return nil
 }
