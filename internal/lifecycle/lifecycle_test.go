@@ -513,7 +513,6 @@ func (f *faultyBackend) Start(ctx context.Context, id string) error {
 }
 
 func TestLifecycleSubprocess(t *testing.T) {
-	t.Parallel()
 	var roots sync.Map
 	lifecycleSuite(t, func(t testing.TB) backend.Backend {
 		root := t.TempDir()
