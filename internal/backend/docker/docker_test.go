@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -28,6 +29,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/september/bap-engine/internal/backend"
+	"github.com/september/bap-engine/internal/backend/backendtest"
 	"github.com/september/bap-engine/internal/backend/docker"
 	"github.com/september/bap-engine/internal/backend/docker/dockertest"
 )
@@ -35,12 +37,49 @@ import (
 // engineImage is the tag the reference engine is built under for these tests.
 const engineImage = "bap-engine-ref:test"
 
+// sharedNetwork is the engine network of every backend in this test binary
+// (one network per test would exhaust Docker's address pools when many run
+// at once); TestMain removes it at the end.
+var sharedNetwork = "bapt-" + uuid.NewString()[:8] + "-net"
+
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	code := m.Run()
+	removeNetwork(sharedNetwork)
+	// The conformance suite probes engines with http.DefaultClient.
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
-// fixture is one test's deployment: its own label value and network, torn
-// down with everything in it when the test ends.
+// removeNetwork deletes every network named name, if a daemon answers.
+func removeNetwork(name string) {
+	cli, err := client.New(client.FromEnv)
+	if err != nil {
+		return
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := cli.NetworkList(ctx, client.NetworkListOptions{Filters: make(client.Filters).Add("name", name)})
+	if err != nil {
+		return
+	}
+	for _, n := range res.Items {
+		if n.Name == name {
+			if _, err := cli.NetworkRemove(ctx, n.ID, client.NetworkRemoveOptions{}); err != nil {
+				fmt.Fprintf(os.Stderr, "remove test network %s: %v\n", name, err)
+			}
+		}
+	}
+}
+
+// fixture is one test's deployment: its own label value, torn down with
+// everything in it when the test ends.
 type fixture struct {
 	cli        *client.Client
 	b          *docker.Backend
@@ -54,8 +93,8 @@ func setup(t testing.TB, configure ...func(*docker.Config)) fixture {
 	cli := dockertest.Client(t)
 	image := dockertest.BuildEngineImage(t, engineImage)
 	dep := "bapt-" + uuid.NewString()[:8]
-	f := fixture{cli: cli, deployment: dep, network: dep + "-net", image: image}
-	dockertest.CleanupDeployment(t, cli, dep, f.network)
+	f := fixture{cli: cli, deployment: dep, network: sharedNetwork, image: image}
+	dockertest.CleanupDeployment(t, cli, dep)
 	f.b = newBackend(t, f, configure...)
 	return f
 }
@@ -178,6 +217,56 @@ func volumeExists(t *testing.T, cli *client.Client, engineID string) bool {
 	return true
 }
 
+// TestConformance runs the suite every backend passes, against the real
+// reference engine image.
+func TestConformance(t *testing.T) {
+	cli := dockertest.Client(t)
+	image := dockertest.BuildEngineImage(t, engineImage)
+	newBackend := func(t *testing.T) backend.Backend {
+		return setup(t).b
+	}
+	backendtest.Run(t, newBackend, image, backendtest.Options{
+		Kill: func(t *testing.T, _ backend.Backend, engineID string) {
+			t.Helper()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			require.NoError(t, dockertest.Kill(ctx, cli, docker.ContainerName(engineID)))
+		},
+	})
+}
+
+func TestNewCreatesTheNetworkOnce(t *testing.T) {
+	t.Parallel()
+	cli := dockertest.Client(t)
+	name := "bapt-" + uuid.NewString()[:8] + "-race"
+	t.Cleanup(func() { removeNetwork(name) })
+	const n = 4
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			b, err := docker.New(context.Background(), docker.Config{Network: name, Getenv: func(string) string { return "" }})
+			if err == nil {
+				_ = b.Close()
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
+	res, err := cli.NetworkList(context.Background(), client.NetworkListOptions{Filters: make(client.Filters).Add("name", name)})
+	require.NoError(t, err)
+	count := 0
+	for _, nw := range res.Items {
+		if nw.Name == name {
+			count++
+		}
+	}
+	require.Equal(t, 1, count, "concurrent creators leave exactly one network of the name")
+}
+
 func TestCreateShapesTheContainer(t *testing.T) {
 	t.Parallel()
 	catalog := t.TempDir()
@@ -209,17 +298,21 @@ func TestCreateShapesTheContainer(t *testing.T) {
 
 	c := inspect(t, f.cli, e.spec.EngineID)
 	require.Equal(t, "/engine-"+e.spec.EngineID, c.Name)
+	img, err := f.cli.ImageInspect(ctx, f.image)
+	require.NoError(t, err)
+	labels := maps.Clone(c.Config.Labels)
+	for k := range img.Config.Labels { // the image's own labels show too
+		delete(labels, k)
+	}
 	require.Equal(t, map[string]string{
 		backend.LabelManaged:    "true",
 		backend.LabelEngineID:   e.spec.EngineID,
 		backend.LabelProductID:  e.spec.ProductID,
 		backend.LabelDeployment: f.deployment,
-	}, c.Config.Labels)
+	}, labels)
 
 	// The environment is the contract's variables and the passthrough list,
 	// on top of what the image itself declares, and nothing else.
-	img, err := f.cli.ImageInspect(ctx, f.image)
-	require.NoError(t, err)
 	var own []string
 	for _, kv := range c.Config.Env {
 		if !slices.Contains(img.Config.Env, kv) {

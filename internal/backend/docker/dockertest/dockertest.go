@@ -139,7 +139,6 @@ func buildEngineImage(ctx context.Context, cli *client.Client, tag string) error
 		Version:     build.BuilderV1,
 		Remove:      true,
 		ForceRemove: true,
-		Labels:      map[string]string{"bap-engine.reference-engine": "true"},
 	})
 	if err != nil {
 		return fmt.Errorf("image build: %w", err)
