@@ -1,0 +1,112 @@
+package archtest
+
+import (
+	"bufio"
+	"bytes"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+const module = "github.com/september/bap-engine"
+
+// imports lists each package of the module with its non-test imports.
+func imports(t *testing.T) map[string][]string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, module+"/...").Output()
+	require.NoError(t, err, "go list")
+	pkgs := map[string][]string{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 0 {
+			continue
+		}
+		pkgs[strings.TrimPrefix(fields[0], module+"/")] = fields[1:]
+	}
+	require.NotEmpty(t, pkgs)
+	return pkgs
+}
+
+func internalImports(deps []string) []string {
+	var out []string
+	for _, d := range deps {
+		if strings.HasPrefix(d, module+"/") {
+			out = append(out, strings.TrimPrefix(d, module+"/"))
+		}
+	}
+	return out
+}
+
+func TestLeavesImportNothingInternal(t *testing.T) {
+	pkgs := imports(t)
+	for _, leaf := range []string{"internal/bap", "internal/config", "internal/secret", "internal/backend", "internal/metrics"} {
+		require.Contains(t, pkgs, leaf)
+		require.Empty(t, internalImports(pkgs[leaf]), "%s is a leaf", leaf)
+	}
+}
+
+func TestAllowedInternalImports(t *testing.T) {
+	allowed := map[string][]string{
+		"internal/audit":             {},
+		"internal/registry":          {"internal/bap", "internal/audit"},
+		"internal/registry/postgres": {"internal/bap", "internal/audit", "internal/registry"},
+		"internal/registry/sqlite":   {"internal/bap", "internal/audit", "internal/registry"},
+		"internal/lifecycle":         {"internal/bap", "internal/registry", "internal/backend", "internal/audit", "internal/secret", "internal/metrics"},
+		"internal/policy":            {"internal/bap"},
+		"internal/discovery":         {"internal/bap", "internal/registry", "internal/policy", "internal/lifecycle", "internal/audit", "internal/secret"},
+		"internal/health":            {"internal/bap", "internal/registry", "internal/lifecycle", "internal/metrics", "internal/audit"},
+	}
+	pkgs := imports(t)
+	for pkg, ok := range allowed {
+		deps, found := pkgs[pkg]
+		require.True(t, found, "package %s exists", pkg)
+		for _, d := range internalImports(deps) {
+			require.True(t, slices.Contains(ok, d), "%s must not import %s", pkg, d)
+		}
+	}
+}
+
+// TestOnlyLifecycleCallsBackends: apart from the composition root and the
+// backends' own packages, only lifecycle imports a backend.
+func TestOnlyLifecycleCallsBackends(t *testing.T) {
+	for pkg, deps := range imports(t) {
+		if pkg == "internal/lifecycle" || strings.HasPrefix(pkg, "cmd/") || strings.HasPrefix(pkg, "internal/backend") {
+			continue
+		}
+		for _, d := range internalImports(deps) {
+			require.False(t, strings.HasPrefix(d, "internal/backend"), "%s imports %s: only lifecycle may call a backend", pkg, d)
+		}
+	}
+}
+
+// TestDriversStayInTheirPackages: database drivers and the Docker client are
+// named only by the packages that implement on them.
+func TestDriversStayInTheirPackages(t *testing.T) {
+	owners := map[string][]string{
+		"github.com/jackc/pgx":     {"internal/registry/postgres", "internal/pgtest"},
+		"modernc.org/sqlite":       {"internal/registry/sqlite", "internal/engine"},
+		"github.com/moby/moby":     {"internal/backend/docker", "internal/backend/docker/dockertest"},
+		"github.com/pressly/goose": {"internal/registry/postgres", "internal/registry/sqlite"},
+	}
+	for pkg, deps := range imports(t) {
+		for _, d := range deps {
+			for prefix, ok := range owners {
+				if strings.HasPrefix(d, prefix) {
+					require.True(t, slices.Contains(ok, pkg), "%s imports %s", pkg, d)
+				}
+			}
+		}
+	}
+}
+
+// TestAPIKnowsNoConcreteStoreOrBackend keeps the HTTP layer on interfaces.
+func TestAPIKnowsNoConcreteStoreOrBackend(t *testing.T) {
+	for _, d := range internalImports(imports(t)["internal/api"]) {
+		require.NotContains(t, []string{"internal/registry/postgres", "internal/registry/sqlite"}, d)
+		require.False(t, strings.HasPrefix(d, "internal/backend"), "api imports %s", d)
+	}
+}
