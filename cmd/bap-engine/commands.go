@@ -35,7 +35,7 @@ func serveCmd(getenv func(string) string, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer srv.store.Close()
+			defer srv.close()
 			ln, err := net.Listen("tcp", cfg.ListenAddr)
 			if err != nil {
 				return fmt.Errorf("ORCH_LISTEN_ADDR %s: %w", cfg.ListenAddr, err)

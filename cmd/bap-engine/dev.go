@@ -99,7 +99,7 @@ func runDev(ctx context.Context, dir string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	defer srv.store.Close()
+	defer srv.close()
 
 	demoKey, err := ensureDemoProduct(ctx, srv.store, kept[demoKeyVar])
 	if err != nil {

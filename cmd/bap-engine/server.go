@@ -125,7 +125,20 @@ func openBackend(ctx context.Context, cfg config.Config, getenv func(string) str
 	}
 }
 
-// newServer assembles the orchestrator. The caller closes the store.
+// close releases the store and the backend's connections; engines keep
+// running.
+func (s *server) close() {
+	if c, ok := s.backend.(io.Closer); ok {
+		if err := c.Close(); err != nil {
+			s.log.Warn("close backend", "err", err)
+		}
+	}
+	if err := s.store.Close(); err != nil {
+		s.log.Warn("close registry", "err", err)
+	}
+}
+
+// newServer assembles the orchestrator. The caller calls close.
 func newServer(ctx context.Context, cfg config.Config, getenv func(string) string, log *slog.Logger) (*server, error) {
 	sealer, err := secret.NewSealer(cfg.MasterKey)
 	if err != nil {
