@@ -1,0 +1,20 @@
+// Package health keeps running engines healthy (SPEC §7, §8): the Checker
+// probes every running engine's GET /health on its own schedule, records the
+// results in batches, marks an engine failed after consecutive failures and
+// schedules its automatic restarts with exponential backoff; the
+// IdleSweeper puts engines nobody admitted for a while to sleep.
+//
+// What belongs here: the loops, their scheduling and their statistics. What
+// does not: state changes themselves, which are lifecycle's (MarkFailed,
+// AutoRestart, Sleep), and any backend call — health never imports backend.
+// Failure counters and restart times live in the engine rows, so an
+// orchestrator restart continues where the previous process stopped.
+//
+// Scheduling: each engine is probed once per Interval at a fixed phase
+// derived from its id, so a large fleet is spread evenly over the interval
+// instead of being swept in one burst. At most MaxInFlight probes run at
+// once, each bounded by Timeout; a hanging engine holds one slot for at most
+// Timeout and never moves the others' due times. With the defaults (50
+// slots, 30 s interval, 10 s timeout) up to 150 engines may hang in every
+// interval before probes start running late.
+package health

@@ -1,0 +1,261 @@
+package health_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/health"
+	"github.com/september/bap-engine/internal/registry"
+)
+
+// listenersEnv makes the test binary serve "<n>,<hanging>" loopback
+// listeners instead of running tests: the first <hanging> accept and never
+// answer, the others answer /health with ok. It prints one port per line,
+// then "ready", and exits when its stdin closes.
+const listenersEnv = "BAP_HEALTH_TEST_LISTENERS"
+
+func serveListeners() int {
+	var n, hang int
+	if _, err := fmt.Sscanf(os.Getenv(listenersEnv), "%d,%d", &n, &hang); err != nil {
+		fmt.Fprintln(os.Stderr, "listeners:", err)
+		return 2
+	}
+	if err := raiseNoFile(); err != nil {
+		fmt.Fprintln(os.Stderr, "listeners:", err)
+		return 2
+	}
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"status":"ok"}`)
+	})
+	out := bufio.NewWriter(os.Stdout)
+	var held sync.Map
+	for i := range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "listeners:", err)
+			return 2
+		}
+		if i < hang {
+			go func() {
+				for {
+					conn, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					held.Store(conn, true) // never read, never answered
+				}
+			}()
+		} else {
+			srv := &http.Server{Handler: ok, IdleTimeout: 120 * time.Second}
+			go func() { _ = srv.Serve(ln) }()
+		}
+		fmt.Fprintln(out, ln.Addr().(*net.TCPAddr).Port)
+	}
+	fmt.Fprintln(out, "ready")
+	if err := out.Flush(); err != nil {
+		return 2
+	}
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+// raiseNoFile lifts the soft open-files limit to the hard one.
+func raiseNoFile() error {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return fmt.Errorf("getrlimit: %w", err)
+	}
+	l.Cur = l.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return fmt.Errorf("setrlimit: %w", err)
+	}
+	return nil
+}
+
+// startListeners runs the listener helper process and returns its ports.
+func startListeners(b *testing.B, n, hang int) []int {
+	b.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d,%d", listenersEnv, n, hang))
+	stdin, err := cmd.StdinPipe()
+	require.NoError(b, err)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(b, err)
+	cmd.Stderr = os.Stderr
+	require.NoError(b, cmd.Start())
+	b.Cleanup(func() {
+		stdin.Close()
+		_ = cmd.Wait()
+	})
+	var ports []int
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "ready" {
+			return ports
+		}
+		p, err := strconv.Atoi(line)
+		require.NoError(b, err)
+		ports = append(ports, p)
+	}
+	b.Fatalf("listener helper ended early: %v", sc.Err())
+	return nil
+}
+
+// registerFleet inserts one running engine per port, in one transaction.
+func registerFleet(b *testing.B, e *env, ports []int) {
+	b.Helper()
+	now := bap.Now()
+	err := e.store.InTx(context.Background(), func(tx registry.Store) error {
+		for i, p := range ports {
+			en := bap.Engine{ID: uuid.NewString(), ProductID: e.product.ID, UserID: "u" + strconv.Itoa(i),
+				Status: bap.StateRunning, Port: p, URL: "http://127.0.0.1:" + strconv.Itoa(p),
+				Image: "september-engine:bench", LastActiveAt: &now, CreatedAt: now, UpdatedAt: now}
+			if err := tx.InsertEngine(context.Background(), en, registry.Quota{}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	require.NoError(b, err)
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procStatusKB reads a field (VmRSS, VmHWM) of /proc/self/status in KiB.
+func procStatusKB(field string) float64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return kb
+		}
+	}
+	return 0
+}
+
+const (
+	fleetSize    = 10_000
+	fleetHanging = 100
+)
+
+// benchmarkSweep registers a 10,000-engine fleet (100 never answer) served
+// by one helper process and measures one full sweep of a Checker with the
+// production settings (30 s interval, 10 s timeout, 50 in flight): until
+// every engine has one probe result. tick selects the Tick mode (one burst
+// sweep as fast as the slots allow) instead of the per-engine schedule.
+func benchmarkSweep(b *testing.B, tick bool) {
+	require.NoError(b, raiseNoFile())
+	ports := startListeners(b, fleetSize, fleetHanging)
+	require.Len(b, ports, fleetSize)
+	e := newEnv(b, envOptions{})
+	registerFleet(b, e, ports)
+	b.ResetTimer()
+	for range b.N {
+		sweepOnce(b, e, tick)
+	}
+}
+
+func sweepOnce(b *testing.B, e *env, tick bool) {
+	b.StopTimer()
+	var (
+		mu      sync.Mutex
+		seen    = make(map[string]bool, fleetSize)
+		failed  atomic.Int64
+		allSeen = make(chan struct{})
+		maxLag  atomic.Int64
+		probes  atomic.Int64
+	)
+	cfg := health.Config{
+		Interval:    30 * time.Second,
+		Timeout:     10 * time.Second,
+		MaxFailures: 1000, // measure probing, not transitions
+		Logger:      quietLogger(),
+		OnPass: func(st health.Stats) {
+			if int64(st.MaxLag) > maxLag.Load() {
+				maxLag.Store(int64(st.MaxLag))
+			}
+		},
+	}
+	var tickC chan time.Time
+	if tick {
+		tickC = make(chan time.Time)
+		cfg.Tick = tickC
+	}
+	c := health.New(e.store, e.lm, cfg)
+	health.SetOnResult(c, func(id string, ok bool) {
+		probes.Add(1)
+		if !ok {
+			failed.Add(1)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !seen[id] {
+			seen[id] = true
+			if len(seen) == fleetSize {
+				close(allSeen)
+			}
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	cpu0, wall0 := cpuTime(), time.Now()
+	b.StartTimer()
+	go func() { done <- c.Run(ctx) }()
+	select {
+	case <-allSeen:
+	case <-time.After(5 * time.Minute):
+		b.Fatal("sweep did not finish")
+	}
+	wall := time.Since(wall0)
+	b.StopTimer()
+	cpu := cpuTime() - cpu0
+	rss, hwm := procStatusKB("VmRSS"), procStatusKB("VmHWM")
+	cancel()
+	require.NoError(b, <-done)
+	require.EqualValues(b, fleetHanging, failed.Load(), "exactly the hanging engines fail")
+	b.ReportMetric(wall.Seconds(), "sweep_s")
+	b.ReportMetric(cpu.Seconds(), "cpu_s")
+	b.ReportMetric(float64(probes.Load())/wall.Seconds(), "probes/s")
+	b.ReportMetric(rss/1024, "rss_MB")
+	b.ReportMetric(hwm/1024, "peak_rss_MB")
+	b.ReportMetric(float64(maxLag.Load())/float64(time.Millisecond), "max_lag_ms")
+	b.StartTimer()
+}
+
+// BenchmarkSweep10k: the production schedule spreads the fleet over the
+// 30 s interval, so a sweep lasts about one interval (plus the timeout when
+// the last engine hangs); what matters is max_lag_ms (how late probes start:
+// near zero means hanging engines delayed nobody) and cpu_s. Run with
+// go test -run '^$' -bench Sweep10k -benchtime 1x ./internal/health/
+func BenchmarkSweep10k(b *testing.B) { benchmarkSweep(b, false) }
+
+// BenchmarkSweep10kBurst: the same fleet swept in one burst (Tick mode), as
+// fast as 50 slots allow; the 100 hanging engines alone hold the slots for
+// 100 × 10 s / 50 = 20 s.
+func BenchmarkSweep10kBurst(b *testing.B) { benchmarkSweep(b, true) }

@@ -1,0 +1,368 @@
+package health
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"hash/fnv"
+	"strconv"
+	"time"
+
+	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/lifecycle"
+	"github.com/september/bap-engine/internal/registry"
+)
+
+// target is one engine being probed. Targets belong to the probe loop's
+// goroutine; probe goroutines only read id and url, which never change
+// after the target is created.
+type target struct {
+	id        string
+	productID string
+	url       string
+	// updatedAt is the row's updated_at when failures was last synced: it
+	// changes with every lifecycle transition, which may reset the count.
+	updatedAt time.Time
+	// failures counts consecutive failed probes (registry value, then kept
+	// up to date here between refreshes).
+	failures int
+	due      time.Time
+	inFlight bool
+	// gone: the engine left the probed set; the heap drops it lazily.
+	gone bool
+}
+
+// dueHeap orders targets by due time.
+type dueHeap []*target
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(*target)) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return t
+}
+
+// probeResult is what a probe goroutine hands back to the loop.
+type probeResult struct {
+	t   *target
+	err error
+	at  time.Time
+}
+
+// loop is the probe loop's state, owned by one goroutine.
+type loop struct {
+	c       *Checker
+	targets map[string]*target
+	due     dueHeap
+	results chan probeResult
+	active  int // probes running
+	maxLag  time.Duration
+}
+
+func (c *Checker) newLoop() *loop {
+	return &loop{
+		c:       c,
+		targets: map[string]*target{},
+		// Every running probe sends exactly one result and at most
+		// MaxInFlight run, so a send never blocks.
+		results: make(chan probeResult, c.cfg.MaxInFlight),
+	}
+}
+
+// phase is an engine's fixed offset within the interval, derived from its
+// id so that engines spread evenly and keep their slot across refreshes and
+// orchestrator restarts.
+func phase(id string, interval time.Duration) time.Duration {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(id))
+	return time.Duration(h.Sum64() % uint64(interval))
+}
+
+// firstDue is the first instant at or after now in the engine's phase.
+func firstDue(id string, now time.Time, interval time.Duration) time.Time {
+	off := phase(id, interval)
+	cur := time.Duration(uint64(now.UnixNano()) % uint64(interval))
+	wait := off - cur
+	if wait < 0 {
+		wait += interval
+	}
+	return now.Add(wait)
+}
+
+// apply replaces the probed set with engines (the registry's current view):
+// new engines are scheduled in their phase, known ones keep their schedule
+// and resync their failure count after a lifecycle transition, and engines
+// no longer listed are dropped.
+func (l *loop) apply(engines []bap.Engine, now time.Time, schedule bool) {
+	seen := make(map[string]bool, len(engines))
+	for _, e := range engines {
+		if !l.c.eligible(e.Status) || e.URL == "" {
+			continue
+		}
+		seen[e.ID] = true
+		t := l.targets[e.ID]
+		if t != nil && t.url != e.URL {
+			// The engine moved: the old target's in-flight probe (if any)
+			// speaks for the old address and is ignored.
+			t.gone = true
+			t = nil
+		}
+		if t == nil {
+			t = &target{id: e.ID, productID: e.ProductID, url: e.URL, updatedAt: e.UpdatedAt,
+				failures: e.HealthFailures}
+			l.targets[e.ID] = t
+			if schedule {
+				t.due = firstDue(e.ID, now, l.c.cfg.Interval)
+				heap.Push(&l.due, t)
+			}
+			continue
+		}
+		if !t.updatedAt.Equal(e.UpdatedAt) {
+			t.updatedAt = e.UpdatedAt
+			t.failures = e.HealthFailures
+		}
+	}
+	for id, t := range l.targets {
+		if !seen[id] {
+			t.gone = true
+			delete(l.targets, id)
+		}
+	}
+}
+
+// start launches a probe of t.
+func (l *loop) start(ctx context.Context, t *target) {
+	t.inFlight = true
+	l.active++
+	c := l.c
+	go func() {
+		err := lifecycle.Probe(ctx, c.client, t.url, c.cfg.Timeout)
+		l.results <- probeResult{t: t, err: err, at: c.now()}
+	}()
+}
+
+// handle records one probe result and starts marking the engine failed when
+// it reached MaxFailures consecutive failures.
+func (l *loop) handle(ctx context.Context, r probeResult) {
+	l.active--
+	t := r.t
+	t.inFlight = false
+	if ctx.Err() != nil && r.err != nil {
+		return // cancelled by shutdown: says nothing about the engine
+	}
+	c := l.c
+	ok := r.err == nil
+	c.ctr.probed.Add(1)
+	if c.onResult != nil {
+		c.onResult(t.id, ok)
+	}
+	if t.gone {
+		return
+	}
+	c.w.add(registry.HealthResult{EngineID: t.id, OK: ok, At: bap.Timestamp(r.at)})
+	if ok {
+		t.failures = 0
+		return
+	}
+	c.ctr.failed.Add(1)
+	c.obs.ProbeFailure(t.productID)
+	t.failures++
+	if t.failures >= c.cfg.MaxFailures {
+		c.markFailed(ctx, t.id, failedReason(t.failures, r.err))
+	}
+}
+
+func failedReason(n int, err error) string {
+	s := "health check failed " + strconv.Itoa(n) + " times in a row: " + err.Error()
+	if len(s) > 300 {
+		s = s[:300]
+	}
+	return s
+}
+
+// drain waits for the running probes (cancelled with ctx) to report.
+func (l *loop) drain(ctx context.Context) {
+	for l.active > 0 {
+		l.handle(ctx, <-l.results)
+	}
+}
+
+// scheduleLoop is the production loop: every engine is probed once per
+// Interval at its own phase; the engine set is refreshed in the background
+// and a pass is reported every Interval.
+func (c *Checker) scheduleLoop(ctx context.Context) {
+	l := c.newLoop()
+	refreshed := make(chan []bap.Engine)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.refresher(ctx, refreshed)
+	}()
+	defer func() { <-done }()
+
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	pass := time.NewTicker(c.cfg.Interval)
+	defer pass.Stop()
+	passStart := time.Now()
+
+	for {
+		now := time.Now()
+		l.dispatch(ctx, now)
+		if l.active < c.cfg.MaxInFlight && len(l.due) > 0 {
+			timer.Reset(max(l.due[0].due.Sub(now), 0))
+		} else {
+			timer.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			l.drain(ctx)
+			return
+		case r := <-l.results:
+			l.handle(ctx, r)
+		case engines := <-refreshed:
+			l.apply(engines, time.Now(), true)
+		case <-timer.C:
+		case at := <-pass.C:
+			st := c.takeStats()
+			st.Engines = len(l.targets)
+			st.MaxLag, l.maxLag = l.maxLag, 0
+			st.Duration = at.Sub(passStart)
+			passStart = at
+			if c.cfg.OnPass != nil {
+				c.cfg.OnPass(st)
+			}
+		}
+	}
+}
+
+// dispatch starts every due probe while slots are free. An engine whose
+// previous probe still runs skips this turn; every started engine is due
+// again one Interval after its due time, so a late start never shifts its
+// phase.
+func (l *loop) dispatch(ctx context.Context, now time.Time) {
+	interval := l.c.cfg.Interval
+	for l.active < l.c.cfg.MaxInFlight && len(l.due) > 0 && !l.due[0].due.After(now) {
+		t := l.due[0]
+		if t.gone {
+			heap.Pop(&l.due)
+			continue
+		}
+		if t.inFlight {
+			l.c.ctr.skipped.Add(1)
+		} else {
+			l.maxLag = max(l.maxLag, now.Sub(t.due))
+			l.start(ctx, t)
+		}
+		t.due = t.due.Add(interval)
+		if !t.due.After(now) {
+			// More than an interval behind: resume in phase rather than
+			// firing the missed probes back to back.
+			t.due = t.due.Add(now.Sub(t.due).Truncate(interval) + interval)
+		}
+		heap.Fix(&l.due, 0)
+	}
+}
+
+// refresher reads the probed set every Refresh, backing off while the
+// registry cannot be read, and hands each read to the loop.
+func (c *Checker) refresher(ctx context.Context, out chan<- []bap.Engine) {
+	fails := 0
+	for {
+		engines, err := c.store.EnginesByStatus(ctx, c.states...)
+		wait := c.cfg.Refresh
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			c.ctr.errors.Add(1)
+			wait = Backoff(c.cfg.Refresh, 30*time.Second, fails)
+			fails++
+			c.log.Warn("health: read engines to probe", "err", err, "retry_in", wait)
+		default:
+			if fails > 0 {
+				c.log.Info("health: registry readable again")
+			}
+			fails = 0
+			select {
+			case out <- engines:
+			case <-ctx.Done():
+				return
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// sweepLoop is the Tick mode: one full sweep at start and one per tick.
+func (c *Checker) sweepLoop(ctx context.Context) {
+	l := c.newLoop()
+	for {
+		c.sweep(ctx, l)
+		if ctx.Err() != nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.cfg.Tick:
+		}
+	}
+}
+
+// sweep probes every engine of the set once, waits for the results and the
+// transitions they cause, writes them, and reports the pass.
+func (c *Checker) sweep(ctx context.Context, l *loop) {
+	began := time.Now()
+	engines, err := c.store.EnginesByStatus(ctx, c.states...)
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		c.ctr.errors.Add(1)
+		c.log.Warn("health: read engines to probe; probing the last known set", "err", err)
+	} else {
+		l.apply(engines, began, false)
+	}
+	queue := make([]*target, 0, len(l.targets))
+	for _, t := range l.targets {
+		queue = append(queue, t)
+	}
+	for len(queue) > 0 || l.active > 0 {
+		for len(queue) > 0 && l.active < c.cfg.MaxInFlight {
+			l.start(ctx, queue[0])
+			queue = queue[1:]
+		}
+		select {
+		case <-ctx.Done():
+			l.drain(ctx)
+			return
+		case r := <-l.results:
+			l.handle(ctx, r)
+		}
+	}
+	c.marks.Wait()
+	if err := c.w.flush(ctx); err != nil && ctx.Err() == nil {
+		c.ctr.errors.Add(1)
+		c.log.Warn("health: record results", "err", err)
+	}
+	st := c.takeStats()
+	st.Engines = len(l.targets)
+	st.Duration = time.Since(began)
+	if c.cfg.OnPass != nil {
+		c.cfg.OnPass(st)
+	}
+}
+
+func isNotFound(err error) bool { return errors.Is(err, registry.ErrNotFound) }
