@@ -34,6 +34,26 @@ type config struct {
 	keyHash    [sha256.Size]byte
 	dbPath     string
 	catalogDir string
+	// warmup keeps /health answering "starting" this long after the
+	// listener is up, as an engine loading a model would (ENGINE_WARMUP_S).
+	warmup time.Duration
+	// drain keeps serving this long after SIGTERM before shutting down, as
+	// an engine behind a load balancer would (ENGINE_SHUTDOWN_DELAY_S).
+	drain time.Duration
+}
+
+// optionalSeconds parses a non-negative, possibly fractional, number of
+// seconds; empty is zero.
+func optionalSeconds(getenv func(string) string, name string) (time.Duration, error) {
+	v := getenv(name)
+	if v == "" {
+		return 0, nil
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f < 0 || f > 3600 {
+		return 0, fmt.Errorf("%s: %q is not a number of seconds between 0 and 3600", name, v)
+	}
+	return time.Duration(f * float64(time.Second)), nil
 }
 
 // loadConfig reads the contract's variables through getenv. Errors name the
@@ -55,6 +75,13 @@ func loadConfig(getenv func(string) string) (config, error) {
 		}
 		cfg.port = p
 	}
+	var err error
+	if cfg.warmup, err = optionalSeconds(getenv, "ENGINE_WARMUP_S"); err != nil {
+		return config{}, err
+	}
+	if cfg.drain, err = optionalSeconds(getenv, "ENGINE_SHUTDOWN_DELAY_S"); err != nil {
+		return config{}, err
+	}
 	h := getenv("ENGINE_KEY_HASH")
 	if h == "" {
 		return config{}, errors.New("ENGINE_KEY_HASH is required (lowercase hex SHA-256 of the engine key)")
@@ -71,7 +98,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 // in-flight requests (bounded), closes the brain and returns nil. It reads
 // PORT (default 8000), ENGINE_KEY_HASH (required), SQLITE_DB_PATH (default
 // /data/brain.sqlite; its directory is created), CATALOG_DIR (optional) and
-// ENGINE_LISTEN_HOST (default: all interfaces) through getenv, and writes
+// ENGINE_LISTEN_HOST (default: all interfaces), ENGINE_WARMUP_S and
+// ENGINE_SHUTDOWN_DELAY_S (optional, seconds) through getenv, and writes
 // JSON log lines to logw.
 func Run(ctx context.Context, getenv func(string) string, logw io.Writer) error {
 	log := slog.New(slog.NewJSONHandler(logw, nil))
@@ -98,16 +126,36 @@ func Run(ctx context.Context, getenv func(string) string, logw io.Writer) error 
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	s.ready.Store(true)
-	log.Info("engine ready", "addr", ln.Addr().String(), "version", Version, "brain", cfg.dbPath)
-
-	select {
-	case err := <-serveErr:
-		s.ready.Store(false)
-		return fmt.Errorf("engine serve: %w", err)
-	case <-ctx.Done():
+	if cfg.warmup > 0 {
+		log.Info("engine warming up", "addr", ln.Addr().String(), "for", cfg.warmup.String())
+	}
+	warm := time.After(cfg.warmup)
+wait:
+	for {
+		select {
+		case <-warm:
+			warm = nil
+			s.ready.Store(true)
+			log.Info("engine ready", "addr", ln.Addr().String(), "version", Version, "brain", cfg.dbPath)
+		case err := <-serveErr:
+			s.ready.Store(false)
+			return fmt.Errorf("engine serve: %w", err)
+		case <-ctx.Done():
+			break wait
+		}
 	}
 	s.ready.Store(false)
+	s.stopping.Store(true)
+	if cfg.drain > 0 {
+		log.Info("engine draining before shutdown", "for", cfg.drain.String())
+		t := time.NewTimer(cfg.drain)
+		select {
+		case <-t.C:
+		case err := <-serveErr:
+			t.Stop()
+			return fmt.Errorf("engine serve: %w", err)
+		}
+	}
 	log.Info("engine shutting down")
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()

@@ -460,3 +460,61 @@ func TestRunRejectsBadConfigAndBusyPort(t *testing.T) {
 	err = Run(context.Background(), env, io.Discard)
 	require.ErrorContains(t, err, "listen")
 }
+
+func healthStatus(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url + "/health")
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	var h struct {
+		Status string `json:"status"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&h)
+	return resp.StatusCode, h.Status
+}
+
+func TestWarmupAndShutdownDelay(t *testing.T) {
+	t.Parallel()
+	port := freePort(t)
+	env := envOf(map[string]string{
+		"PORT": strconv.Itoa(port), "ENGINE_KEY_HASH": hashOf(testKey),
+		"SQLITE_DB_PATH": filepath.Join(t.TempDir(), "brain.sqlite"), "ENGINE_LISTEN_HOST": "127.0.0.1",
+		"ENGINE_WARMUP_S": "0.4", "ENGINE_SHUTDOWN_DELAY_S": "0.4",
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, env, io.Discard) }()
+	url := "http://127.0.0.1:" + strconv.Itoa(port)
+
+	// While warming up the engine listens but is not ready.
+	require.Eventually(t, func() bool {
+		code, status := healthStatus(t, url)
+		return code == http.StatusServiceUnavailable && status == "starting"
+	}, 5*time.Second, 5*time.Millisecond)
+	waitHealthy(t, url)
+
+	// After SIGTERM (ctx) it keeps answering, not ready, until the delay ends.
+	cancel()
+	require.Eventually(t, func() bool {
+		code, status := healthStatus(t, url)
+		return code == http.StatusServiceUnavailable && status == "stopping"
+	}, 5*time.Second, 5*time.Millisecond)
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("engine did not stop after its shutdown delay")
+	}
+	code, _ := healthStatus(t, url)
+	require.Zero(t, code, "stopped engine must not answer")
+}
+
+func TestDelayValidation(t *testing.T) {
+	for _, bad := range []string{"-1", "abc", "99999"} {
+		_, err := loadConfig(envOf(map[string]string{"ENGINE_KEY_HASH": hashOf(testKey), "ENGINE_WARMUP_S": bad}))
+		require.ErrorContains(t, err, "ENGINE_WARMUP_S")
+	}
+}

@@ -33,7 +33,9 @@ type server struct {
 	started time.Time
 	// ready is true while the brain is open and the engine accepts work.
 	ready atomic.Bool
-	mux   *http.ServeMux
+	// stopping is set once shutdown began, so /health says why it is not ready.
+	stopping atomic.Bool
+	mux      *http.ServeMux
 }
 
 // newServer builds the handler; it starts not ready.
@@ -85,7 +87,11 @@ func (s *server) authorized(key string) bool {
 func (s *server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	uptime := time.Since(s.started).Seconds()
 	if !s.ready.Load() {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "stopping", "version": Version, "uptime_s": uptime})
+		status := "starting"
+		if s.stopping.Load() {
+			status = "stopping"
+		}
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": status, "version": Version, "uptime_s": uptime})
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), healthPingWait)
