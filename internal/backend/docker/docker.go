@@ -312,11 +312,19 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Instan
 	if err := b.ensureImage(ctx, image); err != nil {
 		return backend.Instance{}, err
 	}
-	if err := b.ensureVolume(ctx, spec); err != nil {
+	madeVolume, err := b.ensureVolume(ctx, spec)
+	if err != nil {
 		return backend.Instance{}, err
 	}
 	name := ContainerName(spec.EngineID)
 	if err := b.createOrAdopt(ctx, spec, image); err != nil {
+		if madeVolume {
+			// Leave nothing half-made; a volume that existed before holds
+			// data and stays.
+			rctx, cancel := b.call(context.WithoutCancel(ctx))
+			_, _ = b.cli.VolumeRemove(rctx, VolumeName(spec.EngineID), client.VolumeRemoveOptions{})
+			cancel()
+		}
 		return backend.Instance{}, err
 	}
 	inst, err := b.Inspect(ctx, spec.EngineID)
@@ -355,21 +363,33 @@ func (b *Backend) ensureImage(ctx context.Context, image string) error {
 	return fmt.Errorf("image %s is not present and cannot be pulled: %w: %w", image, backend.ErrImageNotFound, err)
 }
 
-// ensureVolume creates the engine's data volume unless it exists. A volume
-// labelled for another engine (two ids sharing the 12-character prefix) is
-// a conflict: one engine must never see another's brain.
-func (b *Backend) ensureVolume(ctx context.Context, spec backend.Spec) error {
+// ensureVolume creates the engine's data volume unless it exists and
+// reports whether it made it. A volume labelled for another engine (two ids
+// sharing the 12-character prefix) is a conflict: one engine must never see
+// another's brain.
+func (b *Backend) ensureVolume(ctx context.Context, spec backend.Spec) (made bool, err error) {
 	name := VolumeName(spec.EngineID)
 	cctx, cancel := b.call(ctx)
 	defer cancel()
+	existing, err := b.cli.VolumeInspect(cctx, name, client.VolumeInspectOptions{})
+	switch {
+	case err == nil:
+		if owner := existing.Volume.Labels[backend.LabelEngineID]; owner != "" && owner != spec.EngineID {
+			return false, fmt.Errorf("volume %s for engine %s: %w: it belongs to engine %s", name, spec.EngineID, backend.ErrConflict, owner)
+		}
+		return false, nil
+	case !errors.Is(classify(err), backend.ErrNotFound):
+		return false, wrap(err, "inspect volume %s", name)
+	}
 	res, err := b.cli.VolumeCreate(cctx, client.VolumeCreateOptions{Name: name, Labels: b.labels(spec)})
 	if err != nil {
-		return wrap(err, "create volume %s", name)
+		return false, wrap(err, "create volume %s", name)
 	}
+	// Created concurrently by another creator of a colliding engine?
 	if owner := res.Volume.Labels[backend.LabelEngineID]; owner != "" && owner != spec.EngineID {
-		return fmt.Errorf("create volume %s for engine %s: %w: it belongs to engine %s", name, spec.EngineID, backend.ErrConflict, owner)
+		return false, fmt.Errorf("volume %s for engine %s: %w: it belongs to engine %s", name, spec.EngineID, backend.ErrConflict, owner)
 	}
-	return nil
+	return true, nil
 }
 
 // createContainer issues one ContainerCreate for spec.

@@ -486,6 +486,33 @@ func TestCreateWithMissingImage(t *testing.T) {
 	require.False(t, volumeExists(t, f.cli, e.spec.EngineID), "nothing is left behind")
 }
 
+func TestFailedCreateLeavesNothingBehind(t *testing.T) {
+	t.Parallel()
+	f := setup(t, func(c *docker.Config) { c.CatalogPath = filepath.Join(t.TempDir(), "missing") })
+	ctx := context.Background()
+	e := newEngine(t)
+	_, err := f.b.Create(ctx, e.spec)
+	require.Error(t, err)
+	_, err = f.b.Inspect(ctx, e.spec.EngineID)
+	require.ErrorIs(t, err, backend.ErrNotFound)
+	require.False(t, volumeExists(t, f.cli, e.spec.EngineID), "the volume it made is gone")
+}
+
+func TestVolumesOfCollidingEnginesStaySeparate(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ctx := context.Background()
+	a, b := newEngine(t), newEngine(t)
+	// Two ids with the same first 12 characters map to one volume name.
+	b.spec.EngineID = a.spec.EngineID[:12] + "-collides"
+	_, err := f.b.Create(ctx, a.spec)
+	require.NoError(t, err)
+	_, err = f.b.Create(ctx, b.spec)
+	require.ErrorIs(t, err, backend.ErrConflict)
+	require.NoError(t, f.b.Destroy(ctx, b.spec.EngineID))
+	require.True(t, volumeExists(t, f.cli, a.spec.EngineID), "destroying one engine never deletes another's data")
+}
+
 func TestCreateRejectsBadSpecs(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
