@@ -35,7 +35,9 @@ type Config struct {
 	// (or product and user, without an engine) per interval (default 1 min).
 	DenySampleInterval time.Duration
 	// Now is the clock (default time.Now).
-	Now    func() time.Time
+	Now func() time.Time
+	// Logger receives warnings of failed background writes (default
+	// slog.Default()).
 	Logger *slog.Logger
 }
 

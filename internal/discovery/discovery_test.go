@@ -352,6 +352,41 @@ func TestAdmitBranches(t *testing.T) {
 	})
 }
 
+// lookupOnly is a Store that can do nothing but AdmitLookup: any other
+// call hits the nil embedded interface and panics.
+type lookupOnly struct {
+	registry.Store // nil
+	inner          registry.Store
+	calls          atomic.Int64
+}
+
+func (l *lookupOnly) AdmitLookup(ctx context.Context, keyHash, userID string, now time.Time) (bap.Product, *bap.Engine, error) {
+	l.calls.Add(1)
+	return l.inner.AdmitLookup(ctx, keyHash, userID, now)
+}
+
+func TestAdmitRunningIsOneQuery(t *testing.T) {
+	eachStore(t, func(t *testing.T, open func(testing.TB) registry.Store) {
+		e := newEnv(t, open, envOptions{})
+		p, h := e.product(t, `{"rate_limit_rpm": 100}`)
+		en, key := e.engineRow(t, p, "u", bap.StateRunning)
+		// Fresh last_active_at, as after a flush: nothing else to write.
+		require.NoError(t, e.store.TouchActive(t.Context(), []string{en.ID}, bap.Timestamp(e.clock.Now())))
+		lo := &lookupOnly{inner: e.store.Store}
+		svc := discovery.New(lo, e.lm, e.lim, discovery.Config{Now: e.clock.Now})
+		for i := range 3 {
+			_, d, err := svc.Admit(t.Context(), h, "u", discovery.Options{AutoProvision: true, AutoWake: true})
+			require.NoError(t, err)
+			requireAdmitted(t, d, false)
+			require.Equal(t, key, d.APIKey)
+			require.EqualValues(t, i+1, lo.calls.Load(), "one store call per admit")
+		}
+		st, err := svc.Flush(t.Context())
+		require.NoError(t, err)
+		require.Zero(t, st.Engines)
+	})
+}
+
 func TestAdmitAutoProvision(t *testing.T) {
 	eachStore(t, func(t *testing.T, open func(testing.TB) registry.Store) {
 		e := newEnv(t, open, envOptions{})
