@@ -40,6 +40,7 @@ func serveCmd(getenv func(string) string, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("ORCH_LISTEN_ADDR %s: %w", cfg.ListenAddr, err)
 			}
+			fmt.Fprintf(stdout, "bap-engine listening on http://%s\n", displayAddr(ln.Addr()))
 			return srv.serve(cmd.Context(), ln)
 		},
 	}

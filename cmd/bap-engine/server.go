@@ -33,7 +33,6 @@ import (
 // Intervals of the maintenance loops that have no ORCH_* variable.
 const (
 	reconcileEvery  = time.Minute
-	orphanGrace     = 2 * time.Minute
 	pruneEvery      = time.Hour
 	shutdownTimeout = 15 * time.Second
 )
@@ -229,7 +228,7 @@ func (s *server) backoff(n int) time.Duration {
 // finishes in-flight requests (bounded), stops the loops and never stops
 // engines.
 func (s *server) serve(ctx context.Context, ln net.Listener) error {
-	if st, err := s.lifecycle.Reconcile(ctx, orphanGrace, s.backoff); err != nil {
+	if st, err := s.lifecycle.Reconcile(ctx, s.cfg.ReconcileGrace, s.backoff); err != nil {
 		s.log.Warn("startup reconciliation incomplete; the periodic pass will retry", "err", err)
 	} else {
 		s.log.Info("startup reconciliation", "stats", fmt.Sprintf("%+v", st))
@@ -288,7 +287,7 @@ func (s *server) reconcileLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		pctx, cancel := context.WithTimeout(ctx, reconcileEvery)
-		st, err := s.lifecycle.Reconcile(pctx, orphanGrace, s.backoff)
+		st, err := s.lifecycle.Reconcile(pctx, s.cfg.ReconcileGrace, s.backoff)
 		cancel()
 		if err != nil {
 			s.log.Warn("reconciliation", "err", err)

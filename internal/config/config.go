@@ -107,6 +107,9 @@ type Config struct {
 	EngineHost string
 	// PlatformKeyGrace is how long a replaced platform key keeps working.
 	PlatformKeyGrace time.Duration
+	// ReconcileGrace is the age before reconciliation finishes an unfinished
+	// provisioning row or removes an instance with no row.
+	ReconcileGrace time.Duration
 	// AuditRetentionDays is the age at which audit rows are pruned; 0 keeps them forever.
 	AuditRetentionDays int
 	// LogLevel is the minimum level logged.
@@ -227,6 +230,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("engine_url_mode", c.EngineURLMode),
 		slog.String("engine_host", c.EngineHost),
 		slog.Duration("platform_key_grace", c.PlatformKeyGrace),
+		slog.Duration("reconcile_grace", c.ReconcileGrace),
 		slog.Int("audit_retention_days", c.AuditRetentionDays),
 		slog.String("log_level", c.LogLevel.String()),
 		slog.String("log_format", c.LogFormat),

@@ -193,6 +193,11 @@ var table = []Var{
 		parse: duration(func(c *Config) *time.Duration { return &c.PlatformKeyGrace }, zeroAllowed),
 	},
 	{
+		Name: "ORCH_RECONCILE_GRACE_S", Default: "120",
+		Help:  "Age before reconciliation touches an unfinished provisioning row or an unlabelled-in-the-registry instance; protects operations in flight elsewhere.",
+		parse: duration(func(c *Config) *time.Duration { return &c.ReconcileGrace }, zeroAllowed),
+	},
+	{
 		Name: "ORCH_AUDIT_RETENTION_DAYS", Default: "0",
 		Help:  "Days audit rows are kept; 0 keeps them forever.",
 		parse: integer(func(c *Config) *int { return &c.AuditRetentionDays }, 0, maxRetentionDays),
