@@ -160,7 +160,10 @@ func (s *Server) Start() error {
 		"-p", strconv.Itoa(s.port), "-k", filepath.Join(s.dir, "sock"),
 		"-c", "listen_addresses=127.0.0.1",
 		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-		"-c", "max_connections=300", "-c", "autovacuum=off", "-c", "timezone=UTC")
+		"-c", "max_connections=300", "-c", "autovacuum=off", "-c", "timezone=UTC",
+		// Shared memory segments in the data directory, not loose in /dev/shm:
+		// they go with the directory even after a crash.
+		"-c", "dynamic_shared_memory_type=mmap")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// The server dies with the test binary (SIGQUIT: immediate shutdown),
 	// so a killed run leaves no server behind.

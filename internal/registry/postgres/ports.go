@@ -16,10 +16,19 @@ import (
 const portLockKey int64 = 0x6261702d706f7274
 
 // sqlAllocatePort inserts the lowest port of [$2,$3] that has no allocation.
+// The candidates are $2 itself and the successor of every allocated port in
+// range whose successor is free: the lowest free port is always one of them,
+// and finding them costs the number of allocations, not the size of the range.
 const sqlAllocatePort = `INSERT INTO port_allocations (port, engine_id, created_at)
-SELECT p, $1::uuid, $4 FROM generate_series($2::int, $3::int) AS p
-WHERE NOT EXISTS (SELECT 1 FROM port_allocations a WHERE a.port = p)
-ORDER BY p LIMIT 1
+SELECT c.p, $1::uuid, $4 FROM (
+	SELECT $2::int AS p WHERE NOT EXISTS (SELECT 1 FROM port_allocations WHERE port = $2::int)
+	UNION ALL
+	SELECT a.port + 1 FROM port_allocations a
+	WHERE a.port >= $2::int AND a.port < $3::int
+		AND NOT EXISTS (SELECT 1 FROM port_allocations b WHERE b.port = a.port + 1)
+) AS c
+WHERE c.p <= $3::int
+ORDER BY c.p LIMIT 1
 RETURNING port`
 
 // AllocatePort reserves the lowest free port in [min,max] for engineID. The

@@ -269,3 +269,54 @@ func errString(err error) string {
 	}
 	return err.Error()
 }
+
+// BenchmarkAdmitLookup measures the admit hot path: key hash and user to
+// product and engine, one query.
+func BenchmarkAdmitLookup(b *testing.B) {
+	s, err := postgres.Open(b.Context(), pgtest.URL(b))
+	require.NoError(b, err)
+	b.Cleanup(func() { _ = s.Close() })
+	p := registrytest.NewProduct(b, s)
+	registrytest.NewEngine(b, s, p.ID, "u1")
+	now := time.Now()
+	for b.Loop() {
+		_, e, err := s.AdmitLookup(b.Context(), p.APIKeyHash, "u1", now)
+		if err != nil || e == nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkProvisionWrites measures the provisioning writes: allocate a port
+// in the default range, half full, and insert the engine under a quota, in
+// one transaction; then release the port (timed too) to keep the fill level.
+func BenchmarkProvisionWrites(b *testing.B) {
+	s, err := postgres.Open(b.Context(), pgtest.URL(b))
+	require.NoError(b, err)
+	b.Cleanup(func() { _ = s.Close() })
+	p := registrytest.NewProduct(b, s)
+	ctx := b.Context()
+	const lo, hi = 9001, 9999
+	for range (hi - lo) / 2 {
+		_, err := s.AllocatePort(ctx, uuid.NewString(), lo, hi)
+		require.NoError(b, err)
+	}
+	for b.Loop() {
+		var port int
+		err := s.InTx(ctx, func(tx registry.Store) error {
+			e := engine(p.ID, uuid.NewString())
+			var err error
+			if port, err = tx.AllocatePort(ctx, e.ID, lo, hi); err != nil {
+				return err
+			}
+			e.Port = port
+			return tx.InsertEngine(ctx, e, registry.Quota{MaxEngines: 1 << 30})
+		})
+		if err == nil {
+			err = s.ReleasePort(ctx, port)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
