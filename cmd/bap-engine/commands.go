@@ -20,11 +20,8 @@ func serveCmd(getenv func(string) string, stdout io.Writer) *cobra.Command {
 		Short: "Run the orchestrator in production: everything from ORCH_* variables",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(getenv)
+			cfg, err := config.LoadServe(getenv)
 			if err != nil {
-				return fmt.Errorf("configuration:\n%w", err)
-			}
-			if err := cfg.ValidateServe(); err != nil {
 				return fmt.Errorf("configuration:\n%w", err)
 			}
 			log := newLogger(cfg, cmd.ErrOrStderr())

@@ -87,11 +87,8 @@ func runDev(ctx context.Context, dir string, getenv func(string) string, stdout,
 		}
 		return defaults[name]
 	}
-	cfg, err := config.Load(devGetenv)
+	cfg, err := config.LoadServe(devGetenv)
 	if err != nil {
-		return fmt.Errorf("configuration:\n%w", err)
-	}
-	if err := cfg.ValidateServe(); err != nil {
 		return fmt.Errorf("configuration:\n%w", err)
 	}
 	log := newLogger(cfg, stderr)

@@ -190,7 +190,14 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		Observer:     met,
 	})
 	limiter := policy.NewLimiter(time.Now)
-	disc := discovery.New(store, lm, limiter, discovery.Config{Logger: log})
+	// last_active_at is written at most once per engine per TouchInterval;
+	// keep that well below the idle timeout so an engine in use never looks
+	// idle to the sleep sweep.
+	touch := 5 * time.Second
+	if cfg.IdleTimeout > 0 {
+		touch = min(touch, cfg.IdleTimeout/4)
+	}
+	disc := discovery.New(store, lm, limiter, discovery.Config{Logger: log, TouchInterval: touch})
 	checker := health.New(store, lm, health.Config{
 		Interval:           cfg.HealthCheckInterval,
 		Timeout:            cfg.HealthCheckTimeout,

@@ -137,6 +137,42 @@ func (e *Error) Unwrap() error { return e.Err }
 // ignored. All bad values are reported together, joined with errors.Join,
 // each as an *Error naming its variable.
 func Load(getenv func(string) string) (Config, error) {
+	c, _, errs := load(getenv)
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// LoadServe is Load followed by ValidateServe, reporting the problems of
+// both at once, so an operator fixes every variable in one go.
+func LoadServe(getenv func(string) string) (Config, error) {
+	c, failed, errs := load(getenv)
+	if err := c.ValidateServe(); err != nil {
+		for _, e := range unjoin(err) {
+			var ve *Error
+			if errors.As(e, &ve) && failed[ve.Var] {
+				continue // already reported by Load
+			}
+			errs = append(errs, e)
+		}
+	}
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// load parses every variable, returning what parsed, which variables
+// failed and the errors.
+func load(getenv func(string) string) (Config, map[string]bool, []error) {
 	var c Config
 	var errs []error
 	failed := map[string]bool{}
@@ -157,10 +193,7 @@ func Load(getenv func(string) string) (Config, error) {
 		errs = append(errs, &Error{varBackoffMax, fmt.Errorf("%s is below %s (%s)",
 			seconds(c.RestartBackoffMax), varBackoffBase, seconds(c.RestartBackoffBase))})
 	}
-	if len(errs) > 0 {
-		return Config{}, errors.Join(errs...)
-	}
-	return c, nil
+	return c, failed, errs
 }
 
 // seconds formats d the way the *_S variables are written.

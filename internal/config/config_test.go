@@ -486,3 +486,13 @@ func TestSplitCommand(t *testing.T) {
 		require.Equal(t, tc.want, got, tc.in)
 	}
 }
+
+func TestLoadServeReportsEverythingAtOnce(t *testing.T) {
+	_, err := LoadServe(env("ORCH_PORT_MIN", "banana", "ORCH_MASTER_KEY", "not-a-key"))
+	require.Error(t, err)
+	for _, name := range []string{"ORCH_PORT_MIN", "ORCH_MASTER_KEY", "ORCH_ADMIN_KEY", "ORCH_DATABASE_URL"} {
+		require.Contains(t, err.Error(), name)
+	}
+	require.NotContains(t, err.Error(), "not-a-key")
+	require.Equal(t, 1, strings.Count(err.Error(), "ORCH_MASTER_KEY"), "a variable is reported once")
+}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/backend"
+	"github.com/september/bap-engine/internal/backend/backendtest"
 	"github.com/september/bap-engine/internal/backend/subprocess"
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/engine"
@@ -94,10 +95,10 @@ func newEnv(t testing.TB, be backend.Backend, o envOptions) *env {
 		be = o.wrap(be)
 	}
 	cb := &countingBackend{Backend: be}
-	portMin := 20000 + int(uuid.New().ID()%20000)
+	portMin, portMax := backendtest.PortRange(t, 50)
 	lm := lifecycle.New(store, cb, sealer, lifecycle.Config{
 		PortMin:      portMin,
-		PortMax:      portMin + 50,
+		PortMax:      portMax,
 		BootTimeout:  cmpDur(o.bootTimeout, 20*time.Second),
 		StopGrace:    5 * time.Second,
 		DefaultImage: testImage,

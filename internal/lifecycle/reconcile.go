@@ -15,6 +15,7 @@ import (
 type ReconcileStats struct {
 	ProvisioningFinished int // provisioning rows found healthy → running
 	ProvisioningFailed   int // provisioning rows with nothing healthy → failed
+	ProvisioningResumed  int // provisioning rows still booting, waited for in the background
 	DestroysFinished     int // destroying rows completed
 	RunningLost          int // running/sleeping rows whose instance is gone → failed
 	OrphansRemoved       int // labelled instances with no row, removed
@@ -113,7 +114,14 @@ func (m *Manager) Reconcile(ctx context.Context, orphanGrace time.Duration, back
 // instance that answers healthy is adopted as running; otherwise whatever
 // exists is removed and the engine is failed with its row and port kept.
 func (m *Manager) reconcileProvisioning(ctx context.Context, e bap.Engine, inst backend.Instance, exists bool, st *ReconcileStats) error {
-	if exists && inst.Status == backend.StatusRunning && Probe(ctx, m.probe, e.URL, m.cfg.ProbeTimeout) == nil {
+	if exists && inst.Status == backend.StatusRunning && Probe(ctx, m.probe, e.URL, m.cfg.ProbeTimeout) != nil {
+		// Still booting: resume the provision in the background, as a
+		// flight that admits can join, with the rest of its boot time.
+		st.ProvisioningResumed++
+		go m.resumeProvision(context.WithoutCancel(ctx), e, inst)
+		return nil
+	}
+	if exists && inst.Status == backend.StatusRunning {
 		err := m.commit(ctx, e.ID, func(cur *bap.Engine) (*audit.Entry, error) {
 			if cur.Status != bap.StateProvisioning {
 				return nil, errSkip
@@ -151,4 +159,36 @@ func (m *Manager) reconcileProvisioning(ctx context.Context, e bap.Engine, inst 
 		st.ProvisioningFailed++
 	}
 	return err
+}
+
+// resumeProvision waits for an engine whose provision was interrupted while
+// it booted, then commits it running or fails it as a provision would.
+func (m *Manager) resumeProvision(ctx context.Context, e bap.Engine, inst backend.Instance) {
+	_, err := m.flights.do(ctx, provisionKey(e.ProductID, e.UserID), "provision", func(ctx context.Context) (Result, error) {
+		remaining := m.cfg.BootTimeout - time.Since(e.UpdatedAt)
+		if err := m.waitHealthy(ctx, e.URL, max(remaining, m.cfg.ProbeTimeout)); err != nil {
+			return Result{}, m.failProvision(ctx, e, err)
+		}
+		err := m.commit(ctx, e.ID, func(cur *bap.Engine) (*audit.Entry, error) {
+			if cur.Status != bap.StateProvisioning {
+				return nil, errSkip
+			}
+			cur.Status = bap.StateRunning
+			cur.InstanceID = inst.ID
+			cur.LastActiveAt = ptr(bap.Now())
+			return &audit.Entry{Action: audit.Provision, Actor: audit.ActorSystem,
+				Metadata: map[string]any{"image": cur.Image, "port": cur.Port, "recovered": true}}, nil
+		})
+		if errors.Is(err, errSkip) {
+			err = nil
+		}
+		if err != nil {
+			return Result{}, err
+		}
+		cur, err := m.load(ctx, e.ID)
+		return Result{Engine: cur}, err
+	})
+	if err != nil {
+		m.log.Warn("resumed provision failed", "engine_id", e.ID, "err", err)
+	}
 }

@@ -10,8 +10,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -166,6 +168,43 @@ func FreePort(t *testing.T) int {
 	}
 	t.Fatal("no free loopback port")
 	return 0
+}
+
+// PortRange returns n consecutive loopback ports, free a moment ago, below
+// the kernel's ephemeral range (so outgoing connections of concurrently
+// running tests cannot take them), for an orchestrator's ORCH_PORT_MIN/MAX.
+// Different test binaries get different ranges with high probability, and
+// one process never gets a port twice.
+func PortRange(t testing.TB, n int) (lo, hi int) {
+	t.Helper()
+	const floor, ceiling = 10000, 32000
+	for range 200 {
+		lo = floor + mrand.IntN(ceiling-floor-n)
+		if rangeFree(lo, n) {
+			return lo, lo + n - 1
+		}
+	}
+	t.Fatalf("no %d free consecutive ports below %d", n, ceiling)
+	return 0, 0
+}
+
+func rangeFree(lo, n int) bool {
+	ports.Lock()
+	defer ports.Unlock()
+	for p := lo; p < lo+n; p++ {
+		if ports.given[p] {
+			return false
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			return false
+		}
+		ln.Close()
+	}
+	for p := lo; p < lo+n; p++ {
+		ports.given[p] = true
+	}
+	return true
 }
 
 // suite carries Run's arguments into the subtests.
