@@ -14,6 +14,17 @@
 //
 //	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 //
+// A goroutine leak check goes after Main, once the servers are gone:
+//
+//	func TestMain(m *testing.M) {
+//		code := pgtest.Main(m)
+//		if err := goleak.Find(); err != nil && code == 0 {
+//			fmt.Fprintln(os.Stderr, err)
+//			code = 1
+//		}
+//		os.Exit(code)
+//	}
+//
 // Tests that stop and restart PostgreSQL under a running component take a
 // private server with NewServer, so that the restart does not disturb the
 // package's other tests.

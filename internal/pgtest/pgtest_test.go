@@ -2,6 +2,7 @@ package pgtest
 
 import (
 	"context"
+	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -12,9 +13,19 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { os.Exit(Main(m)) }
+// TestMain also checks that nothing is left running once the servers are
+// stopped.
+func TestMain(m *testing.M) {
+	code := Main(m)
+	if err := goleak.Find(); err != nil && code == 0 {
+		fmt.Fprintln(os.Stderr, err)
+		code = 1
+	}
+	os.Exit(code)
+}
 
 func connect(t *testing.T, url string) *pgx.Conn {
 	t.Helper()
