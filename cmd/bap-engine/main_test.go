@@ -515,3 +515,52 @@ func TestKilledDuringProvisionAndDestroy(t *testing.T) {
 		})
 	}
 }
+
+// TestPostgresRestartUnderRunningOrchestrator stops PostgreSQL under a
+// serving orchestrator: the API answers 503 with the error envelope and no
+// engine is failed for it; when PostgreSQL is back, everything resumes
+// without restarting the orchestrator.
+func TestPostgresRestartUnderRunningOrchestrator(t *testing.T) {
+	pg := pgtest.NewServer(t)
+	env := baseEnv(t, pg.URL(t))
+	ctx := context.Background()
+	o := startServe(t, env)
+	prod, err := adminClient(o.url, env).RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
+	require.NoError(t, err)
+	pc := client.New(o.url, client.WithPlatformKey(prod.PlatformAPIKey))
+	eng, err := pc.Provision(ctx, client.ProvisionRequest{UserID: "alice"})
+	require.NoError(t, err)
+
+	require.NoError(t, pg.Stop())
+	_, err = client.New(o.url).Health(ctx)
+	var ce *client.Error
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, http.StatusServiceUnavailable, ce.Status)
+	_, err = pc.Get(ctx, "alice")
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, http.StatusServiceUnavailable, ce.Status)
+	require.Equal(t, "DATABASE_UNAVAILABLE", ce.Code)
+	_, err = pc.Admit(ctx, "alice", client.AdmitOptions{})
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, http.StatusServiceUnavailable, ce.Status)
+	// Several health intervals pass with the database down.
+	time.Sleep(time.Second)
+	require.Equal(t, http.StatusOK, engineAnswers(t, eng.URL, eng.APIKey), "the engine itself is fine")
+
+	require.NoError(t, pg.Start())
+	require.Eventually(t, func() bool {
+		h, err := client.New(o.url).Health(ctx)
+		return err == nil && h.Status == "ok"
+	}, 30*time.Second, 100*time.Millisecond, "orchestrator serves again without a restart")
+	adm, err := pc.Admit(ctx, "alice", client.AdmitOptions{})
+	require.NoError(t, err)
+	require.True(t, adm.Admitted)
+	require.Equal(t, "running", adm.Engine.Status, "no engine failed because of the database outage")
+	page, err := pc.Audit(ctx, "alice", client.AuditOptions{})
+	require.NoError(t, err)
+	for _, e := range page.Entries {
+		require.NotContains(t, []string{"health_failed", "engine_died", "reconcile_failed"}, e.Action)
+	}
+	_, err = pc.Destroy(ctx, "alice")
+	require.NoError(t, err)
+}
