@@ -2,15 +2,24 @@ package lifecycle_test
 
 import (
 	"context"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/moby/moby/client"
 	"github.com/stretchr/testify/require"
 
+	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/backend"
 	"github.com/september/bap-engine/internal/backend/docker"
 	"github.com/september/bap-engine/internal/backend/docker/dockertest"
+	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/lifecycle"
 )
 
 // dockerImage is the reference engine image these tests build locally.
@@ -74,4 +83,130 @@ func BenchmarkDockerRotateKey(b *testing.B) {
 	cli := dockertest.Client(b)
 	testImage = dockertest.BuildEngineImage(b, dockerImage)
 	benchRotate(b, func(t testing.TB) backend.Backend { return newDockerBackend(t, cli) })
+}
+
+// dockerProxy forwards a unix socket to the Docker daemon's, and can be
+// taken down and up again to make the daemon unreachable for a backend.
+type dockerProxy struct {
+	path string
+	mu   sync.Mutex
+	ln   net.Listener
+	conn []net.Conn
+}
+
+func newDockerProxy(t *testing.T) *dockerProxy {
+	p := &dockerProxy{path: filepath.Join(t.TempDir(), "docker.sock")}
+	p.up(t)
+	t.Cleanup(p.down)
+	return p
+}
+
+func (p *dockerProxy) up(t *testing.T) {
+	ln, err := net.Listen("unix", p.path)
+	require.NoError(t, err)
+	p.mu.Lock()
+	p.ln = ln
+	p.mu.Unlock()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			d, err := net.Dial("unix", "/var/run/docker.sock")
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conn = append(p.conn, c, d)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(d, c); d.Close() }()
+			go func() { _, _ = io.Copy(c, d); c.Close() }()
+		}
+	}()
+}
+
+// down closes the listener and every open connection.
+func (p *dockerProxy) down() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		p.ln.Close()
+		p.ln = nil
+	}
+	for _, c := range p.conn {
+		c.Close()
+	}
+	p.conn = nil
+	_ = os.Remove(p.path)
+}
+
+// TestDockerUnreachableFailsNoEngine makes the Docker daemon unreachable
+// under running, stopped and failed engines: operations answer
+// BACKEND_UNAVAILABLE, reconciliation and auto-restart back off, and no
+// engine is marked failed or loses a restart attempt because of it.
+func TestDockerUnreachableFailsNoEngine(t *testing.T) {
+	cli := dockertest.Client(t)
+	testImage = dockertest.BuildEngineImage(t, dockerImage)
+	proxy := newDockerProxy(t)
+	dep := "bapu-" + uuid.NewString()[:8]
+	dockertest.CleanupDeployment(t, cli, dep, dep+"-net")
+	be, err := docker.New(context.Background(), docker.Config{
+		Network: dep + "-net", Deployment: dep, DefaultImage: testImage,
+		Host: "unix://" + proxy.path,
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { be.Close() })
+	en := newEnv(t, be, envOptions{})
+	ctx := context.Background()
+	backoff := func(int) time.Duration { return 0 }
+
+	running, err := en.lm.Provision(ctx, en.product, "runs", "", "test")
+	require.NoError(t, err)
+	stopped, err := en.lm.Provision(ctx, en.product, "stopped", "", "test")
+	require.NoError(t, err)
+	_, err = en.lm.Stop(ctx, stopped.Engine.ID, "test")
+	require.NoError(t, err)
+	broken, err := en.lm.Provision(ctx, en.product, "broken", "", "test")
+	require.NoError(t, err)
+	marked, err := en.lm.MarkFailed(ctx, broken.Engine.ID, audit.HealthFailed, "test", time.Now())
+	require.NoError(t, err)
+	require.True(t, marked)
+
+	crashCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go en.lm.WatchCrashes(crashCtx, backoff, nil)
+
+	proxy.down()
+
+	_, err = en.lm.Reconcile(ctx, 0, backoff)
+	require.Error(t, err, "reconciliation cannot list instances")
+	_, err = en.lm.Start(ctx, stopped.Engine.ID, "test")
+	require.Equal(t, bap.CodeBackendUnavailable, errCode(err))
+	out, err := en.lm.AutoRestart(ctx, broken.Engine.ID, 3, backoff)
+	require.NoError(t, err)
+	require.Equal(t, lifecycle.RestartDeferred, out)
+	require.True(t, answers(running.Engine.URL), "engines keep serving without the daemon")
+
+	states := map[string]bap.State{}
+	for _, r := range []lifecycle.Result{running, stopped, broken} {
+		e, err := en.store.GetEngine(ctx, r.Engine.ID)
+		require.NoError(t, err)
+		states[r.Engine.UserID] = e.Status
+		if r.Engine.UserID == "broken" {
+			require.Zero(t, e.RestartAttempts, "a deferred attempt is not counted")
+		}
+	}
+	require.Equal(t, map[string]bap.State{"runs": bap.StateRunning, "stopped": bap.StateStopped, "broken": bap.StateFailed}, states)
+
+	proxy.up(t)
+	_, err = en.lm.Start(ctx, stopped.Engine.ID, "test")
+	require.NoError(t, err)
+	out, err = en.lm.AutoRestart(ctx, broken.Engine.ID, 3, backoff)
+	require.NoError(t, err)
+	require.Equal(t, lifecycle.RestartSucceeded, out)
+	st, err := en.lm.Reconcile(ctx, time.Hour, backoff)
+	require.NoError(t, err)
+	require.Zero(t, st.RunningLost)
 }
