@@ -1,0 +1,91 @@
+package api
+
+import (
+	"cmp"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/september/bap-engine/internal/discovery"
+	"github.com/september/bap-engine/internal/lifecycle"
+	"github.com/september/bap-engine/internal/metrics"
+	"github.com/september/bap-engine/internal/registry"
+)
+
+// DefaultMaxBodyBytes bounds request bodies when Deps.MaxBodyBytes is 0.
+const DefaultMaxBodyBytes int64 = 1 << 20
+
+// Deps is what the API needs. Store, Lifecycle, Discovery and AdminKey are
+// required.
+type Deps struct {
+	Store     registry.Store
+	Lifecycle *lifecycle.Manager
+	Discovery *discovery.Service
+	// Metrics records request and admit metrics and serves
+	// /metrics/prometheus; nil disables both (that route answers 404).
+	Metrics *metrics.Metrics
+	// AdminKey is ORCH_ADMIN_KEY. It must not be empty.
+	AdminKey string
+	// PlatformKeyGrace is how long a rotated-out platform key keeps
+	// working (ORCH_PLATFORM_KEY_GRACE_S); 0 ends it at once.
+	PlatformKeyGrace time.Duration
+	// Logger receives the access log and internal errors (default
+	// slog.Default()).
+	Logger *slog.Logger
+	// MaxBodyBytes bounds request bodies (default DefaultMaxBodyBytes);
+	// larger bodies are 413 PAYLOAD_TOO_LARGE.
+	MaxBodyBytes int64
+	// Now is the clock for key grace and /metrics windows (default
+	// time.Now).
+	Now func() time.Time
+}
+
+// server holds the dependencies the handlers share.
+type server struct {
+	store     registry.Store
+	lifecycle *lifecycle.Manager
+	discovery *discovery.Service
+	metrics   *metrics.Metrics
+	promHTTP  http.Handler // metrics.Handler(), built once
+	adminKey  string
+	grace     time.Duration
+	log       *slog.Logger
+	maxBody   int64
+	now       func() time.Time
+}
+
+// New returns the HTTP handler of the whole API. It panics when a required
+// dependency is missing: that is a wiring mistake, not a runtime condition.
+func New(d Deps) http.Handler {
+	if d.Store == nil || d.Lifecycle == nil || d.Discovery == nil {
+		panic("api.New: Store, Lifecycle and Discovery are required")
+	}
+	if d.AdminKey == "" {
+		panic("api.New: AdminKey must not be empty")
+	}
+	if d.PlatformKeyGrace < 0 {
+		panic("api.New: negative PlatformKeyGrace")
+	}
+	s := &server{
+		store:     d.Store,
+		lifecycle: d.Lifecycle,
+		discovery: d.Discovery,
+		metrics:   d.Metrics,
+		adminKey:  d.AdminKey,
+		grace:     d.PlatformKeyGrace,
+		log:       cmp.Or(d.Logger, slog.Default()),
+		maxBody:   cmp.Or(d.MaxBodyBytes, DefaultMaxBodyBytes),
+		now:       d.Now,
+	}
+	if s.metrics != nil {
+		s.promHTTP = s.metrics.Handler()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	mux := http.NewServeMux()
+	for _, rt := range s.routes() {
+		mux.Handle(rt.pattern(), s.handle(rt))
+	}
+	return s.middleware(mux)
+}

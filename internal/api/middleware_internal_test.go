@@ -1,0 +1,119 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/registry"
+)
+
+// bare is a server with only what the middleware and writeError use.
+func bare(t *testing.T) (*server, *bytes.Buffer) {
+	t.Helper()
+	var logs bytes.Buffer
+	return &server{log: slog.New(slog.NewJSONHandler(&logs, nil)), maxBody: DefaultMaxBodyBytes, now: time.Now}, &logs
+}
+
+func envelope(t *testing.T, rec *httptest.ResponseRecorder) errorDetail {
+	t.Helper()
+	var body errorBody
+	dec := json.NewDecoder(rec.Body)
+	dec.DisallowUnknownFields()
+	require.NoError(t, dec.Decode(&body))
+	require.Equal(t, "application/json", rec.Header().Get("Content-Type"))
+	return body.Error
+}
+
+func TestPanicBecomesInternalEnvelope(t *testing.T) {
+	t.Parallel()
+	s, logs := bare(t)
+	mux := http.NewServeMux()
+	mux.Handle("GET /boom", s.handle(route{method: http.MethodGet, path: "/boom", h: func(http.ResponseWriter, *http.Request, bap.Product) error {
+		panic("kaboom with detail")
+	}}))
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/boom", nil)
+	req.Header.Set(HeaderRequestID, "req-panic")
+	s.middleware(mux).ServeHTTP(rec, req)
+	require.Equal(t, http.StatusInternalServerError, rec.Code)
+	e := envelope(t, rec)
+	require.Equal(t, errorDetail{Code: bap.CodeInternal, Message: msgInternal}, e)
+	require.Contains(t, logs.String(), "kaboom with detail")
+	require.Contains(t, logs.String(), `"request_id":"req-panic"`)
+	require.Contains(t, logs.String(), `"status":500`)
+}
+
+func TestAbortHandlerPanicIsNotSwallowed(t *testing.T) {
+	t.Parallel()
+	s, _ := bare(t)
+	mux := http.NewServeMux()
+	mux.Handle("GET /abort", s.handle(route{method: http.MethodGet, path: "/abort", h: func(http.ResponseWriter, *http.Request, bap.Product) error {
+		panic(http.ErrAbortHandler)
+	}}))
+	require.PanicsWithValue(t, http.ErrAbortHandler, func() {
+		s.middleware(mux).ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/abort", nil))
+	})
+}
+
+func TestWriteErrorMapping(t *testing.T) {
+	t.Parallel()
+	s, logs := bare(t)
+	cases := []struct {
+		err    error
+		status int
+		code   string
+		msg    string
+	}{
+		{bap.Errorf(bap.CodeEngineNotFound, "gone"), 404, bap.CodeEngineNotFound, "gone"},
+		{fmt.Errorf("wrapped: %w", bap.Errorf(bap.CodeBootTimeout, "slow")), 504, bap.CodeBootTimeout, "slow"},
+		{fmt.Errorf("read engine: %w", registry.ErrUnavailable), 503, bap.CodeDatabaseUnavailable, msgDatabaseUnavailable},
+		{errors.New("pq: password=hunter2 failed"), 500, bap.CodeInternal, msgInternal},
+		{bap.Errorf("NOT_A_DOCUMENTED_CODE", "x"), 500, bap.CodeInternal, msgInternal},
+		{&bap.Error{Code: bap.CodeRateLimited, Message: "slow down", RetryAfter: 1500 * time.Millisecond}, 429, bap.CodeRateLimited, "slow down"},
+	}
+	for _, tc := range cases {
+		rec := httptest.NewRecorder()
+		s.writeError(rec, httptest.NewRequest(http.MethodGet, "/", nil), tc.err)
+		require.Equal(t, tc.status, rec.Code, "%v", tc.err)
+		require.Equal(t, errorDetail{Code: tc.code, Message: tc.msg}, envelope(t, rec))
+		if tc.code == bap.CodeRateLimited {
+			require.Equal(t, "2", rec.Header().Get("Retry-After"), "rounded up to whole seconds")
+		} else {
+			require.Empty(t, rec.Header().Get("Retry-After"))
+		}
+	}
+	require.Contains(t, logs.String(), "hunter2", "the internal cause is logged for operators")
+}
+
+func TestRetryAfterAtLeastOneSecond(t *testing.T) {
+	t.Parallel()
+	s, _ := bare(t)
+	rec := httptest.NewRecorder()
+	s.writeError(rec, httptest.NewRequest(http.MethodGet, "/", nil), &bap.Error{Code: bap.CodeRateLimited, Message: "m", RetryAfter: time.Nanosecond})
+	require.Equal(t, "1", rec.Header().Get("Retry-After"))
+}
+
+func TestRequestIDAcceptsOnlyPlainIDs(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "abc-123_x.y:z", requestID("abc-123_x.y:z"))
+	for _, bad := range []string{"", "with space", "new\nline", string(make([]byte, 129)), "quote\""} {
+		got := requestID(bad)
+		require.NotEqual(t, bad, got)
+		require.Len(t, got, 36)
+	}
+}
+
+func TestNewPanicsOnMissingDependencies(t *testing.T) {
+	t.Parallel()
+	require.Panics(t, func() { New(Deps{}) })
+}

@@ -1,0 +1,54 @@
+package api
+
+import "net/http"
+
+// authKind is what a route requires.
+type authKind int
+
+const (
+	authNone     authKind = iota
+	authPlatform          // X-Platform-Key: the handler gets the calling product
+	authAdmin             // X-Admin-Key
+	authSelf              // the handler authenticates itself (admit: one query)
+)
+
+// route is one entry of the API.
+type route struct {
+	method string
+	path   string
+	auth   authKind
+	// h serves the request; p is the calling product on authPlatform routes
+	// and the zero Product elsewhere.
+	h handlerFunc
+}
+
+func (rt route) pattern() string { return rt.method + " " + rt.path }
+
+// routes is the whole API (SPEC §2; the last block is additive).
+func (s *server) routes() []route {
+	return []route{
+		// Engine lifecycle.
+		{http.MethodPost, "/engines/provision", authPlatform, s.provision},
+		{http.MethodDelete, "/engines/{user_id}", authPlatform, s.destroy},
+		{http.MethodPost, "/engines/{user_id}/start", authPlatform, s.start},
+		{http.MethodPost, "/engines/{user_id}/stop", authPlatform, s.stop},
+		{http.MethodPost, "/engines/{user_id}/rotate-key", authPlatform, s.rotateKey},
+		// Discovery and admission.
+		{http.MethodGet, "/engines/{user_id}", authPlatform, s.getEngine},
+		{http.MethodPost, "/engines/{user_id}/admit", authSelf, s.admit},
+		// Fleet.
+		{http.MethodGet, "/engines", authPlatform, s.listEngines},
+		{http.MethodGet, "/status", authPlatform, s.status},
+		{http.MethodGet, "/metrics", authPlatform, s.fleetMetrics},
+		// Admin.
+		{http.MethodPost, "/products/register", authAdmin, s.registerProduct},
+		{http.MethodPut, "/products/{product_id}/policy", authAdmin, s.updatePolicy},
+		// Health.
+		{http.MethodGet, "/health", authNone, s.health},
+		// Beyond the original.
+		{http.MethodGet, "/openapi.json", authNone, s.openAPI},
+		{http.MethodGet, "/metrics/prometheus", authAdmin, s.prometheus},
+		{http.MethodGet, "/engines/{user_id}/audit", authPlatform, s.engineAudit},
+		{http.MethodPost, "/products/{product_id}/rotate-platform-key", authAdmin, s.rotatePlatformKey},
+	}
+}

@@ -1,0 +1,57 @@
+package api
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/september/bap-engine/internal/bap"
+)
+
+// healthTimeout bounds the database check of GET /health, so a hung
+// database answers 503 before a load balancer's probe gives up.
+const healthTimeout = 3 * time.Second
+
+type healthResponse struct {
+	Status string `json:"status"`
+}
+
+// health: GET /health, no auth. 503 when the database is unreachable or not
+// migrated.
+func (s *server) health(w http.ResponseWriter, r *http.Request, _ bap.Product) error {
+	ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
+	defer cancel()
+	if err := s.store.Ping(ctx); err != nil {
+		loggerFrom(r.Context(), s.log).Warn("health check: database not ready", "err", err)
+		return bap.Errorf(bap.CodeDatabaseUnavailable, msgDatabaseUnavailable)
+	}
+	writeJSON(w, http.StatusOK, healthResponse{Status: "ok"})
+	return nil
+}
+
+// openAPIDoc is the OpenAPI 3.1 description of every route, served as is.
+//
+//go:embed openapi.json
+var openAPIDoc []byte
+
+// openAPI: GET /openapi.json, no auth, no network.
+func (s *server) openAPI(w http.ResponseWriter, _ *http.Request, _ bap.Product) error {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", fmt.Sprint(len(openAPIDoc)))
+	h.Set("Cache-Control", "public, max-age=300")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(openAPIDoc)
+	return nil
+}
+
+// prometheus: GET /metrics/prometheus (admin key), fleet-wide.
+func (s *server) prometheus(w http.ResponseWriter, r *http.Request, _ bap.Product) error {
+	if s.promHTTP == nil {
+		return bap.Errorf(bap.CodeNotFound, "Prometheus metrics are not enabled.")
+	}
+	s.promHTTP.ServeHTTP(w, r)
+	return nil
+}
