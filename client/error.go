@@ -45,6 +45,7 @@ type Error struct {
 	RetryAfter time.Duration
 }
 
+// Error renders the status, code and message.
 func (e *Error) Error() string {
 	if e.Code == "" {
 		return fmt.Sprintf("bap-engine: HTTP %d: %s", e.Status, e.Message)

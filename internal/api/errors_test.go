@@ -265,9 +265,28 @@ func TestBackendAndBootErrors(t *testing.T) {
 		checkGoldenErr(t, h, "port_exhaustion", err, 503, client.CodePortExhaustion, normPorts)
 		_, err = c.Get(ctx, "third")
 		apiError(t, err, 404, client.CodeEngineNotFound)
-		_, n, err := store.ListAudit(ctx, registry.AuditFilter{ProductID: p.ProductID, UserID: "third"})
+		adm, err = c.Admit(ctx, "fourth", client.AdmitOptions{AutoProvision: true})
+		apiError(t, err, 503, client.CodePortExhaustion)
+		require.False(t, adm.Admitted)
+		for _, u := range []string{"third", "fourth"} {
+			_, n, err := store.ListAudit(ctx, registry.AuditFilter{ProductID: p.ProductID, UserID: u})
+			require.NoError(t, err)
+			require.Zero(t, n, "no audit row for the port-exhausted request of %s", u)
+		}
+
+		// A start that does not come up in time is a 504 too, and the
+		// engine is left failed for the operator.
+		_, err = c.Stop(ctx, "second")
 		require.NoError(t, err)
-		require.Zero(t, n, "no audit row for the port-exhausted request")
+		h.fake.SetBootDelay(time.Hour)
+		_, err = c.Start(ctx, "second")
+		apiError(t, err, 504, client.CodeBootTimeout)
+		h.fake.SetBootDelay(0)
+		second, err := c.Get(ctx, "second")
+		require.NoError(t, err)
+		require.Equal(t, client.StateFailed, second.Status)
+		_, err = c.Start(ctx, "second")
+		require.NoError(t, err, "an explicit start brings a failed engine back")
 		require.Positive(t, h.auditCount(p.ProductID, audit.ProvisionFailed))
 	})
 }

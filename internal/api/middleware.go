@@ -185,6 +185,7 @@ type responseWriter struct {
 	swallow bool
 }
 
+// WriteHeader records the status, or replaces the mux's own answer.
 func (w *responseWriter) WriteHeader(code int) {
 	if w.status != 0 {
 		return
@@ -216,6 +217,7 @@ func (w *responseWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// Write counts the bytes written and drops a replaced answer's body.
 func (w *responseWriter) Write(b []byte) (int, error) {
 	if w.swallow {
 		return len(b), nil

@@ -228,8 +228,10 @@ var enginesDesc = prometheus.NewDesc(
 	[]string{"product", "state"}, nil,
 )
 
+// Describe sends the engines gauge's description.
 func (c *engineCollector) Describe(ch chan<- *prometheus.Desc) { ch <- enginesDesc }
 
+// Collect reads the snapshot and sends one sample per product and state.
 func (c *engineCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.m.cfg.ScrapeTimeout)
 	defer cancel()
@@ -262,6 +264,7 @@ func (c *engineCollector) Collect(ch chan<- prometheus.Metric) {
 // slogAdapter lets promhttp report encoding errors through slog.
 type slogAdapter struct{ log *slog.Logger }
 
+// Println logs one exposition error.
 func (a slogAdapter) Println(v ...any) {
 	a.log.Warn("metrics: exposition error", "detail", v)
 }
