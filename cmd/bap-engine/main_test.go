@@ -564,3 +564,34 @@ func TestPostgresRestartUnderRunningOrchestrator(t *testing.T) {
 	_, err = pc.Destroy(ctx, "alice")
 	require.NoError(t, err)
 }
+
+// TestRekeyMovesEngineKeysToTheNewMasterKey provisions under one master key,
+// runs rekey with a new key first and the old one after it, and checks an
+// orchestrator holding only the new key still hands out the same engine key.
+func TestRekeyMovesEngineKeysToTheNewMasterKey(t *testing.T) {
+	env := baseEnv(t, "sqlite:///"+strings.TrimPrefix(filepath.Join(t.TempDir(), "bap.db"), "/"))
+	ctx := context.Background()
+	o := startServe(t, env)
+	prod, err := adminClient(o.url, env).RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
+	require.NoError(t, err)
+	pc := client.New(o.url, client.WithPlatformKey(prod.PlatformAPIKey))
+	eng, err := pc.Provision(ctx, client.ProvisionRequest{UserID: "alice"})
+	require.NoError(t, err)
+	o.stop(t)
+
+	oldKey := env["ORCH_MASTER_KEY"]
+	newKey, err := secret.NewFernetKey()
+	require.NoError(t, err)
+	env["ORCH_MASTER_KEY"] = newKey + "," + oldKey
+	var out strings.Builder
+	require.NoError(t, run(ctx, []string{"rekey"}, getenvOf(env), &out))
+	require.Contains(t, out.String(), "1 engines, 1 re-encrypted, 0 failed")
+
+	env["ORCH_MASTER_KEY"] = newKey
+	o2 := startServe(t, env)
+	got, err := client.New(o2.url, client.WithPlatformKey(prod.PlatformAPIKey)).Get(ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, eng.APIKey, got.APIKey)
+	_, err = client.New(o2.url, client.WithPlatformKey(prod.PlatformAPIKey)).Destroy(ctx, "alice")
+	require.NoError(t, err)
+}
