@@ -86,6 +86,20 @@ func getenvOf(env map[string]string) func(string) string {
 
 var listenLine = regexp.MustCompile(`listening on (http://\S+)`)
 
+// listeningURL delivers the address serve prints on r, and keeps draining r.
+func listeningURL(r io.Reader) <-chan string {
+	urls := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			if m := listenLine.FindStringSubmatch(sc.Text()); m != nil {
+				urls <- m[1]
+			}
+		}
+	}()
+	return urls
+}
+
 // startServe runs serve in-process and waits for its address.
 func startServe(t *testing.T, env map[string]string) *orchestrator {
 	t.Helper()
@@ -97,17 +111,8 @@ func startServe(t *testing.T, env map[string]string) *orchestrator {
 		pw.CloseWithError(errors.New("serve returned"))
 		o.done <- err
 	}()
-	urls := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			if m := listenLine.FindStringSubmatch(sc.Text()); m != nil {
-				urls <- m[1]
-			}
-		}
-	}()
 	select {
-	case o.url = <-urls:
+	case o.url = <-listeningURL(pr):
 	case err := <-o.done:
 		t.Fatalf("serve exited before listening: %v", err)
 	case <-time.After(60 * time.Second):
@@ -400,17 +405,8 @@ func startChild(t *testing.T, env map[string]string) *child {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	})
-	urls := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if m := listenLine.FindStringSubmatch(sc.Text()); m != nil {
-				urls <- m[1]
-			}
-		}
-	}()
 	select {
-	case c.url = <-urls:
+	case c.url = <-listeningURL(stdout):
 	case <-time.After(60 * time.Second):
 		t.Fatal("child orchestrator did not start")
 	}
