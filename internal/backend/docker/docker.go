@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	mrand "math/rand/v2"
 	"net/netip"
 	"os"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/moby/moby/api/types/container"
@@ -193,15 +195,57 @@ func (b *Backend) call(ctx context.Context) (context.Context, context.CancelFunc
 }
 
 // ensureNetwork creates the engine network unless it exists.
+//
+// Daemons before API 1.44 accept two networks of one name, after which
+// attaching by name fails as ambiguous for good. So a creator that then sees
+// another network of the name removes its own: the last to finish always
+// sees the earlier ones, so two never remain. Should racers remove each
+// other's at once, the next round (or the next Create, which calls this
+// again when the network is missing) creates it anew.
 func (b *Backend) ensureNetwork(ctx context.Context) error {
+	// Within one process, creators take turns, so no transient duplicate
+	// makes a concurrent create or start fail as ambiguous.
+	unlock := lockNetwork(b.cli.DaemonHost() + " " + b.cfg.Network)
+	defer unlock()
+	for round := range networkRounds {
+		if round > 0 {
+			if err := sleepCtx(ctx, time.Duration(10+mrand.IntN(90))*time.Millisecond); err != nil {
+				return fmt.Errorf("create network %s: %w", b.cfg.Network, err)
+			}
+		}
+		exists, err := b.createNetwork(ctx)
+		if err != nil || exists {
+			return err
+		}
+	}
+	return fmt.Errorf("create network %s: %w: it keeps being created and removed concurrently", b.cfg.Network, backend.ErrConflict)
+}
+
+// networkRounds bounds ensureNetwork's create/check rounds.
+const networkRounds = 4
+
+// networkLocks serializes network creation per daemon and name in this
+// process.
+var networkLocks sync.Map // string → *sync.Mutex
+
+func lockNetwork(key string) (unlock func()) {
+	v, _ := networkLocks.LoadOrStore(key, &sync.Mutex{})
+	mu := v.(*sync.Mutex)
+	mu.Lock()
+	return mu.Unlock
+}
+
+// createNetwork is one round of ensureNetwork: true when the network exists
+// (found, or made and unique).
+func (b *Backend) createNetwork(ctx context.Context) (bool, error) {
 	cctx, cancel := b.call(ctx)
 	defer cancel()
 	_, err := b.cli.NetworkInspect(cctx, b.cfg.Network, client.NetworkInspectOptions{})
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(classify(err), backend.ErrNotFound) {
-		return wrap(err, "inspect network %s", b.cfg.Network)
+	switch {
+	case err == nil:
+		return true, nil
+	case !errors.Is(classify(err), backend.ErrNotFound):
+		return false, wrap(err, "inspect network %s", b.cfg.Network)
 	}
 	res, err := b.cli.NetworkCreate(cctx, b.cfg.Network, client.NetworkCreateOptions{
 		Driver: "bridge",
@@ -209,39 +253,24 @@ func (b *Backend) ensureNetwork(ctx context.Context) error {
 	})
 	switch {
 	case errors.Is(classify(err), backend.ErrConflict):
-		return nil // created concurrently by another orchestrator
+		return true, nil // a daemon that refuses duplicates: someone else made it
 	case err != nil:
-		return wrap(err, "create network %s", b.cfg.Network)
+		return false, wrap(err, "create network %s", b.cfg.Network)
 	}
-	return b.dedupeNetwork(cctx, res.ID)
-}
-
-// dedupeNetwork undoes a lost creation race. Daemons before API 1.44 accept
-// two networks of one name, after which attaching by name fails as
-// ambiguous. Every racer keeps the oldest network of that name and removes
-// its own if it is not that one, so exactly one remains.
-func (b *Backend) dedupeNetwork(ctx context.Context, ours string) error {
-	res, err := b.cli.NetworkList(ctx, client.NetworkListOptions{Filters: make(client.Filters).Add("name", b.cfg.Network)})
+	list, err := b.cli.NetworkList(cctx, client.NetworkListOptions{Filters: make(client.Filters).Add("name", b.cfg.Network)})
 	if err != nil {
-		return wrap(err, "list networks named %s", b.cfg.Network)
+		return false, wrap(err, "list networks named %s", b.cfg.Network)
 	}
-	var keep *network.Summary
-	for i, n := range res.Items {
-		if n.Name != b.cfg.Network {
-			continue // the name filter matches substrings
+	for _, n := range list.Items {
+		if n.Name == b.cfg.Network && n.ID != res.ID { // the name filter matches substrings
+			_, err := b.cli.NetworkRemove(cctx, res.ID, client.NetworkRemoveOptions{})
+			if err != nil && !errors.Is(classify(err), backend.ErrNotFound) {
+				return false, wrap(err, "remove duplicate network %s", b.cfg.Network)
+			}
+			return false, nil
 		}
-		if keep == nil || n.Created.Before(keep.Created) || (n.Created.Equal(keep.Created) && n.ID < keep.ID) {
-			keep = &res.Items[i]
-		}
 	}
-	if keep == nil || keep.ID == ours {
-		return nil
-	}
-	_, err = b.cli.NetworkRemove(ctx, ours, client.NetworkRemoveOptions{})
-	if errors.Is(classify(err), backend.ErrNotFound) {
-		return nil
-	}
-	return wrap(err, "remove duplicate network %s", b.cfg.Network)
+	return true, nil
 }
 
 // labels are put on an engine's container and volume.
@@ -426,20 +455,21 @@ func (b *Backend) createContainer(ctx context.Context, spec backend.Spec, image 
 	return wrap(err, "create container %s", name)
 }
 
-// createAttempts bounds the create/inspect rounds of createOrAdopt, which
-// only repeat while concurrent creators or removers move under it.
-const createAttempts = 5
-
 // createOrAdopt creates the container, or settles a name conflict: adopt
 // the existing one if it is what spec asks for, else remove and create
 // again. Docker reserves a name before the container can be inspected, so a
-// conflict followed by "not found" means a concurrent create: retry.
+// conflict followed by "not found" means a concurrent create: retry, with
+// backoff, for up to CallTimeout.
 func (b *Backend) createOrAdopt(ctx context.Context, spec backend.Spec, image string) error {
 	name := ContainerName(spec.EngineID)
+	deadline := time.Now().Add(b.cfg.CallTimeout)
 	var err error
-	for attempt := range createAttempts {
-		if attempt > 0 {
-			if werr := sleepCtx(ctx, time.Duration(attempt)*25*time.Millisecond); werr != nil {
+	for delay := time.Duration(0); ; delay = min(max(2*delay, 10*time.Millisecond), 200*time.Millisecond) {
+		if delay > 0 {
+			if time.Now().Add(delay).After(deadline) {
+				return err
+			}
+			if werr := sleepCtx(ctx, delay); werr != nil {
 				return fmt.Errorf("create container %s: %w", name, werr)
 			}
 		}
@@ -484,7 +514,6 @@ func (b *Backend) createOrAdopt(ctx context.Context, spec backend.Spec, image st
 			return fmt.Errorf("replace container %s: %w", name, err)
 		}
 	}
-	return err
 }
 
 // sleepCtx waits d or until ctx ends.
@@ -576,10 +605,11 @@ func (b *Backend) Pause(ctx context.Context, engineID string) error {
 	cctx, cancel := b.call(ctx)
 	_, err := b.cli.ContainerPause(cctx, name, client.ContainerPauseOptions{})
 	cancel()
+	paused := func(st container.State) bool { return st.Paused }
 	if err == nil {
-		return nil
+		return b.await(ctx, name, "pause", paused)
 	}
-	return b.settle(ctx, name, err, "pause", func(st container.State) bool { return st.Paused })
+	return b.settle(ctx, name, err, "pause", paused)
 }
 
 // Unpause resumes the engine's container; running is success. ErrNotFound
@@ -589,10 +619,36 @@ func (b *Backend) Unpause(ctx context.Context, engineID string) error {
 	cctx, cancel := b.call(ctx)
 	_, err := b.cli.ContainerUnpause(cctx, name, client.ContainerUnpauseOptions{})
 	cancel()
+	resumed := func(st container.State) bool { return st.Running && !st.Paused }
 	if err == nil {
-		return nil
+		return b.await(ctx, name, "unpause", resumed)
 	}
-	return b.settle(ctx, name, err, "unpause", func(st container.State) bool { return st.Running && !st.Paused })
+	return b.settle(ctx, name, err, "unpause", resumed)
+}
+
+// await polls the container until its state shows what op did. Some daemons
+// (20.10) answer pause and unpause before they record the new state, which
+// they learn from containerd a moment later; waiting here means an Inspect
+// right after Pause or Unpause tells the truth.
+func (b *Backend) await(ctx context.Context, name, op string, reached func(container.State) bool) error {
+	cctx, cancel := b.call(ctx)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		res, err := b.cli.ContainerInspect(cctx, name, client.ContainerInspectOptions{})
+		switch {
+		case err != nil:
+			return wrap(err, "%s container %s: inspect", op, name)
+		case res.Container.State != nil && reached(*res.Container.State):
+			return nil
+		}
+		select {
+		case <-cctx.Done():
+			return wrap(cctx.Err(), "%s container %s: state not updated", op, name)
+		case <-tick.C:
+		}
+	}
 }
 
 // settle decides what a failed pause or unpause means. Daemons disagree on

@@ -143,13 +143,12 @@ func hashKey(key string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// freePort is a loopback port nobody listens on right now.
+// freePort is a loopback port nobody listens on right now, below the
+// ephemeral range (an outgoing connection of a concurrent test holding it
+// would make Docker's bind fail) and never handed out twice in this process.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	port := ln.Addr().(*net.TCPAddr).Port
-	require.NoError(t, ln.Close())
+	port, _ := backendtest.PortRange(t, 1)
 	return port
 }
 
@@ -235,21 +234,35 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-func TestNewCreatesTheNetworkOnce(t *testing.T) {
+func TestConcurrentStartsShareOneNetwork(t *testing.T) {
 	t.Parallel()
 	cli := dockertest.Client(t)
-	name := "bapt-" + uuid.NewString()[:8] + "-race"
+	image := dockertest.BuildEngineImage(t, engineImage)
+	dep := "bapt-" + uuid.NewString()[:8]
+	name := dep + "-race"
+	dockertest.CleanupDeployment(t, cli, dep)
 	t.Cleanup(func() { removeNetwork(name) })
+
+	// Several orchestrators start at once on a network nobody made yet,
+	// then each creates an engine on it.
 	const n = 4
 	errs := make([]error, n)
+	specs := make([]backend.Spec, n)
+	for i := range n {
+		specs[i] = newEngine(t).spec
+	}
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			b, err := docker.New(context.Background(), docker.Config{Network: name, Getenv: func(string) string { return "" }})
-			if err == nil {
-				_ = b.Close()
+			b, err := docker.New(context.Background(), docker.Config{
+				Network: name, Deployment: dep, DefaultImage: image, Getenv: func(string) string { return "" },
+			})
+			if err != nil {
+				errs[i] = err
+				return
 			}
-			errs[i] = err
+			defer b.Close()
+			_, errs[i] = b.Create(context.Background(), specs[i])
 		})
 	}
 	wg.Wait()
@@ -264,7 +277,7 @@ func TestNewCreatesTheNetworkOnce(t *testing.T) {
 			count++
 		}
 	}
-	require.Equal(t, 1, count, "concurrent creators leave exactly one network of the name")
+	require.Equal(t, 1, count, "exactly one network of the name remains")
 }
 
 func TestCreateShapesTheContainer(t *testing.T) {
