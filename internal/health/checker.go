@@ -39,7 +39,8 @@ type Config struct {
 	// in mark mode (default: the Manager's).
 	SleepMode string
 	// Refresh is how often the set of engines to probe is re-read from the
-	// registry (default min(Interval, 1 s)).
+	// registry (default min(Interval, 1 s)); a fleet whose read takes long
+	// is re-read less often, so that reading costs at most 1/20 of the time.
 	Refresh time.Duration
 	// RestartPoll is the longest wait between two looks for due restarts
 	// (default 1 s); Kick and the earliest due time shorten it.
@@ -66,7 +67,8 @@ type Config struct {
 	// and must not block for long.
 	OnPass func(Stats)
 	// OnRestart, when set, receives the outcome of every restart attempt the
-	// Checker ran.
+	// Checker ran (not of those lifecycle skipped because the engine was no
+	// longer failed and due).
 	OnRestart func(RestartResult)
 }
 
@@ -133,6 +135,9 @@ type Checker struct {
 	// holdOff delays the next attempt of an engine whose last attempt was
 	// deferred or hit an error (its due time in the registry did not move).
 	holdOff map[string]time.Time
+	// finished is when each engine's last attempt ended: a scan that read
+	// the registry before then must not start another on its stale row.
+	finished map[string]time.Time
 
 	restartSem chan struct{}
 	markSem    chan struct{}
@@ -217,21 +222,22 @@ func New(store registry.Store, lm *lifecycle.Manager, cfg Config) *Checker {
 		marking:    map[string]bool{},
 		restarting: map[string]bool{},
 		holdOff:    map[string]time.Time{},
+		finished:   map[string]time.Time{},
 		restartSem: make(chan struct{}, cfg.RestartConcurrency),
 		markSem:    make(chan struct{}, 4),
 	}
 }
 
 // newClient is the probe client: one shared transport whose idle
-// connections outlive an interval (so every engine's connection is reused
-// by its next probe) but not the reference engine's 120 s idle timeout, and
-// a short dial timeout so an unreachable address frees its slot early.
+// connections outlive an interval (so an engine's connection is reused by
+// its next probe) but not the reference engine's 120 s idle timeout, and a
+// short dial timeout so an unreachable address frees its slot early.
 func newClient(cfg Config) *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
 			Proxy:                 nil,
 			DialContext:           (&net.Dialer{Timeout: min(cfg.Timeout, 2*time.Second), KeepAlive: -1}).DialContext,
-			MaxIdleConns:          0,
+			MaxIdleConns:          maxIdleConns,
 			MaxIdleConnsPerHost:   1,
 			IdleConnTimeout:       min(2*cfg.Interval, 90*time.Second),
 			ResponseHeaderTimeout: cfg.Timeout,
@@ -240,6 +246,13 @@ func newClient(cfg Config) *http.Client {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 }
+
+// maxIdleConns bounds the probe connections kept open between probes: up
+// to this many engines, each probe reuses the engine's connection; beyond
+// it connections are opened per probe (the pool is LRU and a sweep cycles
+// through every engine), which costs a connect and a close per probe but
+// keeps the file descriptors the prober holds independent of fleet size.
+const maxIdleConns = 1024
 
 // Config returns the effective configuration (defaults applied).
 func (c *Checker) Config() Config { return c.cfg }

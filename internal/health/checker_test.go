@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -179,6 +180,7 @@ func TestCrashedEngineIsRestarted(t *testing.T) {
 			cfg.BackoffBase = 200 * time.Millisecond
 			c := startChecker(t, e, cfg, true, true)
 			c.sweep(t)
+			e.awaitWatching(t)
 
 			require.NoError(t, e.fake.Crash(en.ID, 137))
 			r := c.restart(t)
@@ -498,7 +500,9 @@ func TestSubprocessEngineHungAndKilled(t *testing.T) {
 		require.Positive(t, inst.Pid)
 		require.NoError(t, syscall.Kill(inst.Pid, syscall.SIGSTOP))
 		for range 2 {
-			require.Equal(t, 1, c.sweep(t).Failed)
+			st := c.sweep(t)
+			status, _ := os.ReadFile("/proc/" + strconv.Itoa(inst.Pid) + "/status")
+			require.Equal(t, 1, st.Failed, "%+v\n%s", st, status)
 		}
 		st := c.sweep(t)
 		require.Equal(t, 1, st.MarkedFailed)
@@ -515,6 +519,7 @@ func TestSubprocessEngineHungAndKilled(t *testing.T) {
 		require.NoError(t, err)
 		require.Positive(t, inst.Pid)
 		require.Equal(t, 3, execute(t, en, key))
+		e.awaitWatching(t)
 		require.NoError(t, syscall.Kill(inst.Pid, syscall.SIGKILL))
 		r := c.restart(t)
 		require.Equal(t, lifecycle.RestartSucceeded, r.Outcome)

@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -93,6 +96,32 @@ type env struct {
 	fake    *backendtest.Fake // nil with the subprocess backend
 	lm      *lifecycle.Manager
 	product bap.Product
+	// watching is closed once someone subscribed to the backend's events,
+	// so a test crashes an engine only when the crash can be seen.
+	watching chan struct{}
+}
+
+// watchedBackend closes watching on the first Events subscription.
+type watchedBackend struct {
+	backend.Backend
+	once     sync.Once
+	watching chan struct{}
+}
+
+func (w *watchedBackend) Events(ctx context.Context) <-chan backend.Event {
+	ch := w.Backend.Events(ctx)
+	w.once.Do(func() { close(w.watching) })
+	return ch
+}
+
+// awaitWatching waits until the crash watch is subscribed.
+func (e *env) awaitWatching(t *testing.T) {
+	t.Helper()
+	select {
+	case <-e.watching:
+	case <-time.After(waitBound):
+		t.Fatal("nobody watches the backend's events")
+	}
 }
 
 type envOptions struct {
@@ -135,10 +164,11 @@ func newEnv(t testing.TB, o envOptions) *env {
 	require.NoError(t, err)
 	sealer, err := secret.NewSealer(key)
 	require.NoError(t, err)
-	portMin := 20000 + int(uuid.New().ID()%12000)
-	e.lm = lifecycle.New(store, e.be, sealer, lifecycle.Config{
+	portMin := freePortRange(t, 40)
+	e.watching = make(chan struct{})
+	e.lm = lifecycle.New(store, &watchedBackend{Backend: e.be, watching: e.watching}, sealer, lifecycle.Config{
 		PortMin:      portMin,
-		PortMax:      portMin + 40,
+		PortMax:      portMin + 39,
 		BootTimeout:  cmpDur(o.bootTimeout, 15*time.Second),
 		StopGrace:    2 * time.Second,
 		ProbeTimeout: 500 * time.Millisecond,
@@ -157,6 +187,30 @@ func newEnv(t testing.TB, o envOptions) *env {
 		}
 	})
 	return e
+}
+
+// freePortRange returns the first of n consecutive loopback ports that are
+// free now, below the ephemeral range: engines of other tests running on
+// this machine must not answer for ours.
+func freePortRange(t testing.TB, n int) int {
+	t.Helper()
+	for range 100 {
+		base := 20000 + int(uuid.New().ID()%12000)
+		free := true
+		for p := base; p < base+n && free; p++ {
+			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+			if err != nil {
+				free = false
+				break
+			}
+			ln.Close()
+		}
+		if free {
+			return base
+		}
+	}
+	t.Fatal("no free range of loopback ports")
+	return 0
 }
 
 func cmpDur(a, b time.Duration) time.Duration {

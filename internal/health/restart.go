@@ -53,10 +53,12 @@ func (c *Checker) restartLoop(ctx context.Context) {
 // next_restart_at has passed (oldest first, while slots are free) and
 // returns how long to wait before looking again.
 func (c *Checker) startDueRestarts(ctx context.Context) (time.Duration, error) {
+	read := time.Now()
 	failed, err := c.store.EnginesByStatus(ctx, bap.StateFailed)
 	if err != nil {
 		return 0, err
 	}
+	c.forgetFinished(read)
 	now := c.now()
 	wait := c.cfg.RestartPoll
 	var due []bap.Engine
@@ -84,18 +86,19 @@ func (c *Checker) startDueRestarts(ctx context.Context) (time.Duration, error) {
 	c.forgetHoldOffs(failed)
 	slices.SortFunc(due, func(a, b bap.Engine) int { return a.NextRestartAt.Compare(*b.NextRestartAt) })
 	for _, e := range due {
-		if !c.startRestart(ctx, e) {
+		if !c.startRestart(ctx, e, read) {
 			break
 		}
 	}
 	return max(wait, minRestartWait), nil
 }
 
-// startRestart launches one attempt for e unless one runs already; it
-// reports false when every restart slot is taken.
-func (c *Checker) startRestart(ctx context.Context, e bap.Engine) bool {
+// startRestart launches one attempt for e, read from the registry at read,
+// unless one runs already or finished after that read (the row is stale);
+// it reports false when every restart slot is taken.
+func (c *Checker) startRestart(ctx context.Context, e bap.Engine, read time.Time) bool {
 	c.mu.Lock()
-	if c.restarting[e.ID] {
+	if c.restarting[e.ID] || c.finished[e.ID].After(read) {
 		c.mu.Unlock()
 		return true
 	}
@@ -111,6 +114,7 @@ func (c *Checker) startRestart(ctx context.Context, e bap.Engine) bool {
 		defer func() {
 			c.mu.Lock()
 			delete(c.restarting, e.ID)
+			c.finished[e.ID] = time.Now()
 			c.mu.Unlock()
 			<-c.restartSem
 			c.Kick() // a freed slot or a new due time: look again
@@ -157,7 +161,7 @@ func (c *Checker) restart(ctx context.Context, e bap.Engine) {
 		c.holdOff[e.ID] = c.now().Add(max(c.cfg.RestartPoll, c.cfg.BackoffBase))
 		c.mu.Unlock()
 	}
-	if c.cfg.OnRestart != nil {
+	if c.cfg.OnRestart != nil && out != lifecycle.RestartSkipped {
 		c.cfg.OnRestart(RestartResult{EngineID: e.ID, ProductID: e.ProductID, Outcome: out, Err: err})
 	}
 }
@@ -176,6 +180,18 @@ func (c *Checker) forgetHoldOffs(failed []bap.Engine) {
 	for id := range c.holdOff {
 		if !still[id] {
 			delete(c.holdOff, id)
+		}
+	}
+}
+
+// forgetFinished drops the finish times no scan started at or after read
+// can be older than.
+func (c *Checker) forgetFinished(read time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, at := range c.finished {
+		if at.Before(read) {
+			delete(c.finished, id)
 		}
 	}
 }

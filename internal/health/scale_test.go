@@ -77,15 +77,31 @@ func serveListeners() int {
 	return 0
 }
 
-// raiseNoFile lifts the soft open-files limit to the hard one.
+// wantNoFile is a comfortable open-files limit for the fleet.
+const wantNoFile = 1 << 16
+
+// raiseNoFile lifts the open-files limit to wantNoFile where the process
+// may raise its hard limit (root), else the soft limit to the hard one,
+// and fails when that is not enough.
 func raiseNoFile() error {
 	var l syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
 		return fmt.Errorf("getrlimit: %w", err)
 	}
+	if l.Max < wantNoFile {
+		up := syscall.Rlimit{Cur: wantNoFile, Max: wantNoFile}
+		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &up) == nil {
+			return nil
+		}
+	}
 	l.Cur = l.Max
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
 		return fmt.Errorf("setrlimit: %w", err)
+	}
+	// A listener per engine, plus the connections open at once: probes in
+	// flight, hanging ones and the idle connections the prober keeps.
+	if need := uint64(fleetSize + 4000); l.Cur < need {
+		return fmt.Errorf("open-files limit %d is too low for %d engines (need %d)", l.Cur, fleetSize, need)
 	}
 	return nil
 }
