@@ -1,6 +1,6 @@
 // Package docker runs engines as Docker containers through the Docker Engine
-// API (github.com/moby/moby/client). It is the only package that imports the
-// Docker client.
+// API (github.com/moby/moby/client). With its test helper dockertest, it is
+// the only package that imports the Docker client.
 //
 // What belongs here: container, volume and network handling for one engine
 // each (SPEC §10), the die-event watcher (SPEC §8) and the translation of

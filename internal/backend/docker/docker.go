@@ -27,18 +27,18 @@ import (
 
 // Defaults applied by New to a zero Config field.
 const (
-	DefaultNetwork     = "engine_net"
-	DefaultDeployment  = "default"
-	DefaultImage       = "september-engine:latest"
-	DefaultEngineHost  = "127.0.0.1"
-	DefaultCallTimeout = 10 * time.Second
-	DefaultPullTimeout = 5 * time.Minute
+	DefaultNetwork     = "engine_net"              // ORCH_ENGINE_NETWORK's default
+	DefaultDeployment  = "default"                 // ORCH_DEPLOYMENT_ID's default
+	DefaultImage       = "september-engine:latest" // ORCH_ENGINE_IMAGE's default
+	DefaultEngineHost  = "127.0.0.1"               // ORCH_ENGINE_HOST's default
+	DefaultCallTimeout = 10 * time.Second          // bound of one daemon call
+	DefaultPullTimeout = 5 * time.Minute           // bound of pulling a missing image
 )
 
 // URL modes (ORCH_ENGINE_URL_MODE).
 const (
-	URLModeHost    = "host"
-	URLModeNetwork = "network"
+	URLModeHost    = "host"    // http://<EngineHost>:<published port>
+	URLModeNetwork = "network" // http://engine-<engine_id>:8000 on the engine network
 )
 
 // What every engine container looks like from the inside (SPEC §3, §10).
