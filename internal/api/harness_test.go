@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -180,16 +179,14 @@ func newHarness(t testing.TB, store registry.Store, o options) *harness {
 	if ports == 0 {
 		ports = 300
 	}
-	// Below the fixture range (20000-29999) and the kernel's ephemeral
-	// ports, so the fake's engines do not collide with other sockets.
-	portMin := 10000 + rand.IntN(9000)
+	portMin, portMax := backendtest.PortRange(t, ports)
 	bootTimeout := o.bootTimeout
 	if bootTimeout == 0 {
 		bootTimeout = 10 * time.Second
 	}
 	lm := lifecycle.New(store, fake, sealer, lifecycle.Config{
 		PortMin:      portMin,
-		PortMax:      portMin + ports - 1,
+		PortMax:      portMax,
 		BootTimeout:  bootTimeout,
 		StopGrace:    time.Second,
 		DefaultImage: "september-engine:test",

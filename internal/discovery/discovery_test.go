@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -128,12 +127,10 @@ func newEnv(t testing.TB, open func(testing.TB) registry.Store, o envOptions) *e
 	require.NoError(t, err)
 	sealer, err := secret.NewSealer(key)
 	require.NoError(t, err)
-	// Engines listen on their ports: a random window below the ephemeral
-	// range keeps parallel tests (and other packages') apart.
-	portMin := 10000 + rand.IntN(90)*100
+	portMin, portMax := backendtest.PortRange(t, 100)
 	cfg := lifecycle.Config{
 		PortMin:      portMin,
-		PortMax:      portMin + 99,
+		PortMax:      portMax,
 		BootTimeout:  cmpDur(o.bootTimeout, 10*time.Second),
 		StopGrace:    time.Second,
 		DefaultImage: "september-engine:test",

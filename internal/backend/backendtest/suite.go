@@ -149,25 +149,13 @@ var ports = struct {
 	given map[int]bool
 }{given: map[int]bool{}}
 
-// FreePort returns a loopback TCP port that was free a moment ago and that
-// no earlier call in this process returned.
-func FreePort(t *testing.T) int {
+// FreePort returns a loopback TCP port that was free a moment ago, below
+// the kernel's ephemeral range, and that no earlier call in this process
+// returned.
+func FreePort(t testing.TB) int {
 	t.Helper()
-	for range 100 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		port := ln.Addr().(*net.TCPAddr).Port
-		require.NoError(t, ln.Close())
-		ports.Lock()
-		taken := ports.given[port]
-		ports.given[port] = true
-		ports.Unlock()
-		if !taken {
-			return port
-		}
-	}
-	t.Fatal("no free loopback port")
-	return 0
+	lo, _ := PortRange(t, 1)
+	return lo
 }
 
 // PortRange returns n consecutive loopback ports, free a moment ago, below
