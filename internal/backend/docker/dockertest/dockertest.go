@@ -236,7 +236,11 @@ func CleanupDeployment(t testing.TB, cli *client.Client, deployment string, netw
 			t.Errorf("cleanup: list containers of %s: %v", deployment, err)
 		}
 		for _, c := range cs.Items {
-			if _, err := cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true}); err != nil {
+			err := retryBusy(ctx, func() error {
+				_, err := cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
+				return err
+			})
+			if err != nil {
 				t.Errorf("cleanup: remove container %s: %v", c.ID, err)
 			}
 		}
@@ -245,7 +249,11 @@ func CleanupDeployment(t testing.TB, cli *client.Client, deployment string, netw
 			t.Errorf("cleanup: list volumes of %s: %v", deployment, err)
 		}
 		for _, v := range vs.Items {
-			if _, err := cli.VolumeRemove(ctx, v.Name, client.VolumeRemoveOptions{Force: true}); err != nil {
+			err := retryBusy(ctx, func() error {
+				_, err := cli.VolumeRemove(ctx, v.Name, client.VolumeRemoveOptions{Force: true})
+				return err
+			})
+			if err != nil {
 				t.Errorf("cleanup: remove volume %s: %v", v.Name, err)
 			}
 		}
@@ -256,6 +264,27 @@ func CleanupDeployment(t testing.TB, cli *client.Client, deployment string, netw
 			}
 		}
 	})
+}
+
+// retryBusy runs remove until it succeeds, finds nothing, or stops
+// reporting a conflict (a removal already in progress, a volume still held
+// by a container being removed), for up to 15 s.
+func retryBusy(ctx context.Context, remove func() error) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := remove()
+		if err == nil || cerrdefs.IsNotFound(err) {
+			return nil
+		}
+		if !cerrdefs.IsConflict(err) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // Kill sends SIGKILL to a container from outside, as a crash would end it.
