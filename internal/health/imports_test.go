@@ -9,6 +9,9 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/september/bap-engine/internal/health"
+	"github.com/september/bap-engine/internal/metrics"
 )
 
 // TestImports keeps the architecture true: health reaches engines only
@@ -45,3 +48,6 @@ func TestImports(t *testing.T) {
 	}
 	require.Positive(t, checked)
 }
+
+// The Prometheus metrics are the production Observer.
+var _ health.Observer = (*metrics.Metrics)(nil)
