@@ -16,5 +16,17 @@
 // once, each bounded by Timeout; a hanging engine holds one slot for at most
 // Timeout and never moves the others' due times. With the defaults (50
 // slots, 30 s interval, 10 s timeout) up to 150 engines may hang in every
-// interval before probes start running late.
+// interval before probes start running late. Probe starts are batched per
+// small quantum, results are written in batches, and the probed set is
+// re-read about every second (less often for a fleet whose read is slow).
+//
+// The restart scheduler reads failed engines at least every RestartPoll and
+// sleeps until the earliest next_restart_at; Kick (the crash watch's
+// callback) wakes it at once. Attempts run concurrently, bounded, and never
+// wait for probes.
+//
+// BenchmarkSweep10k and BenchmarkSweep10kBurst measure a 10,000-engine
+// fleet (100 hanging) on both stores:
+//
+//	go test -run '^$' -bench Sweep10k -benchtime 1x ./internal/health/
 package health

@@ -90,7 +90,9 @@ func (c *Checker) startDueRestarts(ctx context.Context) (time.Duration, error) {
 			break
 		}
 	}
-	return max(wait, minRestartWait), nil
+	// Like the probe set, a long list of failed engines (many that gave
+	// up) is re-read less often.
+	return max(wait, minRestartWait, refreshShare*time.Since(read)), nil
 }
 
 // startRestart launches one attempt for e, read from the registry at read,
