@@ -5,12 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -164,11 +162,11 @@ func newEnv(t testing.TB, o envOptions) *env {
 	require.NoError(t, err)
 	sealer, err := secret.NewSealer(key)
 	require.NoError(t, err)
-	portMin := freePortRange(t, 40)
+	portMin, portMax := backendtest.PortRange(t, 40)
 	e.watching = make(chan struct{})
 	e.lm = lifecycle.New(store, &watchedBackend{Backend: e.be, watching: e.watching}, sealer, lifecycle.Config{
 		PortMin:      portMin,
-		PortMax:      portMin + 39,
+		PortMax:      portMax,
 		BootTimeout:  cmpDur(o.bootTimeout, 15*time.Second),
 		StopGrace:    2 * time.Second,
 		ProbeTimeout: 500 * time.Millisecond,
@@ -189,29 +187,6 @@ func newEnv(t testing.TB, o envOptions) *env {
 	return e
 }
 
-// freePortRange returns the first of n consecutive loopback ports that are
-// free now, below the ephemeral range: engines of other tests running on
-// this machine must not answer for ours.
-func freePortRange(t testing.TB, n int) int {
-	t.Helper()
-	for range 100 {
-		base := 20000 + int(uuid.New().ID()%12000)
-		free := true
-		for p := base; p < base+n && free; p++ {
-			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-			if err != nil {
-				free = false
-				break
-			}
-			ln.Close()
-		}
-		if free {
-			return base
-		}
-	}
-	t.Fatal("no free range of loopback ports")
-	return 0
-}
 
 func cmpDur(a, b time.Duration) time.Duration {
 	if a != 0 {
