@@ -125,6 +125,8 @@ func (e *env) awaitWatching(t *testing.T) {
 type envOptions struct {
 	store       registry.Store // default SQLite
 	subprocess  bool
+	backend     backend.Backend // when set, used instead of the fake or subprocess backend
+	image       string          // the default engine image (docker)
 	sleepMode   string
 	bootTimeout time.Duration
 }
@@ -137,7 +139,9 @@ func newEnv(t testing.TB, o envOptions) *env {
 		store = openSQLite(t)
 	}
 	e := &env{store: store}
-	if o.subprocess {
+	if o.backend != nil {
+		e.be = o.backend
+	} else if o.subprocess {
 		b, err := subprocess.New(subprocess.Config{
 			Command:     []string{os.Args[0]},
 			DataRoot:    t.TempDir(),
@@ -168,6 +172,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		PortMin:      portMin,
 		PortMax:      portMax,
 		BootTimeout:  cmpDur(o.bootTimeout, 15*time.Second),
+		DefaultImage: o.image,
 		StopGrace:    2 * time.Second,
 		ProbeTimeout: 500 * time.Millisecond,
 		SleepMode:    o.sleepMode,
@@ -186,7 +191,6 @@ func newEnv(t testing.TB, o envOptions) *env {
 	})
 	return e
 }
-
 
 func cmpDur(a, b time.Duration) time.Duration {
 	if a != 0 {
