@@ -106,10 +106,13 @@ func TestRetryAfterAtLeastOneSecond(t *testing.T) {
 func TestRequestIDAcceptsOnlyPlainIDs(t *testing.T) {
 	t.Parallel()
 	require.Equal(t, "abc-123_x.y:z", requestID("abc-123_x.y:z"))
+	seen := map[string]bool{}
 	for _, bad := range []string{"", "with space", "new\nline", string(make([]byte, 129)), "quote\""} {
 		got := requestID(bad)
 		require.NotEqual(t, bad, got)
-		require.Len(t, got, 36)
+		require.Equal(t, got, requestID(got), "a generated id is itself acceptable")
+		require.False(t, seen[got], "generated ids are unique")
+		seen[got] = true
 	}
 }
 

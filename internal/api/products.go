@@ -90,6 +90,7 @@ func (s *server) updatePolicy(w http.ResponseWriter, r *http.Request, _ bap.Prod
 	if err != nil {
 		return fmt.Errorf("update policy: %w", err)
 	}
+	s.discovery.ForgetProduct(id)
 	writeJSON(w, http.StatusOK, policyResponse{Policy: p.Policy.JSON()})
 	return nil
 }
@@ -125,6 +126,7 @@ func (s *server) rotatePlatformKey(w http.ResponseWriter, r *http.Request, _ bap
 	if err != nil {
 		return fmt.Errorf("rotate platform key: %w", err)
 	}
+	s.discovery.ForgetProduct(id)
 	loggerFrom(r.Context(), s.log).Info("platform key rotated", "product_id", id)
 	writeJSON(w, http.StatusOK, rotatePlatformKeyResponse{
 		ProductID:            id,

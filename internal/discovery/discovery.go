@@ -34,6 +34,12 @@ type Config struct {
 	// DenySampleInterval bounds admit_denied audit rows to one per engine
 	// (or product and user, without an engine) per interval (default 1 min).
 	DenySampleInterval time.Duration
+	// ProductTTL is how long an authenticated product is kept in memory, so
+	// an admit of a known product is one point-select of its engine (default
+	// 1 s; negative disables). ForgetProduct drops it at once after a
+	// policy or key change made through this process; changes made by
+	// another orchestrator process apply within ProductTTL.
+	ProductTTL time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Logger receives warnings of failed background writes (default
@@ -63,14 +69,15 @@ type Decision struct {
 // Service runs admits. It is safe for concurrent use; Run must be running
 // for last_active_at to be written.
 type Service struct {
-	store   registry.Store
-	lm      *lifecycle.Manager
-	lim     *policy.Limiter
-	cfg     Config
-	log     *slog.Logger
-	touches *touches
-	denials *sampler
-	keys    *keyCache
+	store    registry.Store
+	lm       *lifecycle.Manager
+	lim      *policy.Limiter
+	cfg      Config
+	log      *slog.Logger
+	touches  *touches
+	denials  *sampler
+	keys     *keyCache
+	products *productCache
 }
 
 // New returns a Service. store, lm and lim are required.
@@ -80,6 +87,7 @@ func New(store registry.Store, lm *lifecycle.Manager, lim *policy.Limiter, cfg C
 	}
 	cfg.TouchInterval = cmp.Or(cfg.TouchInterval, 5*time.Second)
 	cfg.DenySampleInterval = cmp.Or(cfg.DenySampleInterval, time.Minute)
+	cfg.ProductTTL = cmp.Or(cfg.ProductTTL, time.Second)
 	if cfg.TouchInterval < 0 || cfg.DenySampleInterval < 0 {
 		panic("discovery.New: negative interval")
 	}
@@ -87,14 +95,15 @@ func New(store registry.Store, lm *lifecycle.Manager, lim *policy.Limiter, cfg C
 		cfg.Now = time.Now
 	}
 	return &Service{
-		store:   store,
-		lm:      lm,
-		lim:     lim,
-		cfg:     cfg,
-		log:     cmp.Or(cfg.Logger, slog.Default()),
-		touches: newTouches(),
-		denials: newSampler(cfg.DenySampleInterval),
-		keys:    newKeyCache(),
+		store:    store,
+		lm:       lm,
+		lim:      lim,
+		cfg:      cfg,
+		log:      cmp.Or(cfg.Logger, slog.Default()),
+		touches:  newTouches(),
+		denials:  newSampler(cfg.DenySampleInterval),
+		keys:     newKeyCache(),
+		products: newProductCache(),
 	}
 }
 
@@ -121,7 +130,7 @@ func (s *Service) Admit(ctx context.Context, keyHash, userID string, opt Options
 		return bap.Product{}, Decision{}, errInvalidKey()
 	}
 	now := s.cfg.Now()
-	p, e, err := s.store.AdmitLookup(ctx, keyHash, userID, now)
+	p, e, err := s.lookup(ctx, keyHash, userID, now)
 	if errors.Is(err, registry.ErrNotFound) {
 		return bap.Product{}, Decision{}, errInvalidKey()
 	}

@@ -362,6 +362,12 @@ func (l *lookupOnly) AdmitLookup(ctx context.Context, keyHash, userID string, no
 	return l.inner.AdmitLookup(ctx, keyHash, userID, now)
 }
 
+// GetEngineByUser is the one query of an admit whose product is cached.
+func (l *lookupOnly) GetEngineByUser(ctx context.Context, productID, userID string) (bap.Engine, error) {
+	l.calls.Add(1)
+	return l.inner.GetEngineByUser(ctx, productID, userID)
+}
+
 func TestAdmitRunningIsOneQuery(t *testing.T) {
 	eachStore(t, func(t *testing.T, open func(testing.TB) registry.Store) {
 		e := newEnv(t, open, envOptions{})
@@ -637,6 +643,7 @@ func TestAdmitDenialsAndErrorsDoNotConsume(t *testing.T) {
 		require.NoError(t, err)
 		_, err = e.store.UpdatePolicy(t.Context(), p.ID, pol, audit.Entry{ProductID: p.ID, Action: audit.PolicyUpdate, Actor: audit.ActorAdmin})
 		require.NoError(t, err)
+		e.svc.ForgetProduct(p.ID) // as the API does after a policy change
 		_, d, err := e.svc.Admit(t.Context(), h, "u", discovery.Options{})
 		require.NoError(t, err)
 		require.True(t, d.Admitted)
@@ -896,4 +903,27 @@ func BenchmarkAdmitRunning(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestCachedProductExpires: a policy changed by another process (no
+// ForgetProduct here) applies once the cached product's TTL has passed.
+func TestCachedProductExpires(t *testing.T) {
+	eachStore(t, func(t *testing.T, open func(testing.TB) registry.Store) {
+		e := newEnv(t, open, envOptions{})
+		p, h := e.product(t, `{"rate_limit_rpm": 1}`)
+		e.engineRow(t, p, "u", bap.StateRunning)
+		_, d, err := e.svc.Admit(t.Context(), h, "u", discovery.Options{})
+		require.NoError(t, err)
+		require.True(t, d.Admitted)
+		pol, err := bap.ParsePolicy([]byte(`{"rate_limit_rpm": 5}`))
+		require.NoError(t, err)
+		_, err = e.store.UpdatePolicy(t.Context(), p.ID, pol, audit.Entry{ProductID: p.ID, Action: audit.PolicyUpdate, Actor: audit.ActorAdmin})
+		require.NoError(t, err)
+		_, _, err = e.svc.Admit(t.Context(), h, "u", discovery.Options{})
+		requireCode(t, err, bap.CodeRateLimited)
+		e.clock.Advance(e.svc.Config().ProductTTL)
+		_, d, err = e.svc.Admit(t.Context(), h, "u", discovery.Options{})
+		require.NoError(t, err)
+		require.True(t, d.Admitted, "the new policy applies after the cache TTL")
+	})
 }
