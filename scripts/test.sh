@@ -2,7 +2,8 @@
 # The whole test suite: vet, unit and integration tests with the race detector
 # against SQLite and PostgreSQL (and Docker when a daemon answers; required
 # when CI=true), then a short fixed-time run of every fuzz target.
-# Installs PostgreSQL's server binaries first if this machine lacks them.
+# Installs PostgreSQL's server binaries and Python's cryptography (for the
+# Fernet compatibility checks) first if this machine lacks them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,13 @@ if [ ! -x "$PG_BIN/postgres" ] && [ -z "${BAP_TEST_DATABASE_URL:-}" ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql-15 >/dev/null
+fi
+
+if ! python3 -c 'import cryptography.fernet' >/dev/null 2>&1; then
+  echo "==> python3 with cryptography missing (Fernet compatibility checks): installing it"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-cryptography >/dev/null
 fi
 
 if [ "${CI:-}" = "true" ] && ! docker info >/dev/null 2>&1; then
