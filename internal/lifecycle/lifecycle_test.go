@@ -474,6 +474,64 @@ func lifecycleSuite(t *testing.T, newBackend func(t testing.TB) backend.Backend,
 		require.True(t, instanceGone(t, e.ID))
 	})
 
+	t.Run("Reconcile", func(t *testing.T) {
+		be := newBackend(t)
+		en := newEnv(t, be, envOptions{})
+		noBackoff := func(int) time.Duration { return time.Hour }
+		healthy, err := en.lm.Provision(ctx, en.product, "healthy", "", "test")
+		require.NoError(t, err)
+		lost, err := en.lm.Provision(ctx, en.product, "lost", "", "test")
+		require.NoError(t, err)
+		before, err := be.Inspect(ctx, healthy.Engine.ID)
+		require.NoError(t, err)
+
+		// An instance whose row is gone (a crash between create and insert),
+		// a port allocation with no engine, and a running row whose instance
+		// vanished.
+		orphanID := uuid.NewString()
+		_, err = be.Create(ctx, backend.Spec{EngineID: orphanID, ProductID: en.product.ID, Image: testImage,
+			Port: healthy.Engine.Port + 20, KeyHash: secret.Hash("orphan")})
+		require.NoError(t, err)
+		require.NoError(t, be.Start(ctx, orphanID))
+		_, err = en.store.AllocatePort(ctx, uuid.NewString(), healthy.Engine.Port+30, healthy.Engine.Port+30)
+		require.NoError(t, err)
+		require.NoError(t, be.Destroy(ctx, lost.Engine.ID))
+
+		// Within the grace period the orphan is kept (its provision may still
+		// be about to insert its row); after it, it is removed.
+		st, err := en.lm.Reconcile(ctx, time.Hour, noBackoff)
+		require.NoError(t, err)
+		require.Zero(t, st.OrphansRemoved)
+		require.Equal(t, 1, st.RunningLost)
+		require.Equal(t, 1, st.PortsFreed)
+		st, err = en.lm.Reconcile(ctx, 0, noBackoff)
+		require.NoError(t, err)
+		require.Equal(t, 1, st.OrphansRemoved)
+		require.Zero(t, st.RunningLost, "already failed")
+		require.Zero(t, st.Errors)
+
+		_, err = be.Inspect(ctx, orphanID)
+		require.ErrorIs(t, err, backend.ErrNotFound)
+		entries, _, err := en.store.ListAudit(ctx, registry.AuditFilter{EngineID: orphanID})
+		require.NoError(t, err)
+		require.Len(t, entries, 1)
+		require.Equal(t, audit.OrphanRemoved, entries[0].Action)
+		got, err := en.store.GetEngine(ctx, lost.Engine.ID)
+		require.NoError(t, err)
+		require.Equal(t, bap.StateFailed, got.Status)
+		require.NotNil(t, got.NextRestartAt, "lost engine is on the restart path")
+		require.Equal(t, []audit.Action{audit.Provision, audit.ReconcileFailed}, auditActions(t, en.store, lost.Engine.ID))
+
+		// The healthy engine was neither stopped nor recreated.
+		after, err := be.Inspect(ctx, healthy.Engine.ID)
+		require.NoError(t, err)
+		require.Equal(t, before.ID, after.ID)
+		require.Equal(t, before.Pid, after.Pid)
+		require.Equal(t, backend.StatusRunning, after.Status)
+		require.Equal(t, []audit.Action{audit.Provision}, auditActions(t, en.store, healthy.Engine.ID))
+		require.True(t, answers(healthy.Engine.URL))
+	})
+
 	t.Run("QuotaAndValidation", func(t *testing.T) {
 		en := newEnv(t, newBackend(t), envOptions{policy: `{"max_engines": 1}`})
 		_, err := en.lm.Provision(ctx, en.product, "../etc", "", "test")
