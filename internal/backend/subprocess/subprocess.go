@@ -649,10 +649,27 @@ func (b *Backend) Destroy(ctx context.Context, engineID string) error {
 	b.forget(engineID, b.procOf(engineID))
 	b.fileMu.Lock()
 	defer b.fileMu.Unlock()
-	if err := os.RemoveAll(b.dir(engineID)); err != nil {
+	if err := removeDir(ctx, b.dir(engineID)); err != nil {
 		return fmt.Errorf("destroy engine %s: remove data dir: %w", engineID, err)
 	}
 	return nil
+}
+
+// removeDir removes a data dir, retrying briefly when a file appears while
+// it is emptied (an exiting engine's last SQLite checkpoint or log line).
+func removeDir(ctx context.Context, dir string) error {
+	var err error
+	for range 20 {
+		if err = os.RemoveAll(dir); err == nil || !errors.Is(err, syscall.ENOTEMPTY) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return err
 }
 
 // Inspect describes the engine's instance. ErrNotFound.
