@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -71,6 +72,9 @@ type Manager struct {
 	obs     Observer
 	probe   *http.Client
 	flights *flights
+	// bootGuess is the learned start-to-healthy time of engines, in ns
+	// (waitHealthy).
+	bootGuess atomic.Int64
 }
 
 // New returns a Manager. store, be and sealer are required.

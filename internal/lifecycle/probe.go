@@ -67,27 +67,72 @@ func Probe(ctx context.Context, c *http.Client, url string, timeout time.Duratio
 	return nil
 }
 
-// waitHealthy polls the engine until it is healthy or timeout passes.
+// waitHealthy polls the engine until it is healthy or timeout passes: a
+// probe at once, then every 25 ms for the first second, backing off to
+// 500 ms. Between those it adds a probe at the moment engines have lately
+// become healthy after a start (learned, see learnBoot) and, if that one
+// is too early, one more halfway to the next regular probe, so a typical
+// boot is noticed about when it happens rather than up to a whole poll
+// interval later: that interval is pure latency added to every provision
+// and wake.
 func (m *Manager) waitHealthy(ctx context.Context, url string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	delay := probeFirstDelay
 	began := time.Now()
-	var last error
+	last := Probe(ctx, m.probe, url, m.cfg.ProbeTimeout)
+	if last == nil {
+		return nil // already serving: nothing to learn about boots
+	}
+	var extra []time.Duration // extra probe times, relative to began
+	guess := time.Duration(m.bootGuess.Load())
+	if guess > 0 && guess < probeSteadyFor {
+		extra = append(extra, guess)
+	}
+	delay := probeFirstDelay
+	next := delay
 	for {
-		last = Probe(ctx, m.probe, url, m.cfg.ProbeTimeout)
-		if last == nil {
-			return nil
+		at, isExtra := next, false
+		if len(extra) > 0 && extra[0] < next {
+			at, isExtra = extra[0], true
+			extra = extra[1:]
 		}
-		t := time.NewTimer(delay)
+		t := time.NewTimer(time.Until(began.Add(at)))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return fmt.Errorf("%w (last probe: %v)", errBootTimeout, last)
 		case <-t.C:
 		}
-		if time.Since(began) >= probeSteadyFor {
-			delay = min(delay*3/2, probeMaxDelay)
+		last = Probe(ctx, m.probe, url, m.cfg.ProbeTimeout)
+		if last == nil {
+			m.learnBoot(guess, at, isExtra && at == guess)
+			return nil
+		}
+		if isExtra && at == guess {
+			extra = append(extra, guess+(next-guess)/2)
+		}
+		if !isExtra {
+			if at >= probeSteadyFor {
+				delay = min(delay*3/2, probeMaxDelay)
+			}
+			next += delay
 		}
 	}
+}
+
+// learnBoot updates the guess of how long engines take from a start to a
+// healthy answer, from the probe that first succeeded (at, after the
+// start). A boot caught by the guessed probe moves the guess a little
+// earlier, to keep finding the real moment; a boot caught later moves it
+// to halfway between the guess and the success.
+func (m *Manager) learnBoot(guess, at time.Duration, caughtAtGuess bool) {
+	switch {
+	case guess == 0 || guess >= probeSteadyFor:
+		guess = at / 2
+	case caughtAtGuess:
+		guess -= guess / 16
+	default:
+		guess = (guess + at) / 2
+	}
+	m.bootGuess.Store(int64(guess))
 }
