@@ -54,7 +54,7 @@ const CrashExitCode = 137
 // Observation: Calls, Probes. A crash closes the server, marks the instance
 // exited and emits an Event. Safe for concurrent use. Close it at the end.
 type Fake struct {
-	hub    *fakeHub
+	hub    *backend.Hub
 	closed chan struct{}
 	once   sync.Once
 
@@ -97,7 +97,7 @@ type fakeRun struct {
 // NewFake returns an empty Fake with no faults.
 func NewFake() *Fake {
 	return &Fake{
-		hub:       newFakeHub(),
+		hub:       backend.NewHub(),
 		closed:    make(chan struct{}),
 		engines:   map[string]*fakeEngine{},
 		brains:    map[string]int{},
@@ -198,7 +198,7 @@ func (f *Fake) crash(engineID string, only *fakeRun, exitCode int) error {
 	e.status, e.exitCode = backend.StatusExited, exitCode
 	f.mu.Unlock()
 	run.close()
-	f.hub.publish(backend.Event{EngineID: engineID, ExitCode: exitCode, At: time.Now().UTC()})
+	f.hub.Publish(backend.Event{EngineID: engineID, ExitCode: exitCode, At: time.Now().UTC()})
 	return nil
 }
 
@@ -248,7 +248,7 @@ func (f *Fake) URL(engineID string, port int) string {
 
 // Events delivers crashes until ctx ends or the Fake is closed.
 func (f *Fake) Events(ctx context.Context) <-chan backend.Event {
-	return f.hub.subscribe(ctx, f.closed)
+	return f.hub.Subscribe(ctx, f.closed)
 }
 
 // Create records the instance; same spec adopts, a different one replaces.
@@ -574,73 +574,4 @@ func fakeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
-}
-
-// fakeHub fans events out to subscribers, each with an unbounded queue.
-type fakeHub struct {
-	mu   sync.Mutex
-	subs map[*fakeSub]struct{}
-}
-
-type fakeSub struct {
-	mu     sync.Mutex
-	queue  []backend.Event
-	signal chan struct{}
-}
-
-func newFakeHub() *fakeHub { return &fakeHub{subs: map[*fakeSub]struct{}{}} }
-
-func (h *fakeHub) subscribe(ctx context.Context, stop <-chan struct{}) <-chan backend.Event {
-	s := &fakeSub{signal: make(chan struct{}, 1)}
-	h.mu.Lock()
-	h.subs[s] = struct{}{}
-	h.mu.Unlock()
-	out := make(chan backend.Event)
-	go func() {
-		defer close(out)
-		defer func() {
-			h.mu.Lock()
-			delete(h.subs, s)
-			h.mu.Unlock()
-		}()
-		for {
-			s.mu.Lock()
-			if len(s.queue) > 0 {
-				ev := s.queue[0]
-				s.queue = s.queue[1:]
-				s.mu.Unlock()
-				select {
-				case out <- ev:
-					continue
-				case <-ctx.Done():
-					return
-				case <-stop:
-					return
-				}
-			}
-			s.mu.Unlock()
-			select {
-			case <-s.signal:
-			case <-ctx.Done():
-				return
-			case <-stop:
-				return
-			}
-		}
-	}()
-	return out
-}
-
-func (h *fakeHub) publish(ev backend.Event) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for s := range h.subs {
-		s.mu.Lock()
-		s.queue = append(s.queue, ev)
-		s.mu.Unlock()
-		select {
-		case s.signal <- struct{}{}:
-		default:
-		}
-	}
 }

@@ -81,7 +81,7 @@ type Backend struct {
 	cfg     Config
 	command string // resolved Command[0]
 
-	hub    *hub
+	hub    *backend.Hub
 	closed chan struct{}
 	once   sync.Once
 	poller sync.WaitGroup
@@ -135,7 +135,7 @@ func New(cfg Config) (*Backend, error) {
 	return &Backend{
 		cfg:     cfg,
 		command: command,
-		hub:     newHub(),
+		hub:     backend.NewHub(),
 		closed:  make(chan struct{}),
 		locks:   map[string]*engineLock{},
 		procs:   map[string]*proc{},
@@ -165,7 +165,7 @@ func (b *Backend) URL(_ string, port int) string {
 // Events delivers exits the orchestrator did not ask for until ctx ends or
 // the backend is closed.
 func (b *Backend) Events(ctx context.Context) <-chan backend.Event {
-	return b.hub.subscribe(ctx, b.closed)
+	return b.hub.Subscribe(ctx, b.closed)
 }
 
 // dir is the engine's data dir.
@@ -241,7 +241,7 @@ func (b *Backend) current(engineID string) *proc {
 	if known := b.procs[engineID]; known != nil && known.pid == pf.Pid && known.startTicks == pf.StartTicks {
 		return known
 	}
-	p = newProc(engineID, pf.Pid, pf.StartTicks, false, b.hub.publish)
+	p = newProc(engineID, pf.Pid, pf.StartTicks, false, b.hub.Publish)
 	b.procs[engineID] = p
 	b.startPollerLocked()
 	return p
@@ -459,7 +459,7 @@ func (b *Backend) spawn(spec specFile) error {
 		_ = cmd.Wait()
 		return fmt.Errorf("engine %s: read process start time: %w", spec.EngineID, err)
 	}
-	p := newProc(spec.EngineID, pid, st.startTicks, true, b.hub.publish)
+	p := newProc(spec.EngineID, pid, st.startTicks, true, b.hub.Publish)
 	b.fileMu.Lock()
 	err = writeJSON(filepath.Join(dir, pidFileName), pidFile{Pid: pid, StartTicks: st.startTicks, StartedAt: time.Now().UTC()})
 	b.fileMu.Unlock()

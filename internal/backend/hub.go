@@ -1,36 +1,35 @@
-package subprocess
+package backend
 
 import (
 	"context"
 	"sync"
-
-	"github.com/september/bap-engine/internal/backend"
 )
 
-// hub fans events out to every subscriber. Each subscriber has its own
-// unbounded queue, so a slow reader neither blocks the reaper nor loses
-// events.
-type hub struct {
+// Hub fans instance events out to every subscriber, for implementations of
+// Backend.Events. Each subscriber has its own unbounded queue, so a slow
+// reader neither blocks the publisher nor loses events.
+type Hub struct {
 	mu   sync.Mutex
 	subs map[*subscriber]struct{}
 }
 
 type subscriber struct {
 	mu     sync.Mutex
-	queue  []backend.Event
+	queue  []Event
 	signal chan struct{}
 }
 
-func newHub() *hub { return &hub{subs: map[*subscriber]struct{}{}} }
+// NewHub returns an empty Hub.
+func NewHub() *Hub { return &Hub{subs: map[*subscriber]struct{}{}} }
 
-// subscribe delivers events published from now on until ctx or stop ends;
+// Subscribe delivers events published from now on until ctx or stop ends;
 // the returned channel is then closed.
-func (h *hub) subscribe(ctx context.Context, stop <-chan struct{}) <-chan backend.Event {
+func (h *Hub) Subscribe(ctx context.Context, stop <-chan struct{}) <-chan Event {
 	s := &subscriber{signal: make(chan struct{}, 1)}
 	h.mu.Lock()
 	h.subs[s] = struct{}{}
 	h.mu.Unlock()
-	out := make(chan backend.Event)
+	out := make(chan Event)
 	go func() {
 		defer close(out)
 		defer func() {
@@ -66,8 +65,8 @@ func (h *hub) subscribe(ctx context.Context, stop <-chan struct{}) <-chan backen
 	return out
 }
 
-// publish queues ev for every current subscriber.
-func (h *hub) publish(ev backend.Event) {
+// Publish queues ev for every current subscriber.
+func (h *Hub) Publish(ev Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for s := range h.subs {
