@@ -170,9 +170,24 @@ func killEnginesAtCleanup(t *testing.T, dataRoot string) {
 			}
 			if json.Unmarshal(b, &pf) == nil && pf.Pid > 0 {
 				_ = syscall.Kill(-pf.Pid, syscall.SIGKILL)
+				// Wait until it is gone, so nothing writes into the data
+				// dir while the test's temporary directory is removed.
+				for i := 0; i < 100 && syscall.Kill(pf.Pid, 0) == nil && !zombie(pf.Pid); i++ {
+					time.Sleep(20 * time.Millisecond)
+				}
 			}
 		}
 	})
+}
+
+// zombie reports whether pid has exited and waits to be reaped.
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i > 0 && i+2 < len(b) && b[i+2] == 'Z'
 }
 
 // pidOf reads the engine's process id from the subprocess backend's pid file.

@@ -301,8 +301,14 @@ func (b *Backend) poll() {
 }
 
 // markExited records an exit in the pid file, unless the file already
-// describes another process.
+// describes another process or the Backend is closed (its files may belong
+// to another orchestrator instance by then).
 func (b *Backend) markExited(engineID string, p *proc, code int) {
+	select {
+	case <-b.closed:
+		return
+	default:
+	}
 	b.fileMu.Lock()
 	defer b.fileMu.Unlock()
 	path := filepath.Join(b.dir(engineID), pidFileName)
