@@ -571,30 +571,18 @@ func (b *Backend) Stop(ctx context.Context, engineID string, grace time.Duration
 // Pause SIGSTOPs the engine's group. ErrNotFound without an instance,
 // ErrConflict when it is not running.
 func (b *Backend) Pause(_ context.Context, engineID string) error {
-	if err := validID(engineID); err != nil {
-		return fmt.Errorf("%w: %w", backend.ErrNotFound, err)
-	}
-	unlock := b.lock(engineID)
-	defer unlock()
-	if _, err := b.readSpec(engineID); err != nil {
-		return err
-	}
-	p := b.current(engineID)
-	if p == nil {
-		return fmt.Errorf("pause engine %s: not running: %w", engineID, backend.ErrConflict)
-	}
-	if err := p.signalGroup(syscall.SIGSTOP); err != nil {
-		return fmt.Errorf("pause: %w", err)
-	}
-	if !p.waitState(true, signalSettle) {
-		return fmt.Errorf("pause engine %s: process did not stop: %w", engineID, backend.ErrConflict)
-	}
-	return nil
+	return b.freeze(engineID, "pause", syscall.SIGSTOP, true)
 }
 
 // Unpause SIGCONTs a paused engine; running is success. ErrNotFound without
 // an instance, ErrConflict when it is not running at all.
 func (b *Backend) Unpause(_ context.Context, engineID string) error {
+	return b.freeze(engineID, "unpause", syscall.SIGCONT, false)
+}
+
+// freeze sends sig to a running engine's group and waits until the process
+// is stopped (stopped=true) or running again.
+func (b *Backend) freeze(engineID, op string, sig syscall.Signal, stopped bool) error {
 	if err := validID(engineID); err != nil {
 		return fmt.Errorf("%w: %w", backend.ErrNotFound, err)
 	}
@@ -605,13 +593,13 @@ func (b *Backend) Unpause(_ context.Context, engineID string) error {
 	}
 	p := b.current(engineID)
 	if p == nil {
-		return fmt.Errorf("unpause engine %s: not running: %w", engineID, backend.ErrConflict)
+		return fmt.Errorf("%s engine %s: not running: %w", op, engineID, backend.ErrConflict)
 	}
-	if err := p.signalGroup(syscall.SIGCONT); err != nil {
-		return fmt.Errorf("unpause: %w", err)
+	if err := p.signalGroup(sig); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
 	}
-	if !p.waitState(false, signalSettle) {
-		return fmt.Errorf("unpause engine %s: process did not resume: %w", engineID, backend.ErrConflict)
+	if !p.waitState(stopped, signalSettle) {
+		return fmt.Errorf("%s engine %s: process state did not change: %w", op, engineID, backend.ErrConflict)
 	}
 	return nil
 }
