@@ -197,7 +197,11 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 	if cfg.IdleTimeout > 0 {
 		touch = min(touch, cfg.IdleTimeout/4)
 	}
-	disc := discovery.New(store, lm, limiter, discovery.Config{Logger: log, TouchInterval: touch})
+	admitCache := cfg.AdmitCache
+	if admitCache == 0 {
+		admitCache = -1 // off
+	}
+	disc := discovery.New(store, lm, limiter, discovery.Config{Logger: log, TouchInterval: touch, EngineTTL: admitCache})
 	checker := health.New(store, lm, health.Config{
 		Interval:           cfg.HealthCheckInterval,
 		Timeout:            cfg.HealthCheckTimeout,

@@ -110,6 +110,9 @@ type Config struct {
 	// ReconcileGrace is the age before reconciliation finishes an unfinished
 	// provisioning row or removes an instance with no row.
 	ReconcileGrace time.Duration
+	// AdmitCache is how long an admit keeps a running engine in memory; 0
+	// turns the engine cache off.
+	AdmitCache time.Duration
 	// AuditRetentionDays is the age at which audit rows are pruned; 0 keeps them forever.
 	AuditRetentionDays int
 	// LogLevel is the minimum level logged.

@@ -198,6 +198,11 @@ var table = []Var{
 		parse: duration(func(c *Config) *time.Duration { return &c.ReconcileGrace }, zeroAllowed),
 	},
 	{
+		Name: "ORCH_ADMIT_CACHE_S", Default: "5",
+		Help:  "Seconds a running engine found by an admit is kept in memory, dropped at once when any process changes it (PostgreSQL LISTEN/NOTIFY); 0 makes every admit read the database.",
+		parse: duration(func(c *Config) *time.Duration { return &c.AdmitCache }, zeroAllowed),
+	},
+	{
 		Name: "ORCH_AUDIT_RETENTION_DAYS", Default: "0",
 		Help:  "Days audit rows are kept; 0 keeps them forever.",
 		parse: integer(func(c *Config) *int { return &c.AuditRetentionDays }, 0, maxRetentionDays),

@@ -36,10 +36,19 @@ type Config struct {
 	DenySampleInterval time.Duration
 	// ProductTTL is how long an authenticated product is kept in memory, so
 	// an admit of a known product is one point-select of its engine (default
-	// 1 s; negative disables). ForgetProduct drops it at once after a
-	// policy or key change made through this process; changes made by
-	// another orchestrator process apply within ProductTTL.
+	// 1 s; negative disables). A change to the product's policy or keys
+	// drops it at once when the store reports changes (registry.Watcher)
+	// and Run is running; ForgetProduct does so for a store that does not.
+	// Otherwise changes made by another process apply within ProductTTL.
 	ProductTTL time.Duration
+	// EngineTTL is how long a running engine an admit found is kept in
+	// memory, so that the next admit to it costs no database round trip
+	// (default 5 s; negative disables). The cache is on only while Run is
+	// watching a store that reports changes: any change to the engine's
+	// status, address or keys, made by any process, drops it first. The
+	// TTL bounds how old the engine's last_health_at in an admit's answer
+	// can be.
+	EngineTTL time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Logger receives warnings of failed background writes (default
@@ -78,6 +87,7 @@ type Service struct {
 	denials  *sampler
 	keys     *keyCache
 	products *productCache
+	engines  *engineCache
 }
 
 // New returns a Service. store, lm and lim are required.
@@ -88,6 +98,7 @@ func New(store registry.Store, lm *lifecycle.Manager, lim *policy.Limiter, cfg C
 	cfg.TouchInterval = cmp.Or(cfg.TouchInterval, 5*time.Second)
 	cfg.DenySampleInterval = cmp.Or(cfg.DenySampleInterval, time.Minute)
 	cfg.ProductTTL = cmp.Or(cfg.ProductTTL, time.Second)
+	cfg.EngineTTL = cmp.Or(cfg.EngineTTL, 5*time.Second)
 	if cfg.TouchInterval < 0 || cfg.DenySampleInterval < 0 {
 		panic("discovery.New: negative interval")
 	}
@@ -104,6 +115,7 @@ func New(store registry.Store, lm *lifecycle.Manager, lim *policy.Limiter, cfg C
 		denials:  newSampler(cfg.DenySampleInterval),
 		keys:     newKeyCache(),
 		products: newProductCache(),
+		engines:  newEngineCache(cfg.EngineTTL),
 	}
 }
 

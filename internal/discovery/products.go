@@ -15,11 +15,19 @@ import (
 const maxProducts = 4096
 
 // lookup authenticates keyHash and finds the product's engine for userID.
-// A product seen within ProductTTL costs one point-select of the engine;
-// otherwise one query (AdmitLookup) does both and the product is cached.
+// A product seen within ProductTTL whose running engine is in the engine
+// cache costs no round trip; a product seen within ProductTTL costs one
+// point-select of the engine; otherwise one query (AdmitLookup) does both.
+// What it reads is cached unless a change was reported meanwhile.
 func (s *Service) lookup(ctx context.Context, keyHash, userID string, now time.Time) (bap.Product, *bap.Engine, error) {
+	gen, cacheOn := s.engines.generation()
 	if s.cfg.ProductTTL > 0 {
 		if p, ok := s.products.get(keyHash, now); ok {
+			if cacheOn {
+				if e, ok := s.engines.get(p.ID, userID, now); ok {
+					return p, &e, nil
+				}
+			}
 			e, err := s.store.GetEngineByUser(ctx, p.ID, userID)
 			if errors.Is(err, registry.ErrNotFound) {
 				return p, nil, nil
@@ -27,19 +35,28 @@ func (s *Service) lookup(ctx context.Context, keyHash, userID string, now time.T
 			if err != nil {
 				return bap.Product{}, nil, err
 			}
+			if cacheOn {
+				s.engines.put(gen, e, now)
+			}
 			return p, &e, nil
 		}
 	}
 	p, e, err := s.store.AdmitLookup(ctx, keyHash, userID, now)
-	if err == nil && s.cfg.ProductTTL > 0 {
-		s.products.put(keyHash, p, now, s.cfg.ProductTTL)
+	if err != nil {
+		return p, e, err
 	}
-	return p, e, err
+	if s.cfg.ProductTTL > 0 {
+		s.products.put(keyHash, p, now, s.cfg.ProductTTL, func() bool { return s.engines.unchangedSince(gen) })
+	}
+	if cacheOn && e != nil {
+		s.engines.put(gen, *e, now)
+	}
+	return p, e, nil
 }
 
 // ForgetProduct drops a product from the admit cache; the API calls it after
 // changing the product's policy or keys, so the change applies to this
-// process's next admit.
+// process's next admit even with a store that reports no changes.
 func (s *Service) ForgetProduct(productID string) { s.products.forget(productID) }
 
 // productCache maps platform key hashes to authenticated products.
@@ -66,14 +83,19 @@ func (c *productCache) get(keyHash string, now time.Time) (bap.Product, bool) {
 }
 
 // put caches p for ttl, and never past the end of the grace of a previous
-// key that keyHash authenticated.
-func (c *productCache) put(keyHash string, p bap.Product, now time.Time, ttl time.Duration) {
+// key that keyHash authenticated. unchanged is checked under the cache's
+// lock: a change reported after the read that found p forgets it after
+// taking that lock, so p is either refused here or forgotten then.
+func (c *productCache) put(keyHash string, p bap.Product, now time.Time, ttl time.Duration, unchanged func() bool) {
 	until := now.Add(ttl)
 	if keyHash != p.APIKeyHash && p.PrevKeyExpiresAt != nil && p.PrevKeyExpiresAt.Before(until) {
 		until = *p.PrevKeyExpiresAt
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !unchanged() {
+		return
+	}
 	if len(c.m) >= maxProducts {
 		clear(c.m)
 	}
@@ -88,4 +110,10 @@ func (c *productCache) forget(productID string) {
 			delete(c.m, h)
 		}
 	}
+}
+
+func (c *productCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.m)
 }

@@ -156,6 +156,7 @@ SELECT count(*) FROM e`
 // UpdateEngine writes every mutable column of e and appends entries in one
 // statement; nothing is written when the engine does not exist.
 func (s *Store) UpdateEngine(ctx context.Context, e bap.Engine, entries ...audit.Entry) error {
+	defer s.changed(registry.Change{Kind: registry.ChangeEngine, ID: e.ID})
 	if !validID(e.ID) {
 		return fmt.Errorf("update engine %s: %w", e.ID, registry.ErrNotFound)
 	}
@@ -187,6 +188,7 @@ SELECT count(*) FROM e`
 // DeleteEngine deletes the engine, frees the ports allocated to it and
 // appends entries in one statement.
 func (s *Store) DeleteEngine(ctx context.Context, id string, entries ...audit.Entry) error {
+	defer s.changed(registry.Change{Kind: registry.ChangeEngine, ID: id})
 	if !validID(id) {
 		return fmt.Errorf("delete engine %s: %w", id, registry.ErrNotFound)
 	}

@@ -126,6 +126,7 @@ SELECT ` + productCols + ` FROM p`
 
 // UpdatePolicy replaces a product's policy and appends e in one statement.
 func (s *Store) UpdatePolicy(ctx context.Context, productID string, pol bap.Policy, e audit.Entry) (bap.Product, error) {
+	defer s.changed(registry.Change{Kind: registry.ChangeProduct, ID: productID})
 	if !validID(productID) {
 		return bap.Product{}, fmt.Errorf("update policy of %s: %w", productID, registry.ErrNotFound)
 	}
@@ -150,6 +151,7 @@ SELECT count(*) FROM p`
 // RotateProductKey makes newHash current, keeps the old hash valid until
 // graceUntil and appends e, in one statement.
 func (s *Store) RotateProductKey(ctx context.Context, productID, newHash string, graceUntil time.Time, e audit.Entry) error {
+	defer s.changed(registry.Change{Kind: registry.ChangeProduct, ID: productID})
 	if !validID(productID) {
 		return fmt.Errorf("rotate key of %s: %w", productID, registry.ErrNotFound)
 	}

@@ -34,6 +34,10 @@ type Store struct {
 	db   querier
 	// inTx is true for the Store handed to an InTx callback.
 	inTx bool
+	// hub reports this Store's changes to WatchChanges; changes collects
+	// them in a transaction until it ends.
+	hub     *registry.ChangeHub
+	changes *registry.TxChanges
 }
 
 // querier is what *pgxpool.Pool and pgx.Tx have in common.
@@ -44,7 +48,10 @@ type querier interface {
 	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
-var _ registry.Store = (*Store)(nil)
+var (
+	_ registry.Store   = (*Store)(nil)
+	_ registry.Watcher = (*Store)(nil)
+)
 
 // Open connects to the database at url (postgres:// or postgresql://),
 // applies pending migrations and returns the Store. An unreachable database is
@@ -58,7 +65,7 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", translate(err))
 	}
-	s := &Store{pool: pool, db: pool}
+	s := &Store{pool: pool, db: pool, hub: &registry.ChangeHub{}}
 	version, err := s.schemaVersion(ctx)
 	if err != nil {
 		pool.Close()
@@ -100,8 +107,11 @@ func (s *Store) InTx(ctx context.Context, fn func(tx registry.Store) error) erro
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", translate(err))
 	}
+	// Deferred first, so it runs once the transaction has ended either way.
+	changes := &registry.TxChanges{}
+	defer changes.Flush(s.hub)
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if err := fn(&Store{pool: s.pool, db: tx, inTx: true}); err != nil {
+	if err := fn(&Store{pool: s.pool, db: tx, inTx: true, hub: s.hub, changes: changes}); err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {

@@ -51,6 +51,7 @@ func Run(t *testing.T, newStore func(t *testing.T) registry.Store) {
 		{"Engine", engineTests()},
 		{"Port", portTests()},
 		{"Audit", auditTests()},
+		{"Changes", changeTests()},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

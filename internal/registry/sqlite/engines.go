@@ -142,6 +142,7 @@ func (s *Store) LockEngine(ctx context.Context, id string) (bap.Engine, error) {
 // appends entries, atomically. ErrNotFound.
 func (s *Store) UpdateEngine(ctx context.Context, e bap.Engine, entries ...audit.Entry) error {
 	return s.inTx(ctx, func(tx *Store) error {
+		tx.changed(registry.Change{Kind: registry.ChangeEngine, ID: e.ID})
 		if err := tx.updateOne(ctx, "update engine "+e.ID, `UPDATE engines SET
 			status = ?, port = ?, engine_key_hash = ?, engine_key_enc = ?, image = ?, url = ?,
 			instance_id = ?, boot_duration_ms = ?, health_failures = ?, restart_attempts = ?,
@@ -163,6 +164,7 @@ func (s *Store) UpdateEngine(ctx context.Context, e bap.Engine, entries ...audit
 func (s *Store) DeleteEngine(ctx context.Context, id string, entries ...audit.Entry) error {
 	op := "delete engine " + id
 	return s.inTx(ctx, func(tx *Store) error {
+		tx.changed(registry.Change{Kind: registry.ChangeEngine, ID: id})
 		if err := tx.updateOne(ctx, op, `DELETE FROM engines WHERE id = ?`, id); err != nil {
 			return err
 		}

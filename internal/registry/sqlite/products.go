@@ -105,6 +105,7 @@ func (s *Store) ListProducts(ctx context.Context) ([]bap.Product, error) {
 func (s *Store) UpdatePolicy(ctx context.Context, productID string, pol bap.Policy, e audit.Entry) (bap.Product, error) {
 	var out bap.Product
 	err := s.inTx(ctx, func(tx *Store) error {
+		tx.changed(registry.Change{Kind: registry.ChangeProduct, ID: productID})
 		if err := tx.updateOne(ctx, "update policy of product "+productID,
 			`UPDATE products SET policy = ? WHERE id = ?`, string(pol.JSON()), productID); err != nil {
 			return err
@@ -126,6 +127,7 @@ func (s *Store) UpdatePolicy(ctx context.Context, productID string, pol bap.Poli
 // graceUntil and appends e. ErrNotFound.
 func (s *Store) RotateProductKey(ctx context.Context, productID, newHash string, graceUntil time.Time, e audit.Entry) error {
 	return s.inTx(ctx, func(tx *Store) error {
+		tx.changed(registry.Change{Kind: registry.ChangeProduct, ID: productID})
 		// SQLite evaluates every right-hand side against the old row, so
 		// prev_api_key_hash receives the key being replaced.
 		if err := tx.updateOne(ctx, "rotate key of product "+productID, `UPDATE products

@@ -45,9 +45,16 @@ type Store struct {
 	tx *sql.Tx
 	// migrations checks the schema for Ping, on the read pool.
 	migrations *goose.Provider
+	// hub reports this Store's changes to WatchChanges; changes collects
+	// them in a transaction until it ends.
+	hub     *registry.ChangeHub
+	changes *registry.TxChanges
 }
 
-var _ registry.Store = (*Store)(nil)
+var (
+	_ registry.Store   = (*Store)(nil)
+	_ registry.Watcher = (*Store)(nil)
+)
 
 // querier is what *sql.DB and *sql.Tx have in common.
 type querier interface {
@@ -78,7 +85,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
 
-	s := &Store{w: w}
+	s := &Store{w: w, hub: &registry.ChangeHub{}}
 	if err := s.Migrate(ctx); err != nil {
 		_ = w.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
@@ -195,6 +202,9 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *Store) error) error {
 		return translate("begin transaction", err)
 	}
 	defer conn.Close()
+	// Runs last, once the transaction has ended either way.
+	changes := &registry.TxChanges{}
+	defer changes.Flush(s.hub)
 	sqlTx, err := conn.BeginTx(context.WithoutCancel(ctx), nil)
 	if err != nil {
 		return translate("begin transaction", err)
@@ -216,7 +226,7 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *Store) error) error {
 		return cause
 	}
 
-	if err := fn(&Store{w: s.w, r: s.r, tx: sqlTx, migrations: s.migrations}); err != nil {
+	if err := fn(&Store{w: s.w, r: s.r, tx: sqlTx, migrations: s.migrations, hub: s.hub, changes: changes}); err != nil {
 		return rollback(err)
 	}
 	if err := ctx.Err(); err != nil {
@@ -292,4 +302,17 @@ func translate(op string, err error) error {
 		return fmt.Errorf("%s: %w: %v", op, registry.ErrUnavailable, err)
 	}
 	return fmt.Errorf("%s: %v", op, err)
+}
+
+// WatchChanges reports the changes made through this Store (see
+// registry.Watcher). SQLite has no notifications: changes other processes
+// make to the same file go unreported, so one process should own the file.
+func (s *Store) WatchChanges(ctx context.Context, fn func(registry.Change)) error {
+	return s.hub.WatchLocal(ctx, fn)
+}
+
+// changed records changes made in the transaction s runs in (every write
+// method runs in one); they are reported when it ends.
+func (s *Store) changed(changes ...registry.Change) {
+	s.changes.Add(changes...)
 }

@@ -1,0 +1,128 @@
+package postgres_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/september/bap-engine/internal/audit"
+	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/pgtest"
+	"github.com/september/bap-engine/internal/registry"
+	"github.com/september/bap-engine/internal/registry/postgres"
+	"github.com/september/bap-engine/internal/registry/registrytest"
+)
+
+// TestWatchReportsOtherProcessesChanges: changes committed through another
+// Store (another orchestrator process) reach the watcher through
+// LISTEN/NOTIFY, in commit order, and only for what an admit reads.
+func TestWatchReportsOtherProcessesChanges(t *testing.T) {
+	ctx := t.Context()
+	url := pgtest.URL(t)
+	mine, theirs := open(t, url), open(t, url)
+	p := registrytest.NewProduct(t, theirs)
+	e := registrytest.NewEngine(t, theirs, p.ID, "u1")
+	touched := registrytest.NewEngine(t, theirs, p.ID, "u2")
+	rec := registrytest.Watch(t, mine)
+
+	eventually := func(c registry.Change, what string) {
+		t.Helper()
+		require.Eventually(t, func() bool { return rec.Has(c) }, 5*time.Second, 2*time.Millisecond,
+			"%s by another process was never reported", what)
+	}
+
+	// Bookkeeping writes first, then a change that is reported: once it
+	// arrives, anything the bookkeeping would have sent has arrived too.
+	require.NoError(t, theirs.TouchActive(ctx, []string{touched.ID}, bap.Now()))
+	require.NoError(t, theirs.RecordHealth(ctx, []registry.HealthResult{{EngineID: touched.ID, OK: false, At: bap.Now()}}))
+	e.Status = bap.StateSleeping
+	require.NoError(t, theirs.UpdateEngine(ctx, e, audit.Entry{EngineID: e.ID, Action: audit.Sleep, Actor: audit.ActorSystem}))
+	eventually(registry.Change{Kind: registry.ChangeEngine, ID: e.ID}, "a status change")
+	require.False(t, rec.Has(registry.Change{Kind: registry.ChangeEngine, ID: touched.ID}),
+		"touches and probe results are not announced")
+
+	pol, err := bap.ParsePolicy([]byte(`{"rate_limit_rpm": 10}`))
+	require.NoError(t, err)
+	_, err = theirs.UpdatePolicy(ctx, p.ID, pol, audit.Entry{ProductID: p.ID, Action: audit.PolicyUpdate, Actor: audit.ActorAdmin})
+	require.NoError(t, err)
+	eventually(registry.Change{Kind: registry.ChangeProduct, ID: p.ID}, "a policy change")
+
+	e2 := registrytest.NewEngine(t, theirs, p.ID, "u3")
+	require.NoError(t, theirs.DeleteEngine(ctx, e2.ID))
+	eventually(registry.Change{Kind: registry.ChangeEngine, ID: e2.ID}, "a delete")
+
+	// A change in a transaction is announced when it commits, and not at
+	// all when it rolls back.
+	e3 := registrytest.NewEngine(t, theirs, p.ID, "u4")
+	require.ErrorIs(t, theirs.InTx(ctx, func(tx registry.Store) error {
+		cur := e3
+		cur.Status = bap.StateStopped
+		if err := tx.UpdateEngine(ctx, cur); err != nil {
+			return err
+		}
+		return errRollback
+	}), errRollback)
+	e.Status = bap.StateRunning
+	require.NoError(t, theirs.UpdateEngine(ctx, e))
+	require.Eventually(t, func() bool {
+		return len(changesOf(rec, e.ID)) >= 2
+	}, 5*time.Second, 2*time.Millisecond, "the wake by another process was never reported")
+	require.False(t, rec.Has(registry.Change{Kind: registry.ChangeEngine, ID: e3.ID}), "a rolled-back change is not announced")
+}
+
+// TestWatchRecoversFromALostListener: when the listening connection dies,
+// the watch reports ChangesLost at once, listens again, reports
+// ChangesLive, and goes on reporting other processes' changes.
+func TestWatchRecoversFromALostListener(t *testing.T) {
+	ctx := t.Context()
+	url := pgtest.URL(t)
+	mine, theirs := open(t, url), open(t, url)
+	p := registrytest.NewProduct(t, theirs)
+	e := registrytest.NewEngine(t, theirs, p.ID, "u1")
+	rec := registrytest.Watch(t, mine)
+
+	admin, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = admin.Close(ctx) })
+	var killed int
+	require.NoError(t, admin.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE application_name = $1 AND datname = current_database()`, postgres.ListenerApplicationName).Scan(&killed))
+	require.Equal(t, 1, killed, "one listening connection")
+
+	require.Eventually(t, func() bool {
+		all := rec.All()
+		lost := false
+		for _, c := range all {
+			if c.Kind == registry.ChangesLost {
+				lost = true
+			}
+			if lost && c.Kind == registry.ChangesLive {
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 5*time.Millisecond, "want ChangesLost, then ChangesLive again")
+
+	e.Status = bap.StateStopped
+	require.NoError(t, theirs.UpdateEngine(ctx, e))
+	require.Eventually(t, func() bool { return rec.Has(registry.Change{Kind: registry.ChangeEngine, ID: e.ID}) },
+		5*time.Second, 2*time.Millisecond, "changes are reported again after the listener came back")
+}
+
+var errRollback = errorString("roll back")
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
+
+func changesOf(rec *registrytest.ChangeRecorder, id string) []registry.Change {
+	var out []registry.Change
+	for _, c := range rec.All() {
+		if c.Kind == registry.ChangeEngine && c.ID == id {
+			out = append(out, c)
+		}
+	}
+	return out
+}
