@@ -132,11 +132,13 @@ func loadParams(t *testing.T) params {
 
 // Names of the measurements, as the report shows them.
 const (
-	whatAdmit       = "admit over HTTP"
-	whatAdmitPaced  = "admit over HTTP, paced"
-	whatLookup      = "AdmitLookup, no HTTP"
-	whatFloor       = "HTTP floor, no work"
-	whatPointSelect = "point-select (pgx)"
+	whatAdmit        = "admit over HTTP"
+	whatAdmitNoCache = "admit, no engine cache"
+	whatAdmitNetHTTP = "admit, net/http client"
+	whatAdmitPaced   = "admit over HTTP, paced"
+	whatLookup       = "AdmitLookup, no HTTP"
+	whatFloor        = "HTTP floor, no work"
+	whatPointSelect  = "point-select (pgx)"
 )
 
 // row is one line of the report.
@@ -147,11 +149,13 @@ type row struct {
 }
 
 // TestAdmitThroughput measures admits of running engines through the real
-// HTTP API over PostgreSQL, interleaved with discovery's query alone (no
-// HTTP), a bare HTTP server and bare point-selects at the same client
-// count; then admits paced below saturation (for the latency a product
-// sees at ordinary load), and admits over SQLite. Without BAP_LOADTEST=1 it
-// is a smoke run that checks every request succeeds.
+// HTTP API over PostgreSQL (as serve runs it, engine cache on), interleaved
+// with the same admits without the engine cache, the same admits sent by
+// net/http's client, discovery's query alone (no HTTP), a bare HTTP server
+// and bare point-selects at the same client count; then admits paced
+// below saturation (for the latency a product sees at ordinary load), and
+// admits over SQLite. Without BAP_LOADTEST=1 it is a smoke run that checks
+// every request succeeds.
 func TestAdmitThroughput(t *testing.T) {
 	p := loadParams(t)
 	mode := "smoke run (set BAP_LOADTEST=1 for the measurement)"
@@ -174,6 +178,8 @@ func TestAdmitThroughput(t *testing.T) {
 		body := h.checkAdmit(t)
 		closed := measureInterleaved(t, p,
 			measurement{store: "postgres", what: whatAdmit, part: "admit-client", pgPort: port, op: h.admitOp},
+			measurement{store: "postgres", what: whatAdmitNoCache, part: "admit-client", pgPort: port, op: h.admitNoCacheOp},
+			measurement{store: "postgres", what: whatAdmitNetHTTP, part: "admit-client", pgPort: port, op: h.admitNetHTTPOp},
 			measurement{store: "-", what: whatFloor, part: "floor-client", op: floorOp(t, p.clients, body)},
 			measurement{store: "postgres", what: whatLookup, part: "lookup-client", pgPort: port, op: h.lookupOp},
 			measurement{store: "postgres", what: whatPointSelect, part: "select-client", pgPort: port,
@@ -276,8 +282,12 @@ func runSlice(t *testing.T, p params, m measurement, d time.Duration) (loadtest.
 // harness is the orchestrator's HTTP API over one store, with a product
 // whose users all have running engines.
 type harness struct {
-	base        string
-	client      *http.Client
+	base         string
+	client       *http.Client
+	conns        *loadtest.Conns
+	connsNoCache *loadtest.Conns
+	// reqs are the prepared admit requests, one per user.
+	reqs        [][]byte
 	store       registry.Store
 	platformKey string
 	keyHash     string
@@ -330,56 +340,109 @@ func newHarness(t *testing.T, store registry.Store, p params) *harness {
 		},
 	})
 	lm := lifecycle.New(store, fake, sealer, lifecycle.Config{Logger: logger, Observer: met})
-	disc := discovery.New(store, lm, policy.NewLimiter(time.Now), discovery.Config{Logger: logger})
 
-	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	loopDone := make(chan error, 1)
-	go pprof.Do(loopCtx, pprof.Labels("part", "touch-writer"), func(ctx context.Context) {
-		loopDone <- disc.Run(ctx)
-	})
-	var once sync.Once
-	h.stopLoop = func() {
-		once.Do(func() {
-			cancel()
-			require.NoError(t, <-loopDone)
+	// Two servers on the same store: as serve configures it (engine cache
+	// on), and with ORCH_ADMIT_CACHE_S=0 (every admit reads the database).
+	var loops []func()
+	serveAPI := func(engineTTL time.Duration) string {
+		disc := discovery.New(store, lm, policy.NewLimiter(time.Now), discovery.Config{Logger: logger, EngineTTL: engineTTL})
+		loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		loopDone := make(chan error, 1)
+		go pprof.Do(loopCtx, pprof.Labels("part", "touch-writer"), func(ctx context.Context) {
+			loopDone <- disc.Run(ctx)
 		})
-	}
-	t.Cleanup(h.stopLoop)
+		var once sync.Once
+		stop := func() {
+			once.Do(func() {
+				cancel()
+				require.NoError(t, <-loopDone)
+			})
+		}
+		loops = append(loops, stop)
+		t.Cleanup(stop)
+		if engineTTL > 0 {
+			if _, ok := store.(registry.Watcher); ok {
+				require.Eventually(t, disc.EngineCacheLive, 10*time.Second, 5*time.Millisecond, "the engine cache never came on")
+			}
+		}
 
-	srv := &http.Server{
-		Handler: api.New(api.Deps{
-			Store: store, Lifecycle: lm, Discovery: disc, Metrics: met,
-			AdminKey: adminKey, Logger: logger,
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          log.New(io.Discard, "", 0),
+		srv := &http.Server{
+			Handler: api.New(api.Deps{
+				Store: store, Lifecycle: lm, Discovery: disc, Metrics: met,
+				AdminKey: adminKey, Logger: logger,
+			}),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          log.New(io.Discard, "", 0),
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		served := make(chan error, 1)
+		// Profile labels (go test -cpuprofile, then pprof -tagfocus part=...)
+		// separate the server's goroutines from the load generator's; the
+		// connection goroutines inherit the label of the one that serves.
+		go pprof.Do(context.Background(), pprof.Labels("part", "http-server"), func(context.Context) {
+			served <- srv.Serve(ln)
+		})
+		t.Cleanup(func() {
+			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer scancel()
+			require.NoError(t, srv.Shutdown(sctx))
+			require.ErrorIs(t, <-served, http.ErrServerClosed)
+		})
+		return ln.Addr().String()
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	served := make(chan error, 1)
-	// Profile labels (go test -cpuprofile, then pprof -tagfocus part=...)
-	// separate the server's goroutines from the load generator's; the
-	// connection goroutines inherit the label of the one that serves.
-	go pprof.Do(context.Background(), pprof.Labels("part", "http-server"), func(context.Context) {
-		served <- srv.Serve(ln)
-	})
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer scancel()
-		require.NoError(t, srv.Shutdown(sctx))
-		require.ErrorIs(t, <-served, http.ErrServerClosed)
-	})
+	h.stopLoop = func() {
+		for _, stop := range loops {
+			stop()
+		}
+	}
+	addr := serveAPI(0)
+	h.base = "http://" + addr
+	h.conns = dialConns(t, addr, p.clients)
+	h.connsNoCache = dialConns(t, serveAPI(-1), p.clients)
+	for _, u := range h.users {
+		h.reqs = append(h.reqs, loadtest.Request(http.MethodPost, addr, "/engines/"+u+"/admit", []byte("{}"),
+			api.HeaderPlatformKey, platformKey, "Content-Type", "application/json"))
+	}
 
 	client, closeIdle := newClient(p.clients)
 	h.client = client
 	t.Cleanup(closeIdle)
-	h.base = "http://" + ln.Addr().String()
 	return h
 }
 
-// admit admits user and checks the answer cheaply: 200, admitted, and the
+// dialConns opens n load connections to addr, closed when the test ends.
+func dialConns(t *testing.T, addr string, n int) *loadtest.Conns {
+	t.Helper()
+	cs, err := loadtest.DialConns(addr, n)
+	require.NoError(t, err)
+	t.Cleanup(cs.Close)
+	return cs
+}
+
+// requestTimeout bounds one request of the load connections.
+const requestTimeout = 30 * time.Second
+
+// checkAdmitAnswer checks an admit's answer cheaply: 200, admitted, and the
 // engine of that user. The body holds the engine key, so it is never
 // quoted in an error unless it is an error envelope.
+func checkAdmitAnswer(user string, status int, body []byte) error {
+	if status != http.StatusOK {
+		if bytes.HasPrefix(body, []byte(`{"error"`)) {
+			return fmt.Errorf("admit %s: status %d: %.300s", user, status, body)
+		}
+		return fmt.Errorf("admit %s: status %d", user, status)
+	}
+	if !bytes.Contains(body, []byte(`"admitted":true`)) {
+		return fmt.Errorf("admit %s: not admitted", user)
+	}
+	if !bytes.Contains(body, []byte(`"user_id":"`+user+`"`)) {
+		return fmt.Errorf("admit %s: the answer names another engine", user)
+	}
+	return nil
+}
+
+// admit admits user through net/http's client.
 func (h *harness) admit(ctx context.Context, user string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.base+"/engines/"+user+"/admit", strings.NewReader("{}"))
 	if err != nil {
@@ -396,14 +459,8 @@ func (h *harness) admit(ctx context.Context, user string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admit %s: read answer: %w", user, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("admit %s: status %d: %.300s", user, resp.StatusCode, body)
-	}
-	if !bytes.Contains(body, []byte(`"admitted":true`)) {
-		return nil, fmt.Errorf("admit %s: not admitted", user)
-	}
-	if !bytes.Contains(body, []byte(`"user_id":"`+user+`"`)) {
-		return nil, fmt.Errorf("admit %s: the answer names another engine", user)
+	if err := checkAdmitAnswer(user, resp.StatusCode, body); err != nil {
+		return nil, err
 	}
 	return body, nil
 }
@@ -446,14 +503,33 @@ func (h *harness) lookupOp(ctx context.Context, rng *rand.Rand) error {
 	return nil
 }
 
-// admitOp admits a random user.
-func (h *harness) admitOp(ctx context.Context, rng *rand.Rand) error {
+// admitOp admits a random user on the load connections of the server
+// with the engine cache.
+func (h *harness) admitOp(_ context.Context, rng *rand.Rand) error {
+	i := rng.IntN(len(h.users))
+	return h.conns.Do(h.reqs[i], requestTimeout, func(status int, body []byte) error {
+		return checkAdmitAnswer(h.users[i], status, body)
+	})
+}
+
+// admitNoCacheOp admits a random user on the server without the engine
+// cache: each admit reads the database once.
+func (h *harness) admitNoCacheOp(_ context.Context, rng *rand.Rand) error {
+	i := rng.IntN(len(h.users))
+	return h.connsNoCache.Do(h.reqs[i], requestTimeout, func(status int, body []byte) error {
+		return checkAdmitAnswer(h.users[i], status, body)
+	})
+}
+
+// admitNetHTTPOp admits a random user through net/http's client, which
+// takes more of the machine's CPU than the load connections.
+func (h *harness) admitNetHTTPOp(ctx context.Context, rng *rand.Rand) error {
 	_, err := h.admit(ctx, h.users[rng.IntN(len(h.users))])
 	return err
 }
 
-// floorOp measures what HTTP alone costs on this machine: the same client
-// and request as an admit, against a bare net/http server that reads the
+// floorOp measures what HTTP alone costs on this machine: the same load
+// connections and request as an admit, against a bare net/http server that reads the
 // body and answers 200 with a fixed body of an admit's size (no routing,
 // middleware, logging, metrics or database).
 func floorOp(t *testing.T, clients int, body []byte) loadtest.Op {
@@ -482,29 +558,17 @@ func floorOp(t *testing.T, clients int, body []byte) loadtest.Op {
 		require.NoError(t, srv.Shutdown(sctx))
 		require.ErrorIs(t, <-served, http.ErrServerClosed)
 	})
-	client, closeIdle := newClient(clients)
-	t.Cleanup(closeIdle)
-	url := "http://" + ln.Addr().String() + "/engines/user-00000/admit"
-	return func(ctx context.Context, _ *rand.Rand) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader("{}"))
-		if err != nil {
-			return err
-		}
-		req.Header.Set(api.HeaderPlatformKey, "pk-floor")
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		n, err := io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			return err
-		}
-		if resp.StatusCode != http.StatusOK || n != int64(len(body)) {
-			return fmt.Errorf("floor: status %d, %d bytes", resp.StatusCode, n)
-		}
-		return nil
+	addr := ln.Addr().String()
+	conns := dialConns(t, addr, clients)
+	req := loadtest.Request(http.MethodPost, addr, "/engines/user-00000/admit", []byte("{}"),
+		api.HeaderPlatformKey, "pk-floor", "Content-Type", "application/json")
+	return func(context.Context, *rand.Rand) error {
+		return conns.Do(req, requestTimeout, func(status int, got []byte) error {
+			if status != http.StatusOK || len(got) != len(body) {
+				return fmt.Errorf("floor: status %d, %d bytes", status, len(got))
+			}
+			return nil
+		})
 	}
 }
 
@@ -608,6 +672,11 @@ func report(rows []row, p params) string {
 	if !p.full {
 		b.WriteString("smoke run: targets not evaluated\n")
 		return b.String()
+	}
+	for _, what := range []string{whatAdmitNoCache, whatAdmitNetHTTP} {
+		if rw, ok := find(rows, "postgres", what); ok {
+			fmt.Fprintf(&b, "%s: rate ratio %.2f, p99 %s ms\n", what, rw.r.Throughput()/sel.Throughput(), ms(rw.r.Quantile(0.99)))
+		}
 	}
 	fmt.Fprintf(&b, "target ratio >= %.2f: %s\n", targetRatio, verdict(ratio >= targetRatio))
 	fmt.Fprintf(&b, "target admit p99 < %s at 32 clients: %s (closed-loop p99 %s ms at %d clients)\n",
