@@ -64,13 +64,16 @@ func (c *engineCache) generation() (gen uint64, ok bool) {
 	return c.gen, c.live
 }
 
-// put keeps e if it is running and no change was seen since gen.
-func (c *engineCache) put(gen uint64, e bap.Engine, now time.Time) {
-	if e.Status != bap.StateRunning {
-		return
-	}
+// put keeps e if it is running and no change was seen since gen. A read
+// that found the user's engine in another state, or none (e nil), drops
+// what was kept: it is the newer word.
+func (c *engineCache) put(gen uint64, productID, userID string, e *bap.Engine, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if e == nil || e.Status != bap.StateRunning {
+		c.drop(userKey{productID, userID})
+		return
+	}
 	if !c.live || c.gen != gen {
 		return
 	}
@@ -78,12 +81,18 @@ func (c *engineCache) put(gen uint64, e bap.Engine, now time.Time) {
 		clear(c.byUser)
 		clear(c.byID)
 	}
-	k := userKey{e.ProductID, e.UserID}
-	if old, ok := c.byUser[k]; ok && old.e.ID != e.ID {
-		delete(c.byID, old.e.ID)
-	}
-	c.byUser[k] = cachedEngine{e: e, until: now.Add(c.ttl)}
+	k := userKey{productID, userID}
+	c.drop(k)
+	c.byUser[k] = cachedEngine{e: *e, until: now.Add(c.ttl)}
 	c.byID[e.ID] = k
+}
+
+// drop forgets the engine kept for k; c.mu must be held.
+func (c *engineCache) drop(k userKey) {
+	if old, ok := c.byUser[k]; ok {
+		delete(c.byID, old.e.ID)
+		delete(c.byUser, k)
+	}
 }
 
 // change applies a report of the store's change feed.
@@ -94,8 +103,7 @@ func (c *engineCache) change(ch registry.Change) {
 	switch ch.Kind {
 	case registry.ChangeEngine:
 		if k, ok := c.byID[ch.ID]; ok {
-			delete(c.byUser, k)
-			delete(c.byID, ch.ID)
+			c.drop(k)
 		}
 	case registry.ChangesLive, registry.ChangesLost:
 		clear(c.byUser)

@@ -30,14 +30,13 @@ func (s *Service) lookup(ctx context.Context, keyHash, userID string, now time.T
 			}
 			e, err := s.store.GetEngineByUser(ctx, p.ID, userID)
 			if errors.Is(err, registry.ErrNotFound) {
+				s.engines.put(gen, p.ID, userID, nil, now)
 				return p, nil, nil
 			}
 			if err != nil {
 				return bap.Product{}, nil, err
 			}
-			if cacheOn {
-				s.engines.put(gen, e, now)
-			}
+			s.engines.put(gen, p.ID, userID, &e, now)
 			return p, &e, nil
 		}
 	}
@@ -48,9 +47,7 @@ func (s *Service) lookup(ctx context.Context, keyHash, userID string, now time.T
 	if s.cfg.ProductTTL > 0 {
 		s.products.put(keyHash, p, now, s.cfg.ProductTTL, func() bool { return s.engines.unchangedSince(gen) })
 	}
-	if cacheOn && e != nil {
-		s.engines.put(gen, *e, now)
-	}
+	s.engines.put(gen, p.ID, userID, e, now)
 	return p, e, nil
 }
 

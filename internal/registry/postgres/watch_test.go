@@ -1,6 +1,10 @@
 package postgres_test
 
 import (
+	"fmt"
+	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,4 +129,126 @@ func changesOf(rec *registrytest.ChangeRecorder, id string) []registry.Change {
 		}
 	}
 	return out
+}
+
+// TestWatchNoticesASilentListener: a listening connection that stays open
+// but stops delivering (a network path gone quiet) is noticed by the
+// heartbeat and reported lost; once the path is back the watch listens
+// again.
+func TestWatchNoticesASilentListener(t *testing.T) {
+	ctx := t.Context()
+	url := pgtest.URL(t)
+	cfg, err := pgx.ParseConfig(url)
+	require.NoError(t, err)
+	proxy := newFreezingProxy(t, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port))
+	proxied := strings.Replace(url, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port), proxy.addr(), 1)
+	mine, theirs := open(t, proxied), open(t, url)
+	p := registrytest.NewProduct(t, theirs)
+	e := registrytest.NewEngine(t, theirs, p.ID, "u1")
+	rec := registrytest.Watch(t, mine)
+
+	proxy.freeze()
+	frozeAt := time.Now()
+	require.Eventually(t, func() bool {
+		all := rec.All()
+		return all[len(all)-1].Kind == registry.ChangesLost
+	}, 15*time.Second, 10*time.Millisecond, "a silent listener was never reported lost")
+	t.Logf("silent listener reported lost after %s", time.Since(frozeAt).Round(time.Millisecond))
+
+	proxy.thaw()
+	require.Eventually(t, func() bool {
+		all := rec.All()
+		return all[len(all)-1].Kind == registry.ChangesLive
+	}, 20*time.Second, 10*time.Millisecond, "the watch never listened again")
+	e.Status = bap.StateStopped
+	require.NoError(t, theirs.UpdateEngine(ctx, e))
+	require.Eventually(t, func() bool { return rec.Has(registry.Change{Kind: registry.ChangeEngine, ID: e.ID}) },
+		5*time.Second, 2*time.Millisecond, "changes are reported again")
+}
+
+// freezingProxy forwards TCP connections to a target; while frozen it
+// holds every byte, in both directions, without closing anything.
+type freezingProxy struct {
+	ln     net.Listener
+	mu     sync.Mutex
+	cond   *sync.Cond
+	frozen bool
+	closed bool
+	conns  []net.Conn
+}
+
+func newFreezingProxy(t *testing.T, target string) *freezingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &freezingProxy{ln: ln}
+	p.cond = sync.NewCond(&p.mu)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			wg.Go(func() { p.pipe(u, c) })
+			wg.Go(func() { p.pipe(c, u) })
+		}
+	})
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.mu.Lock()
+		p.closed = true
+		for _, c := range p.conns {
+			_ = c.Close()
+		}
+		p.cond.Broadcast()
+		p.mu.Unlock()
+		wg.Wait()
+	})
+	return p
+}
+
+func (p *freezingProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *freezingProxy) freeze() {
+	p.mu.Lock()
+	p.frozen = true
+	p.mu.Unlock()
+}
+
+func (p *freezingProxy) thaw() {
+	p.mu.Lock()
+	p.frozen = false
+	p.cond.Broadcast()
+	p.mu.Unlock()
+}
+
+// pipe copies src to dst, holding each chunk while the proxy is frozen.
+func (p *freezingProxy) pipe(dst, src net.Conn) {
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			for p.frozen && !p.closed {
+				p.cond.Wait()
+			}
+			p.mu.Unlock()
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
