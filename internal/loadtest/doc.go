@@ -8,15 +8,18 @@
 // a total rate (open loop, latency counted from when a request was due, so
 // queueing is not hidden). The Result reports the rate and latency
 // quantiles of the requests that succeeded; Merge pools results measured in
-// slices. The package knows nothing of HTTP or databases, so it sits beside
-// the packages it measures without importing a driver or a backend.
+// slices. Conns are lean keep-alive HTTP/1.1 connections for the clients,
+// so that a load generator sharing the machine with the server takes as
+// little CPU as it can. The package imports no driver or backend, so it
+// sits beside the packages it measures.
 //
 // The benchmark itself is TestAdmitThroughput (admit_test.go): the real HTTP
 // API on a loopback listener over PostgreSQL, admitting users whose engines
-// are running, interleaved in 2-second slices with discovery's query alone,
-// a bare net/http server (what HTTP alone costs) and bare PostgreSQL
-// point-selects at the same client count; then admits paced below
-// saturation, and the same admits over SQLite. Beside rates and latencies
+// are running, interleaved in 2-second slices with the same admits with the
+// engine cache off, the same admits sent by net/http's client, discovery's
+// query alone, a bare net/http server (what HTTP alone costs) and bare
+// PostgreSQL point-selects at the same client count; then admits paced
+// below saturation, and the same admits over SQLite. Beside rates and latencies
 // it reports the CPU time this process and the PostgreSQL server spent per
 // request, which does not depend on what else the machine is running.
 // Without BAP_LOADTEST=1 it runs as a short smoke test that checks every
