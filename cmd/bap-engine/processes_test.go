@@ -23,6 +23,10 @@ import (
 func TestTwoOrchestratorsShareChanges(t *testing.T) {
 	env := baseEnv(t, pgtest.URL(t))
 	env["ORCH_ADMIT_CACHE_S"] = "600" // only a notification can end an entry here
+	// The production probe interval: a checker in one process does not know
+	// of an operation in flight in the other, and at the tests' 0.2 s it
+	// counts three failed probes while B stops or re-keys the engine.
+	env["ORCH_HEALTH_CHECK_INTERVAL_S"] = "30"
 	ctx := context.Background()
 	a, b := startServe(t, env), startServe(t, env)
 	prod, err := adminClient(a.url, env).RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
@@ -60,7 +64,8 @@ func TestTwoOrchestratorsShareChanges(t *testing.T) {
 		for range 3 {
 			again, err := pa.Admit(ctx, "alice", opts)
 			require.NoError(t, err)
-			require.True(t, want(again), "%s through B applied to one admit of A's, not to the next", what)
+			require.True(t, want(again), "%s through B applied to one admit of A's, not to the next: admitted %v, reason %q, engine %+v",
+				what, again.Admitted, again.Reason, again.Engine)
 		}
 		return last
 	}

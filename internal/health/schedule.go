@@ -49,9 +49,10 @@ func (h *dueHeap) Pop() any {
 
 // probeResult is what a probe goroutine hands back to the loop.
 type probeResult struct {
-	t   *target
-	err error
-	at  time.Time
+	t    *target
+	err  error
+	sent time.Time
+	at   time.Time
 }
 
 // loop is the probe loop's state, owned by one goroutine.
@@ -141,8 +142,9 @@ func (l *loop) start(ctx context.Context, t *target) {
 	l.active++
 	c := l.c
 	go func() {
+		sent := c.now()
 		err := lifecycle.Probe(ctx, c.client, t.url, c.cfg.Timeout)
-		l.results <- probeResult{t: t, err: err, at: c.now()}
+		l.results <- probeResult{t: t, err: err, sent: sent, at: c.now()}
 	}()
 }
 
@@ -164,7 +166,7 @@ func (l *loop) handle(ctx context.Context, r probeResult) {
 	if t.gone {
 		return
 	}
-	c.w.add(registry.HealthResult{EngineID: t.id, OK: ok, At: bap.Timestamp(r.at)})
+	c.w.add(registry.HealthResult{EngineID: t.id, OK: ok, At: bap.Timestamp(r.at), Sent: r.sent})
 	if ok {
 		t.failures = 0
 		return

@@ -66,7 +66,13 @@ type AuditStats struct {
 type HealthResult struct {
 	EngineID string
 	OK       bool
-	At       time.Time
+	// At is when the outcome was known (last_health_at of a success).
+	At time.Time
+	// Sent is when the probe was sent. A failure counts only if the
+	// engine's row was last updated no later: a probe that an operation
+	// (a stop, a wake, a new key; in this process or another) overtook
+	// says nothing about the engine as it is now. Zero: it always counts.
+	Sent time.Time
 }
 
 // PortAllocation is one row of port_allocations.
@@ -158,7 +164,8 @@ type Store interface {
 	TouchActive(ctx context.Context, engineIDs []string, at time.Time) error
 	// RecordHealth applies a batch of probe results in one transaction: a
 	// success sets last_health_at and zeroes health_failures; a failure
-	// increments health_failures. Engines that vanished are skipped.
+	// increments health_failures unless the row was updated after the
+	// probe was sent (HealthResult.Sent). Engines that vanished are skipped.
 	RecordHealth(ctx context.Context, results []HealthResult) error
 
 	// AppendAudit inserts entries (Timestamp zero means now).

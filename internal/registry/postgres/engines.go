@@ -326,19 +326,24 @@ func (s *Store) TouchActive(ctx context.Context, engineIDs []string, at time.Tim
 // a success resets the failure count, the time of the last success, and the
 // failures after it.
 const sqlRecordHealth = `UPDATE engines e SET
-	health_failures = CASE WHEN r.reset THEN 0 ELSE e.health_failures END + r.failures,
+	health_failures = CASE WHEN r.reset THEN 0 ELSE e.health_failures END +
+		CASE WHEN r.sent IS NULL OR e.updated_at <= r.sent THEN r.failures ELSE 0 END,
 	last_health_at = COALESCE(r.ok_at, e.last_health_at)
-FROM unnest($1::text[]::uuid[], $2::bool[], $3::timestamptz[], $4::int[]) AS r(id, reset, ok_at, failures)
+FROM unnest($1::text[]::uuid[], $2::bool[], $3::timestamptz[], $4::int[], $5::timestamptz[])
+	AS r(id, reset, ok_at, failures, sent)
 WHERE e.id = r.id`
 
 // RecordHealth applies a batch of probe results in one statement. Results
 // are folded per engine in order first, so several results for one engine
-// count as they would one by one.
+// count as they would one by one; the failures after the last success count
+// only if the row was not updated after the earliest of them was sent.
 func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResult) error {
 	type summary struct {
 		reset    bool
 		okAt     *time.Time
 		failures int
+		sent     *time.Time // earliest Sent of the failures; nil: count them
+		unsent   bool       // one of the failures has no Sent
 	}
 	byID := map[string]*summary{}
 	var order []string
@@ -354,9 +359,16 @@ func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResul
 		}
 		if r.OK {
 			at := bap.Timestamp(r.At)
-			sm.reset, sm.okAt, sm.failures = true, &at, 0
-		} else {
-			sm.failures++
+			sm.reset, sm.okAt, sm.failures, sm.sent, sm.unsent = true, &at, 0, nil, false
+			continue
+		}
+		sm.failures++
+		switch {
+		case r.Sent.IsZero():
+			sm.unsent = true
+		case sm.sent == nil || r.Sent.Before(*sm.sent):
+			sent := r.Sent
+			sm.sent = &sent
 		}
 	}
 	if len(order) == 0 {
@@ -365,11 +377,15 @@ func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResul
 	resets := make([]bool, len(order))
 	okAt := make([]*time.Time, len(order))
 	failures := make([]int32, len(order))
+	sent := make([]*time.Time, len(order))
 	for i, id := range order {
 		sm := byID[id]
 		resets[i], okAt[i], failures[i] = sm.reset, sm.okAt, int32(sm.failures)
+		if !sm.unsent {
+			sent[i] = sm.sent
+		}
 	}
-	if _, err := s.db.Exec(ctx, sqlRecordHealth, order, resets, okAt, failures); err != nil {
+	if _, err := s.db.Exec(ctx, sqlRecordHealth, order, resets, okAt, failures, sent); err != nil {
 		return fmt.Errorf("record health: %w", translate(err))
 	}
 	return nil

@@ -569,4 +569,26 @@ func testRecordHealth(t *testing.T, s registry.Store) {
 	require.NoError(t, err)
 	require.Equal(t, 3, got.HealthFailures)
 	require.Equal(t, bap.StateRunning, got.Status, "health results never change the state")
+
+	// A failed probe sent before the row's last update (an operation
+	// overtook it) does not count; one sent after it does.
+	before := got.UpdatedAt.Add(-time.Millisecond)
+	after := got.UpdatedAt.Add(time.Millisecond)
+	require.NoError(t, s.RecordHealth(ctx, []registry.HealthResult{
+		{EngineID: flaky.ID, OK: false, At: at, Sent: before},
+		{EngineID: fine.ID, OK: false, At: at, Sent: before},
+	}))
+	got, err = s.GetEngine(ctx, flaky.ID)
+	require.NoError(t, err)
+	require.Equal(t, 3, got.HealthFailures, "a probe an update overtook does not count")
+	fineNow, err := s.GetEngine(ctx, fine.ID)
+	require.NoError(t, err)
+	require.Equal(t, 1, fineNow.HealthFailures, "a probe an update overtook does not count")
+	require.NoError(t, s.RecordHealth(ctx, []registry.HealthResult{
+		{EngineID: flaky.ID, OK: false, At: at, Sent: after},
+		{EngineID: flaky.ID, OK: false, At: at, Sent: after.Add(time.Millisecond)},
+	}))
+	got, err = s.GetEngine(ctx, flaky.ID)
+	require.NoError(t, err)
+	require.Equal(t, 5, got.HealthFailures, "probes sent after the update count")
 }

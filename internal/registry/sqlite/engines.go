@@ -321,7 +321,8 @@ func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResul
 		}
 		defer ok.Close()
 		failed, err := tx.tx.PrepareContext(ctx,
-			`UPDATE engines SET health_failures = health_failures + 1 WHERE id = ?`)
+			`UPDATE engines SET health_failures = health_failures + 1
+			WHERE id = ?1 AND (?2 IS NULL OR updated_at <= ?2)`)
 		if err != nil {
 			return translate(op, err)
 		}
@@ -330,7 +331,11 @@ func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResul
 			if r.OK {
 				_, err = ok.ExecContext(ctx, ts(r.At), r.EngineID)
 			} else {
-				_, err = failed.ExecContext(ctx, r.EngineID)
+				var sent any // NULL: the failure always counts
+				if !r.Sent.IsZero() {
+					sent = ts(r.Sent)
+				}
+				_, err = failed.ExecContext(ctx, r.EngineID, sent)
 			}
 			if err != nil {
 				return translate(op, err)
