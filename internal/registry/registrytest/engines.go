@@ -574,9 +574,11 @@ func testRecordHealth(t *testing.T, s registry.Store) {
 	// overtook it) does not count; one sent after it does.
 	before := got.UpdatedAt.Add(-time.Millisecond)
 	after := got.UpdatedAt.Add(time.Millisecond)
+	fineBefore, err := s.GetEngine(ctx, fine.ID)
+	require.NoError(t, err)
 	require.NoError(t, s.RecordHealth(ctx, []registry.HealthResult{
 		{EngineID: flaky.ID, OK: false, At: at, Sent: before},
-		{EngineID: fine.ID, OK: false, At: at, Sent: before},
+		{EngineID: fine.ID, OK: false, At: at, Sent: fineBefore.UpdatedAt.Add(-time.Millisecond)},
 	}))
 	got, err = s.GetEngine(ctx, flaky.ID)
 	require.NoError(t, err)
