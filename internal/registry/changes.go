@@ -45,8 +45,8 @@ type Watcher interface {
 	WatchChanges(ctx context.Context, fn func(Change)) error
 }
 
-// ChangeHub fans changes out to the functions watching one Store. Stores
-// embed one and call Emit after every write that changes what Watcher
+// ChangeHub fans changes out to the functions watching one Store. A Store
+// holds one and calls Emit after every write that changes what Watcher
 // reports. The zero value is ready to use.
 type ChangeHub struct {
 	mu   sync.RWMutex

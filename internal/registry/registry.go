@@ -1,7 +1,8 @@
 // Package registry defines the Store: the durable record of products, engines,
 // port allocations and the audit log. Implementations live in postgres/ and
 // sqlite/; registrytest holds the conformance suite both pass. A Store has no
-// side effects beyond its database: it never calls a backend.
+// side effects beyond its database and the changes it reports to its
+// watchers (Watcher): it never calls a backend.
 package registry
 
 import (
