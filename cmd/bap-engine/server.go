@@ -202,6 +202,10 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		admitCache = -1 // off
 	}
 	disc := discovery.New(store, lm, limiter, discovery.Config{Logger: log, TouchInterval: touch, EngineTTL: admitCache})
+	met.AdmitCache(func() metrics.AdmitCacheStats {
+		st := disc.CacheStats()
+		return metrics.AdmitCacheStats{Live: st.Live, Engines: st.Engines, Hits: st.Hits, Reads: st.Reads}
+	})
 	checker := health.New(store, lm, health.Config{
 		Interval:           cfg.HealthCheckInterval,
 		Timeout:            cfg.HealthCheckTimeout,

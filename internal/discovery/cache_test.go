@@ -119,6 +119,11 @@ func TestEngineCacheAdmitsWithoutTheDatabase(t *testing.T) {
 			require.Equal(t, res.APIKey, d.APIKey)
 		}
 		require.Equal(t, before, ws.reads.Load(), "admits of a cached engine read nothing")
+		st := svc.CacheStats()
+		require.True(t, st.Live)
+		require.Equal(t, 1, st.Engines)
+		require.GreaterOrEqual(t, st.Hits, uint64(5))
+		require.EqualValues(t, before, st.Reads, "the Service counts the reads the store saw")
 		e.clock.Advance(svc.Config().EngineTTL)
 		requireAdmitted(t, admit(t, svc, h, "u", discovery.Options{}), true)
 		require.Equal(t, before+1, ws.reads.Load(), "read again after the TTL")

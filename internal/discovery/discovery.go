@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/september/bap-engine/internal/audit"
@@ -88,6 +89,8 @@ type Service struct {
 	keys     *keyCache
 	products *productCache
 	engines  *engineCache
+	// hits and reads count lookups served from memory and from the store.
+	hits, reads atomic.Uint64
 }
 
 // New returns a Service. store, lm and lim are required.

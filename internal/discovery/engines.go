@@ -112,6 +112,13 @@ func (c *engineCache) change(ch registry.Change) {
 	}
 }
 
+// size is how many engines are kept.
+func (c *engineCache) size() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.byUser)
+}
+
 // unchangedSince reports whether no change was seen since gen.
 func (c *engineCache) unchangedSince(gen uint64) bool {
 	c.mu.RLock()

@@ -25,9 +25,11 @@ func (s *Service) lookup(ctx context.Context, keyHash, userID string, now time.T
 		if p, ok := s.products.get(keyHash, now); ok {
 			if cacheOn {
 				if e, ok := s.engines.get(p.ID, userID, now); ok {
+					s.hits.Add(1)
 					return p, &e, nil
 				}
 			}
+			s.reads.Add(1)
 			e, err := s.store.GetEngineByUser(ctx, p.ID, userID)
 			if errors.Is(err, registry.ErrNotFound) {
 				s.engines.put(gen, p.ID, userID, nil, now)
@@ -40,6 +42,7 @@ func (s *Service) lookup(ctx context.Context, keyHash, userID string, now time.T
 			return p, &e, nil
 		}
 	}
+	s.reads.Add(1)
 	p, e, err := s.store.AdmitLookup(ctx, keyHash, userID, now)
 	if err != nil {
 		return p, e, err
@@ -49,6 +52,20 @@ func (s *Service) lookup(ctx context.Context, keyHash, userID string, now time.T
 	}
 	s.engines.put(gen, p.ID, userID, e, now)
 	return p, e, nil
+}
+
+// CacheStats describes the admit caches: whether the engine cache is on,
+// how many engines it holds, and how many lookups were served from memory
+// (Hits) or read the database (Reads) since New.
+type CacheStats struct {
+	Live        bool
+	Engines     int
+	Hits, Reads uint64
+}
+
+// CacheStats returns the admit caches' state.
+func (s *Service) CacheStats() CacheStats {
+	return CacheStats{Live: s.EngineCacheLive(), Engines: s.engines.size(), Hits: s.hits.Load(), Reads: s.reads.Load()}
 }
 
 // ForgetProduct drops a product from the admit cache; the API calls it after

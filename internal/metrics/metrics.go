@@ -140,6 +140,51 @@ func New(cfg Config) *Metrics {
 	return m
 }
 
+// AdmitCacheStats is what AdmitCache reports on every scrape.
+type AdmitCacheStats struct {
+	// Live is whether the engine cache is on.
+	Live bool
+	// Engines is how many running engines it holds.
+	Engines int
+	// Hits counts admits served from memory; Reads counts admits that
+	// read the database.
+	Hits, Reads uint64
+}
+
+// AdmitCache exports the admit cache's state, read from stats on every
+// scrape: bap_engine_admit_cache_live, bap_engine_admit_cache_engines and
+// the counters bap_engine_admit_cache_hits_total and
+// bap_engine_admit_cache_reads_total. Call it once.
+func (m *Metrics) AdmitCache(stats func() AdmitCacheStats) {
+	m.registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: Namespace,
+			Name:      "admit_cache_live",
+			Help:      "1 while the engine cache of admits is on (the store's change feed is live), else 0.",
+		}, func() float64 {
+			if stats().Live {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: Namespace,
+			Name:      "admit_cache_engines",
+			Help:      "Running engines held by the engine cache of admits.",
+		}, func() float64 { return float64(stats().Engines) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: Namespace,
+			Name:      "admit_cache_hits_total",
+			Help:      "Admits whose product and engine came from memory, without a database round trip.",
+		}, func() float64 { return float64(stats().Hits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: Namespace,
+			Name:      "admit_cache_reads_total",
+			Help:      "Admits that read the database (cache miss, cache off, or product re-authentication).",
+		}, func() float64 { return float64(stats().Reads) }),
+	)
+}
+
 // Registry is the registry every collector of m is on (for tests and for
 // adding collectors of the composition root's own).
 func (m *Metrics) Registry() *prometheus.Registry { return m.registry }

@@ -170,3 +170,24 @@ func TestOwnRegistryNotGlobal(t *testing.T) {
 	// Go runtime metrics are on the own registry.
 	require.True(t, strings.Contains(scrape(t, b), "go_goroutines"))
 }
+
+func TestAdmitCacheFromStats(t *testing.T) {
+	t.Parallel()
+	m := metrics.New(metrics.Config{})
+	var stats atomic.Pointer[metrics.AdmitCacheStats]
+	stats.Store(&metrics.AdmitCacheStats{Live: true, Engines: 7, Hits: 120, Reads: 9})
+	m.AdmitCache(func() metrics.AdmitCacheStats { return *stats.Load() })
+	text := scrape(t, m)
+	for _, line := range []string{
+		"bap_engine_admit_cache_live 1",
+		"bap_engine_admit_cache_engines 7",
+		"bap_engine_admit_cache_hits_total 120",
+		"bap_engine_admit_cache_reads_total 9",
+	} {
+		require.Contains(t, text, line+"\n")
+	}
+	stats.Store(&metrics.AdmitCacheStats{Hits: 121, Reads: 15})
+	text = scrape(t, m)
+	require.Contains(t, text, "bap_engine_admit_cache_live 0\n", "read on every scrape")
+	require.Contains(t, text, "bap_engine_admit_cache_reads_total 15\n")
+}
