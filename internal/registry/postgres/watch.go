@@ -111,6 +111,9 @@ func (s *Store) listen(ctx context.Context, deliver func(registry.Change)) bool 
 		switch {
 		case !ok:
 			// A heartbeat.
+		case s.own.has(n.PID):
+			// Committed through this Store's pool, so already reported
+			// when the write returned.
 		case kind == "e":
 			deliver(registry.Change{Kind: registry.ChangeEngine, ID: id})
 		case kind == "p":
@@ -138,6 +141,35 @@ func (s *Store) heartbeat(ctx context.Context, stop func(), last *atomic.Int64) 
 		_, _ = s.pool.Exec(hctx, "SELECT pg_notify($1, 'h')", Channel)
 		cancel()
 	}
+}
+
+// pidSet is a set of PostgreSQL server process ids: those of the pool's
+// open connections, whose notifications WatchChanges skips (their commits
+// were reported when they returned). A connection leaves it when the pool
+// destroys it. A connection the server ended stays in it until the pool
+// notices; should the server give its id to another client meanwhile, that
+// client's changes would go unnoticed here for at most the reader's TTL.
+type pidSet struct {
+	mu sync.RWMutex
+	m  map[uint32]bool
+}
+
+func (p *pidSet) add(pid uint32) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.m[pid] = true
+}
+
+func (p *pidSet) remove(pid uint32) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.m, pid)
+}
+
+func (p *pidSet) has(pid uint32) bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.m[pid]
 }
 
 // changed reports changes: at once, or when the transaction s runs in
