@@ -558,11 +558,20 @@ func TestPostgresRestartUnderRunningOrchestrator(t *testing.T) {
 	time.Sleep(time.Second)
 	require.Equal(t, http.StatusOK, engineAnswers(t, eng.URL, eng.APIKey), "the engine itself is fine")
 
+	cacheLive := func() string {
+		text, err := adminClient(o.url, env).PrometheusMetrics(ctx)
+		require.NoError(t, err)
+		return regexp.MustCompile(`(?m)^bap_engine_admit_cache_live \d`).FindString(text)
+	}
+	require.Equal(t, "bap_engine_admit_cache_live 0", cacheLive(), "no admit cache while the database is down")
+
 	require.NoError(t, pg.Start())
 	require.Eventually(t, func() bool {
 		h, err := client.New(o.url).Health(ctx)
 		return err == nil && h.Status == "ok"
 	}, 30*time.Second, 100*time.Millisecond, "orchestrator serves again without a restart")
+	require.Eventually(t, func() bool { return cacheLive() == "bap_engine_admit_cache_live 1" },
+		30*time.Second, 50*time.Millisecond, "the admit cache is back once the database is")
 	adm, err := pc.Admit(ctx, "alice", client.AdmitOptions{})
 	require.NoError(t, err)
 	require.True(t, adm.Admitted)
