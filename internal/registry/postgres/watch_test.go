@@ -1,6 +1,7 @@
 package postgres_test
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -115,11 +116,7 @@ func TestWatchRecoversFromALostListener(t *testing.T) {
 		5*time.Second, 2*time.Millisecond, "changes are reported again after the listener came back")
 }
 
-var errRollback = errorString("roll back")
-
-type errorString string
-
-func (e errorString) Error() string { return string(e) }
+var errRollback = errors.New("roll back")
 
 func changesOf(rec *registrytest.ChangeRecorder, id string) []registry.Change {
 	var out []registry.Change
