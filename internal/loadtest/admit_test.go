@@ -344,7 +344,7 @@ func newHarness(t *testing.T, store registry.Store, p params) *harness {
 	// Two servers on the same store: as serve configures it (engine cache
 	// on), and with ORCH_ADMIT_CACHE_S=0 (every admit reads the database).
 	var loops []func()
-	serveAPI := func(engineTTL time.Duration) string {
+	serveAPI := func(engineTTL time.Duration, part string) string {
 		disc := discovery.New(store, lm, policy.NewLimiter(time.Now), discovery.Config{Logger: logger, EngineTTL: engineTTL})
 		loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		loopDone := make(chan error, 1)
@@ -380,7 +380,7 @@ func newHarness(t *testing.T, store registry.Store, p params) *harness {
 		// Profile labels (go test -cpuprofile, then pprof -tagfocus part=...)
 		// separate the server's goroutines from the load generator's; the
 		// connection goroutines inherit the label of the one that serves.
-		go pprof.Do(context.Background(), pprof.Labels("part", "http-server"), func(context.Context) {
+		go pprof.Do(context.Background(), pprof.Labels("part", part), func(context.Context) {
 			served <- srv.Serve(ln)
 		})
 		t.Cleanup(func() {
@@ -396,10 +396,10 @@ func newHarness(t *testing.T, store registry.Store, p params) *harness {
 			stop()
 		}
 	}
-	addr := serveAPI(0)
+	addr := serveAPI(0, "http-server")
 	h.base = "http://" + addr
 	h.conns = dialConns(t, addr, p.clients)
-	h.connsNoCache = dialConns(t, serveAPI(-1), p.clients)
+	h.connsNoCache = dialConns(t, serveAPI(-1, "no-cache-server"), p.clients)
 	for _, u := range h.users {
 		h.reqs = append(h.reqs, loadtest.Request(http.MethodPost, addr, "/engines/"+u+"/admit", []byte("{}"),
 			api.HeaderPlatformKey, platformKey, "Content-Type", "application/json"))
