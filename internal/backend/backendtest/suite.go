@@ -162,13 +162,17 @@ func FreePort(t testing.TB) int {
 // the kernel's ephemeral range (so outgoing connections of concurrently
 // running tests cannot take them), for an orchestrator's ORCH_PORT_MIN/MAX.
 // Different test binaries get different ranges with high probability, and
-// one process never gets a port twice.
+// one process never hands out a port twice while the test holding it runs;
+// the range is given back when that test's cleanups have run (it is taken
+// before the test creates engines on it, so it is returned after they are
+// gone), so repeated runs (-count) do not run out.
 func PortRange(t testing.TB, n int) (lo, hi int) {
 	t.Helper()
 	const floor, ceiling = 10000, 32000
 	for range 200 {
 		lo = floor + mrand.IntN(ceiling-floor-n)
 		if rangeFree(lo, n) {
+			t.Cleanup(func() { releaseRange(lo, n) })
 			return lo, lo + n - 1
 		}
 	}
@@ -193,6 +197,14 @@ func rangeFree(lo, n int) bool {
 		ports.given[p] = true
 	}
 	return true
+}
+
+func releaseRange(lo, n int) {
+	ports.Lock()
+	defer ports.Unlock()
+	for p := lo; p < lo+n; p++ {
+		delete(ports.given, p)
+	}
 }
 
 // suite carries Run's arguments into the subtests.
