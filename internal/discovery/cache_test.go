@@ -27,13 +27,29 @@ type watchingStore struct {
 	mu        sync.Mutex
 	report    func(registry.Change)
 	afterRead func()
+	seen      map[registry.Change]int
 }
 
 func (w *watchingStore) WatchChanges(ctx context.Context, fn func(registry.Change)) error {
 	w.mu.Lock()
 	w.report = fn
 	w.mu.Unlock()
-	return w.Store.(registry.Watcher).WatchChanges(ctx, fn)
+	return w.Store.(registry.Watcher).WatchChanges(ctx, func(c registry.Change) {
+		w.mu.Lock()
+		if w.seen == nil {
+			w.seen = map[registry.Change]int{}
+		}
+		w.seen[c]++
+		w.mu.Unlock()
+		fn(c)
+	})
+}
+
+// reported is how many times the store reported c.
+func (w *watchingStore) reported(c registry.Change) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.seen[c]
 }
 
 func (w *watchingStore) inject(c registry.Change) {
@@ -81,18 +97,30 @@ func (e *env) cached(t *testing.T) (*discovery.Service, *watchingStore) {
 	return svc, ws
 }
 
-// settle admits user until an admit reads nothing: on PostgreSQL the
-// notifications of the engine's own recent changes come back through the
-// listener a little after the local report and drop it from the cache once
-// more.
-func settle(t *testing.T, svc *discovery.Service, ws *watchingStore, keyHash, user string) {
+// settle waits until the store's reports of the writes made so far have
+// all reached svc, then admits user once so that its engine is cached. On
+// PostgreSQL each write is reported when it returns and again when its
+// notification comes back through the listener, a little later; a late
+// one would drop the engine from the cache once more. Notifications arrive
+// in commit order, so once a marker write made now has come back, every
+// earlier one has too.
+func settle(t *testing.T, e *env, svc *discovery.Service, ws *watchingStore, keyHash, user string) {
 	t.Helper()
-	require.Eventually(t, func() bool {
-		requireAdmitted(t, admit(t, svc, keyHash, user, discovery.Options{}), false)
-		before := ws.reads.Load()
-		requireAdmitted(t, admit(t, svc, keyHash, user, discovery.Options{}), false)
-		return ws.reads.Load() == before
-	}, 5*time.Second, 5*time.Millisecond, "admits never stopped reading the database")
+	if _, ok := ws.Store.(*postgres.Store); ok {
+		marker, _ := e.product(t, `{}`)
+		pol, err := bap.ParsePolicy([]byte(`{"max_engines": 1}`))
+		require.NoError(t, err)
+		_, err = ws.UpdatePolicy(t.Context(), marker.ID, pol,
+			audit.Entry{ProductID: marker.ID, Action: audit.PolicyUpdate, Actor: audit.ActorAdmin})
+		require.NoError(t, err)
+		change := registry.Change{Kind: registry.ChangeProduct, ID: marker.ID}
+		require.Eventually(t, func() bool { return ws.reported(change) == 2 }, 10*time.Second, 2*time.Millisecond,
+			"the marker's notification never came back")
+	}
+	requireAdmitted(t, admit(t, svc, keyHash, user, discovery.Options{}), false)
+	before := ws.reads.Load()
+	requireAdmitted(t, admit(t, svc, keyHash, user, discovery.Options{}), false)
+	require.Equal(t, before, ws.reads.Load(), "a settled engine is cached")
 }
 
 func admit(t *testing.T, svc *discovery.Service, keyHash, user string, o discovery.Options) discovery.Decision {
@@ -111,7 +139,7 @@ func TestEngineCacheAdmitsWithoutTheDatabase(t *testing.T) {
 		svc, ws := e.cached(t)
 		p, h := e.product(t, `{}`)
 		res := e.provisioned(t, p, "u")
-		settle(t, svc, ws, h, "u")
+		settle(t, e, svc, ws, h, "u")
 		before := ws.reads.Load()
 		for range 5 {
 			d := admit(t, svc, h, "u", discovery.Options{})
@@ -225,7 +253,7 @@ func TestEngineCacheIsOffWhileTheFeedIsLost(t *testing.T) {
 		svc, ws := e.cached(t)
 		p, h := e.product(t, `{}`)
 		e.provisioned(t, p, "u")
-		settle(t, svc, ws, h, "u")
+		settle(t, e, svc, ws, h, "u")
 		before := ws.reads.Load()
 
 		ws.inject(registry.Change{Kind: registry.ChangesLost})

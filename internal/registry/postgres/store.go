@@ -38,8 +38,6 @@ type Store struct {
 	// them in a transaction until it ends.
 	hub     *registry.ChangeHub
 	changes *registry.TxChanges
-	// own holds the server process ids of the pool's connections.
-	own *pidSet
 }
 
 // querier is what *pgxpool.Pool and pgx.Tx have in common.
@@ -63,17 +61,11 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	own := &pidSet{m: map[uint32]bool{}}
-	cfg.AfterConnect = func(_ context.Context, c *pgx.Conn) error {
-		own.add(c.PgConn().PID())
-		return nil
-	}
-	cfg.BeforeClose = func(c *pgx.Conn) { own.remove(c.PgConn().PID()) }
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", translate(err))
 	}
-	s := &Store{pool: pool, db: pool, hub: &registry.ChangeHub{}, own: own}
+	s := &Store{pool: pool, db: pool, hub: &registry.ChangeHub{}}
 	version, err := s.schemaVersion(ctx)
 	if err != nil {
 		pool.Close()
@@ -119,7 +111,7 @@ func (s *Store) InTx(ctx context.Context, fn func(tx registry.Store) error) erro
 	changes := &registry.TxChanges{}
 	defer changes.Flush(s.hub)
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if err := fn(&Store{pool: s.pool, db: tx, inTx: true, hub: s.hub, changes: changes, own: s.own}); err != nil {
+	if err := fn(&Store{pool: s.pool, db: tx, inTx: true, hub: s.hub, changes: changes}); err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {

@@ -23,10 +23,12 @@ const ListenerApplicationName = "bap-engine-listener"
 // Timing of the listener. A heartbeat notification is sent through the pool
 // every heartbeatEvery; a listener that has received nothing, heartbeats
 // included, for heartbeatDeadline is taken for dead (a connection that
-// silently stopped delivering), reported lost and reopened.
+// silently stopped delivering), reported lost and reopened; that is checked
+// every heartbeatCheck.
 const (
 	heartbeatEvery    = time.Second
 	heartbeatDeadline = 3 * time.Second
+	heartbeatCheck    = 100 * time.Millisecond
 	connectTimeout    = 5 * time.Second
 	minRelisten       = 100 * time.Millisecond
 	maxRelisten       = 5 * time.Second
@@ -37,6 +39,11 @@ const (
 // database through LISTEN on Channel, on a connection of its own outside the
 // pool. While that connection is down, the report is ChangesLost; it is
 // reopened with backoff, and ChangesLive follows once it listens again.
+// A change made through this Store is reported twice: when the write
+// returns, and again when its notification comes back. The second report
+// costs a reader one more read; skipping it would need to know the commit
+// was this process's, and a write whose caller gave up (an ended ctx) may
+// still commit after the first report.
 func (s *Store) WatchChanges(ctx context.Context, fn func(registry.Change)) error {
 	var mu sync.Mutex
 	deliver := func(c registry.Change) {
@@ -111,9 +118,6 @@ func (s *Store) listen(ctx context.Context, deliver func(registry.Change)) bool 
 		switch {
 		case !ok:
 			// A heartbeat.
-		case s.own.has(n.PID):
-			// Committed through this Store's pool, so already reported
-			// when the write returned.
 		case kind == "e":
 			deliver(registry.Change{Kind: registry.ChangeEngine, ID: id})
 		case kind == "p":
@@ -123,9 +127,27 @@ func (s *Store) listen(ctx context.Context, deliver func(registry.Change)) bool 
 }
 
 // heartbeat sends a notification on Channel every heartbeatEvery, and
-// calls stop when nothing arrived on the listener for heartbeatDeadline.
+// calls stop once nothing has arrived on the listener for
+// heartbeatDeadline. The deadline is checked every heartbeatCheck, apart
+// from the sending, so a heartbeat stuck in a slow pool does not delay it.
 func (s *Store) heartbeat(ctx context.Context, stop func(), last *atomic.Int64) {
-	t := time.NewTicker(heartbeatEvery)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		t := time.NewTicker(heartbeatEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			hctx, cancel := context.WithTimeout(ctx, heartbeatEvery)
+			_, _ = s.pool.Exec(hctx, "SELECT pg_notify($1, 'h')", Channel)
+			cancel()
+		}
+	})
+	t := time.NewTicker(heartbeatCheck)
 	defer t.Stop()
 	for {
 		select {
@@ -137,39 +159,7 @@ func (s *Store) heartbeat(ctx context.Context, stop func(), last *atomic.Int64) 
 			stop()
 			return
 		}
-		hctx, cancel := context.WithTimeout(ctx, heartbeatEvery)
-		_, _ = s.pool.Exec(hctx, "SELECT pg_notify($1, 'h')", Channel)
-		cancel()
 	}
-}
-
-// pidSet is a set of PostgreSQL server process ids: those of the pool's
-// open connections, whose notifications WatchChanges skips (their commits
-// were reported when they returned). A connection leaves it when the pool
-// destroys it. A connection the server ended stays in it until the pool
-// notices; should the server give its id to another client meanwhile, that
-// client's changes would go unnoticed here for at most the reader's TTL.
-type pidSet struct {
-	mu sync.RWMutex
-	m  map[uint32]bool
-}
-
-func (p *pidSet) add(pid uint32) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.m[pid] = true
-}
-
-func (p *pidSet) remove(pid uint32) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.m, pid)
-}
-
-func (p *pidSet) has(pid uint32) bool {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	return p.m[pid]
 }
 
 // changed reports changes: at once, or when the transaction s runs in
