@@ -280,6 +280,25 @@ func TestServeRefusesBadConfiguration(t *testing.T) {
 	require.NotContains(t, err.Error(), "not-a-fernet-key", "secrets are never echoed")
 }
 
+// TestSecondOrchestratorOnSQLiteFileRefused: a second orchestrator on a
+// SQLite file another process serves refuses to start, naming that
+// process; once it is gone the file can be served again.
+func TestSecondOrchestratorOnSQLiteFileRefused(t *testing.T) {
+	env := baseEnv(t, "sqlite:///"+strings.TrimPrefix(filepath.Join(t.TempDir(), "bap.db"), "/"))
+	first := startChild(t, env)
+	err := run(context.Background(), []string{"serve"}, getenvOf(env), io.Discard)
+	require.ErrorContains(t, err, "another bap-engine process serves this SQLite database")
+	require.ErrorContains(t, err, fmt.Sprintf("(pid %d)", first.cmd.Process.Pid))
+	_, err = client.New(first.url).Health(context.Background())
+	require.NoError(t, err, "the first one serves on")
+
+	first.kill(t)
+	o := startServe(t, env)
+	h, err := client.New(o.url).Health(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, "ok", h.Status)
+}
+
 func TestKeygenPrintsFernetKey(t *testing.T) {
 	var out strings.Builder
 	require.NoError(t, run(context.Background(), []string{"keygen"}, os.Getenv, &out))

@@ -147,6 +147,13 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 	if err != nil {
 		return nil, err
 	}
+	if ss, ok := store.(*sqlite.Store); ok {
+		// This process's caches hear only of its own writes to the file.
+		if err := ss.ClaimServing(); err != nil {
+			store.Close()
+			return nil, err
+		}
+	}
 	be, err := openBackend(ctx, cfg, getenv)
 	if err != nil {
 		store.Close()

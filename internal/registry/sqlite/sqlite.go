@@ -49,6 +49,10 @@ type Store struct {
 	// them in a transaction until it ends.
 	hub     *registry.ChangeHub
 	changes *registry.TxChanges
+	// path is the database file; claim, once ClaimServing succeeded, the
+	// open lock file that makes this the file's only orchestrator.
+	path  string
+	claim *os.File
 }
 
 var (
@@ -85,7 +89,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
 
-	s := &Store{w: w, hub: &registry.ChangeHub{}}
+	s := &Store{w: w, hub: &registry.ChangeHub{}, path: path}
 	if err := s.Migrate(ctx); err != nil {
 		_ = w.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
@@ -164,8 +168,9 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close releases both connection pools. On the Store given to an InTx
-// callback it does nothing: the transaction belongs to InTx.
+// Close releases both connection pools and the claim ClaimServing took. On
+// the Store given to an InTx callback it does nothing: the transaction
+// belongs to InTx.
 func (s *Store) Close() error {
 	if s.tx != nil {
 		return nil
@@ -175,6 +180,10 @@ func (s *Store) Close() error {
 		errs = append(errs, s.r.Close())
 	}
 	errs = append(errs, s.w.Close())
+	if s.claim != nil {
+		errs = append(errs, s.claim.Close())
+		s.claim = nil
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("close sqlite: %w", err)
 	}
@@ -306,7 +315,8 @@ func translate(op string, err error) error {
 
 // WatchChanges reports the changes made through this Store (see
 // registry.Watcher). SQLite has no notifications: changes other processes
-// make to the same file go unreported, so one process should own the file.
+// make to the same file go unreported, so an orchestrator claims the file
+// first (ClaimServing).
 func (s *Store) WatchChanges(ctx context.Context, fn func(registry.Change)) error {
 	return s.hub.WatchLocal(ctx, fn)
 }

@@ -2,6 +2,8 @@ package sqlite_test
 
 import (
 	"database/sql"
+	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -109,4 +111,23 @@ func TestOpenRejectsBadPath(t *testing.T) {
 	require.Error(t, err)
 	_, err = sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "x.db?mode=ro"))
 	require.Error(t, err)
+}
+
+// TestClaimServing: one Store at a time serves a file; the claim names its
+// holder's pid, is kept by repeated claims and is given back by Close.
+func TestClaimServing(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "registry.db")
+	a, b := openStore(t, path), openStore(t, path)
+	require.NoError(t, a.ClaimServing())
+	require.NoError(t, a.ClaimServing(), "claiming again is a no-op")
+
+	err := b.ClaimServing()
+	require.ErrorIs(t, err, sqlite.ErrServedElsewhere)
+	require.ErrorContains(t, err, fmt.Sprintf("(pid %d)", os.Getpid()))
+	require.ErrorContains(t, err, path)
+
+	_, err = b.ListProducts(t.Context())
+	require.NoError(t, err, "a refused claim leaves the Store usable for tools such as migrate")
+	require.NoError(t, a.Close())
+	require.NoError(t, b.ClaimServing(), "the claim is free once its holder closed")
 }
