@@ -324,26 +324,26 @@ func (s *Store) TouchActive(ctx context.Context, engineIDs []string, at time.Tim
 
 // sqlRecordHealth applies per-engine summaries of a batch of probes: whether
 // a success resets the failure count, the time of the last success, and the
-// failures after it.
+// send times of the failures after it ($4[lo:hi], NULL: unknown), each of
+// which counts unless the row was updated after it.
 const sqlRecordHealth = `UPDATE engines e SET
 	health_failures = CASE WHEN r.reset THEN 0 ELSE e.health_failures END +
-		CASE WHEN r.sent IS NULL OR e.updated_at <= r.sent THEN r.failures ELSE 0 END,
+		(SELECT count(*) FROM unnest(($4::timestamptz[])[r.lo:r.hi]) AS f(sent)
+			WHERE f.sent IS NULL OR e.updated_at <= f.sent)::int,
 	last_health_at = COALESCE(r.ok_at, e.last_health_at)
-FROM unnest($1::text[]::uuid[], $2::bool[], $3::timestamptz[], $4::int[], $5::timestamptz[])
-	AS r(id, reset, ok_at, failures, sent)
+FROM unnest($1::text[]::uuid[], $2::bool[], $3::timestamptz[], $5::int[], $6::int[])
+	AS r(id, reset, ok_at, lo, hi)
 WHERE e.id = r.id`
 
 // RecordHealth applies a batch of probe results in one statement. Results
 // are folded per engine in order first, so several results for one engine
-// count as they would one by one; the failures after the last success count
-// only if the row was not updated after the earliest of them was sent.
+// count as they would one by one: a success resets what came before it,
+// and each failure after the last success is judged on its own send time.
 func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResult) error {
 	type summary struct {
-		reset    bool
-		okAt     *time.Time
-		failures int
-		sent     *time.Time // earliest Sent of the failures; nil: count them
-		unsent   bool       // one of the failures has no Sent
+		reset bool
+		okAt  *time.Time
+		sent  []*time.Time // of the failures after the last success
 	}
 	byID := map[string]*summary{}
 	var order []string
@@ -359,33 +359,32 @@ func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResul
 		}
 		if r.OK {
 			at := bap.Timestamp(r.At)
-			sm.reset, sm.okAt, sm.failures, sm.sent, sm.unsent = true, &at, 0, nil, false
+			sm.reset, sm.okAt, sm.sent = true, &at, sm.sent[:0]
 			continue
 		}
-		sm.failures++
-		switch {
-		case r.Sent.IsZero():
-			sm.unsent = true
-		case sm.sent == nil || r.Sent.Before(*sm.sent):
-			sent := r.Sent
-			sm.sent = &sent
+		var sent *time.Time
+		if !r.Sent.IsZero() {
+			sent = &r.Sent
 		}
+		sm.sent = append(sm.sent, sent)
 	}
 	if len(order) == 0 {
 		return nil
 	}
 	resets := make([]bool, len(order))
 	okAt := make([]*time.Time, len(order))
-	failures := make([]int32, len(order))
-	sent := make([]*time.Time, len(order))
+	sent := make([]*time.Time, 0, len(results))
+	lo := make([]int32, len(order))
+	hi := make([]int32, len(order))
 	for i, id := range order {
 		sm := byID[id]
-		resets[i], okAt[i], failures[i] = sm.reset, sm.okAt, int32(sm.failures)
-		if !sm.unsent {
-			sent[i] = sm.sent
-		}
+		resets[i], okAt[i] = sm.reset, sm.okAt
+		// PostgreSQL arrays count from 1; [n+1:n] is empty.
+		lo[i] = int32(len(sent) + 1)
+		sent = append(sent, sm.sent...)
+		hi[i] = int32(len(sent))
 	}
-	if _, err := s.db.Exec(ctx, sqlRecordHealth, order, resets, okAt, failures, sent); err != nil {
+	if _, err := s.db.Exec(ctx, sqlRecordHealth, order, resets, okAt, sent, lo, hi); err != nil {
 		return fmt.Errorf("record health: %w", translate(err))
 	}
 	return nil

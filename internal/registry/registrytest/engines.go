@@ -593,4 +593,14 @@ func testRecordHealth(t *testing.T, s registry.Store) {
 	got, err = s.GetEngine(ctx, flaky.ID)
 	require.NoError(t, err)
 	require.Equal(t, 5, got.HealthFailures, "probes sent after the update count")
+
+	// In one batch, each failure is judged on its own send time.
+	require.NoError(t, s.RecordHealth(ctx, []registry.HealthResult{
+		{EngineID: flaky.ID, OK: false, At: at, Sent: before},
+		{EngineID: flaky.ID, OK: false, At: at, Sent: after},
+		{EngineID: flaky.ID, OK: false, At: at},
+	}))
+	got, err = s.GetEngine(ctx, flaky.ID)
+	require.NoError(t, err)
+	require.Equal(t, 7, got.HealthFailures, "the overtaken probe alone does not count")
 }
