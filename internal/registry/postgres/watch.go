@@ -134,20 +134,25 @@ func (s *Store) heartbeat(ctx context.Context, stop func(), last *atomic.Int64) 
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() {
-		t := time.NewTicker(heartbeatEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
+		every(ctx, heartbeatEvery, func() bool {
 			hctx, cancel := context.WithTimeout(ctx, heartbeatEvery)
+			defer cancel()
 			_, _ = s.pool.Exec(hctx, "SELECT pg_notify($1, 'h')", Channel)
-			cancel()
-		}
+			return true
+		})
 	})
-	t := time.NewTicker(heartbeatCheck)
+	every(ctx, heartbeatCheck, func() bool {
+		if time.Since(time.Unix(0, last.Load())) > heartbeatDeadline {
+			stop()
+			return false
+		}
+		return true
+	})
+}
+
+// every calls fn every d until ctx ends or fn returns false.
+func every(ctx context.Context, d time.Duration, fn func() bool) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
@@ -155,8 +160,7 @@ func (s *Store) heartbeat(ctx context.Context, stop func(), last *atomic.Int64) 
 			return
 		case <-t.C:
 		}
-		if time.Since(time.Unix(0, last.Load())) > heartbeatDeadline {
-			stop()
+		if !fn() {
 			return
 		}
 	}
