@@ -41,8 +41,10 @@ type Engine struct {
 	LastHealthAt    *time.Time
 	LastActiveAt    *time.Time
 	FailureReason   string
-	CreatedAt       time.Time
-	UpdatedAt       time.Time
+	// Claim is the operation in flight on the engine, if any.
+	Claim     Claim
+	CreatedAt time.Time
+	UpdatedAt time.Time
 }
 
 // Timestamp normalises t for storage and comparison: UTC, truncated to

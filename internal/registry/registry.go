@@ -26,12 +26,18 @@ var (
 	ErrPortExhausted = errors.New("port range exhausted")
 	// ErrUnavailable: the database cannot be reached.
 	ErrUnavailable = errors.New("database unavailable")
+	// ErrFenced: a write was refused because the writer no longer holds
+	// the shard lease it named (CheckLease).
+	ErrFenced = errors.New("lease lost")
 )
 
 // Quota bounds InsertEngine. Zero means no limit.
 type Quota struct {
 	// MaxEngines counts the product's engines in any state.
 	MaxEngines int
+	// MaxRunning counts the product's engines that hold a running slot
+	// (see CountRunning).
+	MaxRunning int
 }
 
 // EngineFilter selects engines for ListEngines.
@@ -73,7 +79,30 @@ type HealthResult struct {
 	// engine's row was last updated no later: a probe that an operation
 	// (a stop, a wake, a new key; in this process or another) overtook
 	// says nothing about the engine as it is now. Zero: it always counts.
+	// A failure never counts while an operation is claimed on the engine
+	// or when it is in neither running nor sleeping.
 	Sent time.Time
+	// Lease, when its ReplicaID is set, fences the result: it is applied
+	// only while that replica holds the engine's shard with that epoch.
+	Lease Lease
+}
+
+// Lease is a replica's hold on one shard of the engines (SPEC §15). Epoch
+// grows with every change of holder; it is the fencing token of the
+// background work done on the shard's engines.
+type Lease struct {
+	Shard     int
+	ReplicaID string // empty: nobody holds the shard
+	Epoch     int64
+}
+
+// ReplicaStatus is a registered replica as Replicas reports it.
+type ReplicaStatus struct {
+	bap.Replica
+	// Alive: its heartbeat is younger than the TTL, by the database's clock.
+	Alive bool
+	// Shards is how many shard leases it holds.
+	Shards int
 }
 
 // PortAllocation is one row of port_allocations.
@@ -117,11 +146,17 @@ type Store interface {
 	// engine for userID (nil when none). ErrNotFound when no product matches.
 	AdmitLookup(ctx context.Context, keyHash, userID string, now time.Time) (bap.Product, *bap.Engine, error)
 
-	// InsertEngine inserts e (normally in provisioning, with ID, timestamps and
-	// Port already set) only if the product is under q; the check and insert
-	// are atomic against concurrent inserts. ErrQuotaExceeded, ErrConflict
-	// (engine for that user exists).
+	// InsertEngine inserts e (normally in provisioning, with ID, timestamps,
+	// Port and the provision's Claim already set) only if the product is
+	// under q; the check and insert are atomic against concurrent inserts.
+	// ErrQuotaExceeded, ErrConflict (engine for that user exists).
 	InsertEngine(ctx context.Context, e bap.Engine, q Quota) error
+	// CountRunning counts the product's engines that hold a running slot
+	// for max_running: those running, sleeping or provisioning, and those
+	// stopped or failed with a start, wake or auto-restart claimed. Inside
+	// InTx it first locks the product row, so that a check and the claim
+	// that follows are atomic against other replicas' checks.
+	CountRunning(ctx context.Context, productID string) (int, error)
 	// AllocatePort reserves the lowest free port in [min,max] for engineID.
 	// Concurrent allocations never return the same port. ErrPortExhausted.
 	AllocatePort(ctx context.Context, engineID string, min, max int) (int, error)
@@ -143,8 +178,8 @@ type Store interface {
 	LockEngine(ctx context.Context, id string) (bap.Engine, error)
 	// UpdateEngine writes every mutable column of e (status, port, key hash,
 	// key token, image, url, instance id, boot duration, counters, times,
-	// failure reason; UpdatedAt is set to now) and appends entries, atomically.
-	// ErrNotFound.
+	// failure reason, claim; UpdatedAt is set to now) and appends entries,
+	// atomically. ErrNotFound.
 	UpdateEngine(ctx context.Context, e bap.Engine, entries ...audit.Entry) error
 	// DeleteEngine deletes the engine row, frees its port and appends entries,
 	// atomically. ErrNotFound.
@@ -155,6 +190,9 @@ type Store interface {
 	// EnginesByStatus returns every engine (all products) in one of states,
 	// ordered by id.
 	EnginesByStatus(ctx context.Context, states ...bap.State) ([]bap.Engine, error)
+	// EnginesInOperation returns every engine with a claimed operation,
+	// ordered by id.
+	EnginesInOperation(ctx context.Context) ([]bap.Engine, error)
 	// CountByStatus counts a product's engines per state (all products when
 	// productID is empty). States with no engine are absent.
 	CountByStatus(ctx context.Context, productID string) (map[bap.State]int, error)
@@ -166,8 +204,39 @@ type Store interface {
 	// RecordHealth applies a batch of probe results in one transaction: a
 	// success sets last_health_at and zeroes health_failures; a failure
 	// increments health_failures unless the row was updated after the
-	// probe was sent (HealthResult.Sent). Engines that vanished are skipped.
+	// probe was sent (HealthResult.Sent), an operation is claimed on it, or
+	// it is neither running nor sleeping. A result whose Lease is no longer
+	// held is dropped. Engines that vanished are skipped.
 	RecordHealth(ctx context.Context, results []HealthResult) error
+
+	// RegisterReplica records r as a live replica (heartbeat now, by the
+	// database's clock), replacing a row with the same id.
+	RegisterReplica(ctx context.Context, r bap.Replica) error
+	// HeartbeatReplica sets the replica's heartbeat to now. ErrNotFound
+	// when its row is gone (it was declared dead and removed).
+	HeartbeatReplica(ctx context.Context, id string) error
+	// DeregisterReplica deletes the replica's row and frees the leases it
+	// holds. Missing is not an error.
+	DeregisterReplica(ctx context.Context, id string) error
+	// Replicas lists the registered replicas ordered by id, each alive
+	// when its heartbeat is younger than ttl by the database's clock.
+	Replicas(ctx context.Context, ttl time.Duration) ([]ReplicaStatus, error)
+	// ReplicaAlive reports whether the replica's heartbeat is younger than
+	// ttl; a replica without a row is not alive.
+	ReplicaAlive(ctx context.Context, id string, ttl time.Duration) (bool, error)
+	// Leases returns every shard lease ever taken, ordered by shard.
+	Leases(ctx context.Context) ([]Lease, error)
+	// AcquireLease gives shard to replicaID with the next epoch when nobody
+	// holds it or its holder is not alive (ttl); it returns the lease and
+	// true, or the current lease and false when a live replica holds it
+	// (replicaID itself included).
+	AcquireLease(ctx context.Context, shard int, replicaID string, ttl time.Duration) (Lease, bool, error)
+	// ReleaseLease frees l's shard if l is still its lease.
+	ReleaseLease(ctx context.Context, l Lease) error
+	// CheckLease returns ErrFenced unless l is the shard's current lease.
+	// Inside InTx the lease is locked against change until the
+	// transaction ends, so the writes that follow are fenced by it.
+	CheckLease(ctx context.Context, l Lease) error
 
 	// AppendAudit inserts entries (Timestamp zero means now).
 	AppendAudit(ctx context.Context, entries ...audit.Entry) error

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,12 +21,14 @@ const engineCols = `e.id, e.product_id, e.user_id, e.status, COALESCE(e.port, 0)
 	COALESCE(e.engine_key_hash, ''), COALESCE(e.engine_key_enc, ''), COALESCE(e.image, ''),
 	COALESCE(e.url, ''), COALESCE(e.instance_id, ''), e.boot_duration_ms,
 	COALESCE(e.health_failures, 0), COALESCE(e.restart_attempts, 0), e.next_restart_at,
-	e.last_health_at, e.last_active_at, COALESCE(e.failure_reason, ''), e.created_at, e.updated_at`
+	e.last_health_at, e.last_active_at, COALESCE(e.failure_reason, ''), COALESCE(e.op, ''),
+	COALESCE(e.op_owner, ''), COALESCE(e.op_epoch, 0), e.op_started_at, e.created_at, e.updated_at`
 
 // engineRow receives engineCols.
 type engineRow struct {
 	e                             bap.Engine
 	id, productID, userID, status *string
+	op                            string
 	createdAt, updatedAt          *time.Time
 }
 
@@ -34,7 +37,8 @@ func (r *engineRow) dest() []any {
 		&r.e.KeyHash, &r.e.KeyEnc, &r.e.Image,
 		&r.e.URL, &r.e.InstanceID, &r.e.BootDurationMS,
 		&r.e.HealthFailures, &r.e.RestartAttempts, &r.e.NextRestartAt,
-		&r.e.LastHealthAt, &r.e.LastActiveAt, &r.e.FailureReason, &r.createdAt, &r.updatedAt}
+		&r.e.LastHealthAt, &r.e.LastActiveAt, &r.e.FailureReason, &r.op, &r.e.Claim.Owner,
+		&r.e.Claim.Epoch, &r.e.Claim.StartedAt, &r.createdAt, &r.updatedAt}
 }
 
 // engine returns the scanned engine, false when the LEFT JOIN found none.
@@ -48,6 +52,8 @@ func (r *engineRow) engine() (bap.Engine, bool) {
 	e.NextRestartAt = timePtr(e.NextRestartAt)
 	e.LastHealthAt = timePtr(e.LastHealthAt)
 	e.LastActiveAt = timePtr(e.LastActiveAt)
+	e.Claim.Op = bap.Op(r.op)
+	e.Claim.StartedAt = timePtr(e.Claim.StartedAt)
 	return e, true
 }
 
@@ -60,18 +66,26 @@ func scanEngine(row pgx.CollectableRow) (bap.Engine, error) {
 	return e, nil
 }
 
-// sqlInsertEngine inserts unless the product is at its quota ($20, 0 = none).
-// An existing engine of that user lets the insert through so that it fails
-// with a unique violation: "exists" is the more useful answer than "quota".
-const sqlInsertEngine = `INSERT INTO engines (id, product_id, user_id, status, port, engine_key_hash, engine_key_enc,
+// sqlRunningSlots counts the engines of product $1 that hold a running slot
+// (registry.Store.CountRunning).
+const sqlRunningSlots = `(SELECT count(*) FROM engines WHERE product_id = $1::uuid AND (
+	status IN ('running', 'sleeping', 'provisioning')
+	OR (status IN ('stopped', 'failed') AND op IN ('start', 'wake', 'auto-restart'))))`
+
+// sqlInsertEngine inserts unless the product is at its quota ($20, 0 = none)
+// or at its max_running ($25, 0 = none). An existing engine of that user
+// lets the insert through so that it fails with a unique violation:
+// "exists" is the more useful answer than "quota".
+var sqlInsertEngine = `INSERT INTO engines (id, product_id, user_id, status, port, engine_key_hash, engine_key_enc,
 	image, url, instance_id, boot_duration_ms, health_failures, restart_attempts, next_restart_at,
-	last_health_at, last_active_at, failure_reason, created_at, updated_at)
+	last_health_at, last_active_at, failure_reason, op, op_owner, op_epoch, op_started_at, created_at, updated_at)
 SELECT $1::uuid, $2::uuid, $3::text, $4::text, NULLIF($5::int, 0), NULLIF($6::text, ''), NULLIF($7::text, ''),
 	NULLIF($8::text, ''), NULLIF($9::text, ''), NULLIF($10::text, ''), $11::bigint, $12::int, $13::int,
-	$14::timestamptz, $15::timestamptz, $16::timestamptz, NULLIF($17::text, ''), $18::timestamptz, $19::timestamptz
-WHERE $20::int = 0
-	OR (SELECT count(*) FROM engines WHERE product_id = $2::uuid) < $20::int
-	OR EXISTS (SELECT 1 FROM engines WHERE product_id = $2::uuid AND user_id = $3::text)
+	$14::timestamptz, $15::timestamptz, $16::timestamptz, NULLIF($17::text, ''),
+	NULLIF($21::text, ''), NULLIF($22::text, ''), $23::bigint, $24::timestamptz, $18::timestamptz, $19::timestamptz
+WHERE EXISTS (SELECT 1 FROM engines WHERE product_id = $2::uuid AND user_id = $3::text)
+	OR (($20::int = 0 OR (SELECT count(*) FROM engines WHERE product_id = $2::uuid) < $20::int)
+	AND ($25::int = 0 OR ` + strings.ReplaceAll(sqlRunningSlots, "$1", "$2") + ` < $25::int))
 RETURNING 1`
 
 // InsertEngine inserts e if the product is under q. With a quota, the
@@ -80,16 +94,18 @@ RETURNING 1`
 // so it sees every engine a concurrent inserter committed. One round trip.
 func (s *Store) InsertEngine(ctx context.Context, e bap.Engine, q registry.Quota) error {
 	b := &pgx.Batch{}
-	if q.MaxEngines > 0 {
+	quota := q.MaxEngines > 0 || q.MaxRunning > 0
+	if quota {
 		b.Queue(`SELECT 1 FROM products WHERE id = $1::uuid FOR UPDATE`, e.ProductID)
 	}
 	b.Queue(sqlInsertEngine, e.ID, e.ProductID, e.UserID, string(e.Status), e.Port,
 		e.KeyHash, e.KeyEnc, e.Image, e.URL, e.InstanceID, e.BootDurationMS,
 		e.HealthFailures, e.RestartAttempts, timePtr(e.NextRestartAt),
 		timePtr(e.LastHealthAt), timePtr(e.LastActiveAt), e.FailureReason,
-		bap.Timestamp(e.CreatedAt), bap.Timestamp(e.UpdatedAt), max(q.MaxEngines, 0))
+		bap.Timestamp(e.CreatedAt), bap.Timestamp(e.UpdatedAt), max(q.MaxEngines, 0),
+		string(e.Claim.Op), e.Claim.Owner, e.Claim.Epoch, timePtr(e.Claim.StartedAt), max(q.MaxRunning, 0))
 	err := s.savepointed(ctx, b, func(br pgx.BatchResults) error {
-		if q.MaxEngines > 0 {
+		if quota {
 			if _, err := br.Exec(); err != nil {
 				return err
 			}
@@ -148,9 +164,10 @@ var sqlUpdateEngine = `WITH e AS (
 		engine_key_enc = NULLIF($5::text, ''), image = NULLIF($6::text, ''), url = NULLIF($7::text, ''),
 		instance_id = NULLIF($8::text, ''), boot_duration_ms = $9, health_failures = $10,
 		restart_attempts = $11, next_restart_at = $12, last_health_at = $13, last_active_at = $14,
-		failure_reason = NULLIF($15::text, ''), updated_at = $16
+		failure_reason = NULLIF($15::text, ''), updated_at = $16, op = NULLIF($17::text, ''),
+		op_owner = NULLIF($18::text, ''), op_epoch = $19, op_started_at = $20
 	WHERE id = $1::uuid RETURNING id
-), audit AS (` + auditInsert(17, " CROSS JOIN e") + `)
+), audit AS (` + auditInsert(21, " CROSS JOIN e") + `)
 SELECT count(*) FROM e`
 
 // UpdateEngine writes every mutable column of e and appends entries in one
@@ -166,7 +183,8 @@ func (s *Store) UpdateEngine(ctx context.Context, e bap.Engine, entries ...audit
 	}
 	args = append([]any{e.ID, string(e.Status), e.Port, e.KeyHash, e.KeyEnc, e.Image, e.URL,
 		e.InstanceID, e.BootDurationMS, e.HealthFailures, e.RestartAttempts, timePtr(e.NextRestartAt),
-		timePtr(e.LastHealthAt), timePtr(e.LastActiveAt), e.FailureReason, bap.Now()}, args...)
+		timePtr(e.LastHealthAt), timePtr(e.LastActiveAt), e.FailureReason, bap.Now(),
+		string(e.Claim.Op), e.Claim.Owner, e.Claim.Epoch, timePtr(e.Claim.StartedAt)}, args...)
 	var n int
 	err = s.db.QueryRow(ctx, sqlUpdateEngine, args...).Scan(&n)
 	if err == nil && n == 0 {
@@ -325,25 +343,32 @@ func (s *Store) TouchActive(ctx context.Context, engineIDs []string, at time.Tim
 // sqlRecordHealth applies per-engine summaries of a batch of probes: whether
 // a success resets the failure count, the time of the last success, and the
 // send times of the failures after it ($4[lo:hi], NULL: unknown), each of
-// which counts unless the row was updated after it.
+// which counts unless the row was updated after it, an operation is claimed
+// on it or it is not probed any more. A summary with a holder ($7) applies
+// only while that replica holds the shard lease ($8, $9).
 const sqlRecordHealth = `UPDATE engines e SET
 	health_failures = CASE WHEN r.reset THEN 0 ELSE e.health_failures END +
-		(SELECT count(*) FROM unnest(($4::timestamptz[])[r.lo:r.hi]) AS f(sent)
-			WHERE f.sent IS NULL OR e.updated_at <= f.sent)::int,
+		CASE WHEN e.op IS NULL AND e.status IN ('running', 'sleeping') THEN
+			(SELECT count(*) FROM unnest(($4::timestamptz[])[r.lo:r.hi]) AS f(sent)
+				WHERE f.sent IS NULL OR e.updated_at <= f.sent)::int
+		ELSE 0 END,
 	last_health_at = COALESCE(r.ok_at, e.last_health_at)
-FROM unnest($1::text[]::uuid[], $2::bool[], $3::timestamptz[], $5::int[], $6::int[])
-	AS r(id, reset, ok_at, lo, hi)
-WHERE e.id = r.id`
+FROM unnest($1::text[]::uuid[], $2::bool[], $3::timestamptz[], $5::int[], $6::int[], $7::text[], $8::int[], $9::bigint[])
+	AS r(id, reset, ok_at, lo, hi, holder, shard, epoch)
+WHERE e.id = r.id AND (r.holder = '' OR EXISTS (SELECT 1 FROM shard_leases l
+	WHERE l.shard = r.shard AND l.replica_id = r.holder AND l.epoch = r.epoch))`
 
 // RecordHealth applies a batch of probe results in one statement. Results
 // are folded per engine in order first, so several results for one engine
 // count as they would one by one: a success resets what came before it,
 // and each failure after the last success is judged on its own send time.
+// The last result's lease fences the engine's summary.
 func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResult) error {
 	type summary struct {
 		reset bool
 		okAt  *time.Time
 		sent  []*time.Time // of the failures after the last success
+		lease registry.Lease
 	}
 	byID := map[string]*summary{}
 	var order []string
@@ -357,6 +382,7 @@ func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResul
 			byID[r.EngineID] = sm
 			order = append(order, r.EngineID)
 		}
+		sm.lease = r.Lease
 		if r.OK {
 			at := bap.Timestamp(r.At)
 			sm.reset, sm.okAt, sm.sent = true, &at, sm.sent[:0]
@@ -376,6 +402,9 @@ func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResul
 	sent := make([]*time.Time, 0, len(results))
 	lo := make([]int32, len(order))
 	hi := make([]int32, len(order))
+	holders := make([]string, len(order))
+	shards := make([]int32, len(order))
+	epochs := make([]int64, len(order))
 	for i, id := range order {
 		sm := byID[id]
 		resets[i], okAt[i] = sm.reset, sm.okAt
@@ -383,11 +412,40 @@ func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResul
 		lo[i] = int32(len(sent) + 1)
 		sent = append(sent, sm.sent...)
 		hi[i] = int32(len(sent))
+		holders[i], shards[i], epochs[i] = sm.lease.ReplicaID, int32(sm.lease.Shard), sm.lease.Epoch
 	}
-	if _, err := s.db.Exec(ctx, sqlRecordHealth, order, resets, okAt, sent, lo, hi); err != nil {
+	if _, err := s.db.Exec(ctx, sqlRecordHealth, order, resets, okAt, sent, lo, hi, holders, shards, epochs); err != nil {
 		return fmt.Errorf("record health: %w", translate(err))
 	}
 	return nil
+}
+
+// CountRunning counts the product's engines that hold a running slot; in a
+// transaction it locks the product row first.
+func (s *Store) CountRunning(ctx context.Context, productID string) (int, error) {
+	if !validID(productID) {
+		return 0, nil
+	}
+	if s.inTx {
+		if _, err := s.db.Exec(ctx, `SELECT 1 FROM products WHERE id = $1::uuid FOR UPDATE`, productID); err != nil {
+			return 0, fmt.Errorf("lock product %s: %w", productID, translate(err))
+		}
+	}
+	var n int
+	if err := s.db.QueryRow(ctx, `SELECT `+sqlRunningSlots, productID).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count running engines: %w", translate(err))
+	}
+	return n, nil
+}
+
+// EnginesInOperation returns every engine with a claimed operation.
+func (s *Store) EnginesInOperation(ctx context.Context) ([]bap.Engine, error) {
+	rows, _ := s.db.Query(ctx, `SELECT `+engineCols+` FROM engines e WHERE e.op IS NOT NULL ORDER BY e.id`)
+	engines, err := pgx.CollectRows(rows, scanEngine)
+	if err != nil {
+		return nil, fmt.Errorf("engines in operation: %w", translate(err))
+	}
+	return engines, nil
 }
 
 // validIDs returns the ids that can exist.

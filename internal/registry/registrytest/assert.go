@@ -83,6 +83,10 @@ func requireEngine(t testing.TB, want, got bap.Engine, checkUpdated bool) {
 	requireTimePtr(t, want.LastHealthAt, got.LastHealthAt, "LastHealthAt")
 	requireTimePtr(t, want.LastActiveAt, got.LastActiveAt, "LastActiveAt")
 	require.Equal(t, want.FailureReason, got.FailureReason, "FailureReason")
+	require.Equal(t, want.Claim.Op, got.Claim.Op, "Claim.Op")
+	require.Equal(t, want.Claim.Owner, got.Claim.Owner, "Claim.Owner")
+	require.Equal(t, want.Claim.Epoch, got.Claim.Epoch, "Claim.Epoch")
+	requireTimePtr(t, want.Claim.StartedAt, got.Claim.StartedAt, "Claim.StartedAt")
 	requireTime(t, want.CreatedAt, got.CreatedAt, "CreatedAt")
 	if checkUpdated {
 		requireTime(t, want.UpdatedAt, got.UpdatedAt, "UpdatedAt")

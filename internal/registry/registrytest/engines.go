@@ -61,8 +61,10 @@ func fullEngine(productID, userID string, port int) bap.Engine {
 		LastHealthAt:    ptr(base.Add(-time.Minute)),
 		LastActiveAt:    ptr(base.Add(-time.Hour + time.Microsecond)),
 		FailureReason:   "health check failed 3 times",
-		CreatedAt:       base.Add(-24 * time.Hour),
-		UpdatedAt:       base,
+		Claim: bap.Claim{Op: bap.OpAutoRestart, Owner: "replica-1", Epoch: 7,
+			StartedAt: ptr(base.Add(-time.Second + 3*time.Microsecond))},
+		CreatedAt: base.Add(-24 * time.Hour),
+		UpdatedAt: base,
 	}
 }
 
@@ -305,6 +307,7 @@ func testEngineUpdateRoundTrip(t *testing.T, s registry.Store) {
 	cleared.InstanceID, cleared.FailureReason = "", ""
 	cleared.BootDurationMS, cleared.NextRestartAt, cleared.LastHealthAt, cleared.LastActiveAt = nil, nil, nil, nil
 	cleared.HealthFailures, cleared.RestartAttempts = 0, 0
+	cleared.Claim = bap.Claim{Epoch: full.Claim.Epoch} // an epoch outlives its claim
 	cleared.Port = 9101
 	require.NoError(t, s.UpdateEngine(ctx, cleared))
 	got, err = s.GetEngine(ctx, e.ID)

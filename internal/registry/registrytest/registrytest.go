@@ -52,6 +52,8 @@ func Run(t *testing.T, newStore func(t *testing.T) registry.Store) {
 		{"Port", portTests()},
 		{"Audit", auditTests()},
 		{"Changes", changeTests()},
+		{"Replica", replicaTests()},
+		{"Claim", claimTests()},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

@@ -19,7 +19,8 @@ const engineCols = `COALESCE(e.id, ''), COALESCE(e.product_id, ''), COALESCE(e.u
 	COALESCE(e.engine_key_enc, ''), COALESCE(e.image, ''), COALESCE(e.url, ''),
 	COALESCE(e.instance_id, ''), e.boot_duration_ms, COALESCE(e.health_failures, 0),
 	COALESCE(e.restart_attempts, 0), e.next_restart_at, e.last_health_at, e.last_active_at,
-	COALESCE(e.failure_reason, ''), e.created_at, e.updated_at`
+	COALESCE(e.failure_reason, ''), COALESCE(e.op, ''), COALESCE(e.op_owner, ''),
+	COALESCE(e.op_epoch, 0), e.op_started_at, e.created_at, e.updated_at`
 
 // sqliteMaxParams bounds the ids bound into one IN list.
 const sqliteMaxParams = 500
@@ -28,7 +29,8 @@ func engineDest(e *bap.Engine) []any {
 	return []any{&e.ID, &e.ProductID, &e.UserID, &e.Status, &e.Port, &e.KeyHash, &e.KeyEnc,
 		&e.Image, &e.URL, &e.InstanceID, &e.BootDurationMS, &e.HealthFailures, &e.RestartAttempts,
 		nullTimeScanner{&e.NextRestartAt}, nullTimeScanner{&e.LastHealthAt},
-		nullTimeScanner{&e.LastActiveAt}, &e.FailureReason,
+		nullTimeScanner{&e.LastActiveAt}, &e.FailureReason, &e.Claim.Op, &e.Claim.Owner,
+		&e.Claim.Epoch, nullTimeScanner{&e.Claim.StartedAt},
 		timeScanner{&e.CreatedAt}, timeScanner{&e.UpdatedAt}}
 }
 
@@ -83,6 +85,16 @@ func (s *Store) InsertEngine(ctx context.Context, e bap.Engine, q registry.Quota
 					op, n, q.MaxEngines, registry.ErrQuotaExceeded)
 			}
 		}
+		if q.MaxRunning > 0 {
+			n, err := tx.CountRunning(ctx, e.ProductID)
+			if err != nil {
+				return err
+			}
+			if n >= q.MaxRunning {
+				return fmt.Errorf("%s: product has %d engines running, max_running is %d: %w",
+					op, n, q.MaxRunning, registry.ErrQuotaExceeded)
+			}
+		}
 		created := e.CreatedAt
 		if created.IsZero() {
 			created = bap.Now()
@@ -94,13 +106,15 @@ func (s *Store) InsertEngine(ctx context.Context, e bap.Engine, q registry.Quota
 		_, err := tx.tx.ExecContext(ctx, `INSERT INTO engines
 			(id, product_id, user_id, status, port, engine_key_hash, engine_key_enc, image, url,
 			 instance_id, boot_duration_ms, health_failures, restart_attempts, next_restart_at,
-			 last_health_at, last_active_at, failure_reason, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			 last_health_at, last_active_at, failure_reason, op, op_owner, op_epoch, op_started_at,
+			 created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			e.ID, e.ProductID, e.UserID, string(e.Status), e.Port, nullStr(e.KeyHash),
 			nullStr(e.KeyEnc), nullStr(e.Image), nullStr(e.URL), nullStr(e.InstanceID),
 			nullInt64(e.BootDurationMS), e.HealthFailures, e.RestartAttempts,
 			nullTS(e.NextRestartAt), nullTS(e.LastHealthAt), nullTS(e.LastActiveAt),
-			nullStr(e.FailureReason), ts(created), ts(updated))
+			nullStr(e.FailureReason), nullStr(string(e.Claim.Op)), nullStr(e.Claim.Owner),
+			e.Claim.Epoch, nullTS(e.Claim.StartedAt), ts(created), ts(updated))
 		return translate(op, err)
 	})
 }
@@ -147,12 +161,14 @@ func (s *Store) UpdateEngine(ctx context.Context, e bap.Engine, entries ...audit
 			status = ?, port = ?, engine_key_hash = ?, engine_key_enc = ?, image = ?, url = ?,
 			instance_id = ?, boot_duration_ms = ?, health_failures = ?, restart_attempts = ?,
 			next_restart_at = ?, last_health_at = ?, last_active_at = ?, failure_reason = ?,
-			updated_at = ?
+			updated_at = ?, op = ?, op_owner = ?, op_epoch = ?, op_started_at = ?
 			WHERE id = ?`,
 			string(e.Status), e.Port, nullStr(e.KeyHash), nullStr(e.KeyEnc), nullStr(e.Image),
 			nullStr(e.URL), nullStr(e.InstanceID), nullInt64(e.BootDurationMS), e.HealthFailures,
 			e.RestartAttempts, nullTS(e.NextRestartAt), nullTS(e.LastHealthAt),
-			nullTS(e.LastActiveAt), nullStr(e.FailureReason), ts(bap.Now()), e.ID); err != nil {
+			nullTS(e.LastActiveAt), nullStr(e.FailureReason), ts(bap.Now()),
+			nullStr(string(e.Claim.Op)), nullStr(e.Claim.Owner), e.Claim.Epoch,
+			nullTS(e.Claim.StartedAt), e.ID); err != nil {
 			return err
 		}
 		return tx.appendAudit(ctx, entries...)
@@ -313,29 +329,35 @@ func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResul
 		return nil
 	}
 	const op = "record health"
+	// A result with a holder applies only while that replica holds the
+	// engine's shard lease (?3 holder, ?4 shard, ?5 epoch).
+	const fenced = `(?3 = '' OR EXISTS (SELECT 1 FROM shard_leases l
+		WHERE l.shard = ?4 AND l.replica_id = ?3 AND l.epoch = ?5))`
 	return s.inTx(ctx, func(tx *Store) error {
 		ok, err := tx.tx.PrepareContext(ctx,
-			`UPDATE engines SET last_health_at = ?, health_failures = 0 WHERE id = ?`)
+			`UPDATE engines SET last_health_at = ?1, health_failures = 0 WHERE id = ?2 AND `+fenced)
 		if err != nil {
 			return translate(op, err)
 		}
 		defer ok.Close()
 		failed, err := tx.tx.PrepareContext(ctx,
 			`UPDATE engines SET health_failures = health_failures + 1
-			WHERE id = ?1 AND (?2 IS NULL OR updated_at <= ?2)`)
+			WHERE id = ?2 AND (?1 IS NULL OR updated_at <= ?1) AND op IS NULL
+				AND status IN ('running', 'sleeping') AND `+fenced)
 		if err != nil {
 			return translate(op, err)
 		}
 		defer failed.Close()
 		for _, r := range results {
+			l := r.Lease
 			if r.OK {
-				_, err = ok.ExecContext(ctx, ts(r.At), r.EngineID)
+				_, err = ok.ExecContext(ctx, ts(r.At), r.EngineID, l.ReplicaID, l.Shard, l.Epoch)
 			} else {
 				var sent any // NULL: the failure always counts
 				if !r.Sent.IsZero() {
 					sent = ts(r.Sent)
 				}
-				_, err = failed.ExecContext(ctx, r.EngineID, sent)
+				_, err = failed.ExecContext(ctx, sent, r.EngineID, l.ReplicaID, l.Shard, l.Epoch)
 			}
 			if err != nil {
 				return translate(op, err)
@@ -343,4 +365,26 @@ func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResul
 		}
 		return nil
 	})
+}
+
+// sqlRunningSlots counts the engines of a product that hold a running slot
+// (registry.Store.CountRunning).
+const sqlRunningSlots = `SELECT COUNT(*) FROM engines WHERE product_id = ? AND (
+	status IN ('running', 'sleeping', 'provisioning')
+	OR (status IN ('stopped', 'failed') AND op IN ('start', 'wake', 'auto-restart')))`
+
+// CountRunning counts the product's engines that hold a running slot. The
+// IMMEDIATE transaction of InTx is the lock the contract asks for.
+func (s *Store) CountRunning(ctx context.Context, productID string) (int, error) {
+	var n int
+	if err := s.reader().QueryRowContext(ctx, sqlRunningSlots, productID).Scan(&n); err != nil {
+		return 0, translate("count running engines", err)
+	}
+	return n, nil
+}
+
+// EnginesInOperation returns every engine with a claimed operation.
+func (s *Store) EnginesInOperation(ctx context.Context) ([]bap.Engine, error) {
+	return s.queryEngines(ctx, s.reader(), "engines in operation",
+		`SELECT `+engineCols+` FROM engines e WHERE e.op IS NOT NULL ORDER BY e.id`)
 }

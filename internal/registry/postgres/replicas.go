@@ -1,0 +1,153 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/registry"
+)
+
+// Liveness is judged by the database's clock (now()), so replicas whose
+// clocks disagree still agree on who is alive.
+
+// RegisterReplica records r with a heartbeat of now.
+func (s *Store) RegisterReplica(ctx context.Context, r bap.Replica) error {
+	_, err := s.db.Exec(ctx, `INSERT INTO replicas (id, host, pid, version, started_at, heartbeat_at)
+		VALUES ($1, $2, $3, $4, $5, now())
+		ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
+			version = EXCLUDED.version, started_at = EXCLUDED.started_at, heartbeat_at = now()`,
+		r.ID, r.Host, r.Pid, r.Version, bap.Timestamp(r.StartedAt))
+	if err != nil {
+		return fmt.Errorf("register replica %s: %w", r.ID, translate(err))
+	}
+	return nil
+}
+
+// HeartbeatReplica sets the replica's heartbeat to now.
+func (s *Store) HeartbeatReplica(ctx context.Context, id string) error {
+	tag, err := s.db.Exec(ctx, `UPDATE replicas SET heartbeat_at = now() WHERE id = $1`, id)
+	if err != nil {
+		return fmt.Errorf("heartbeat replica %s: %w", id, translate(err))
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("heartbeat replica %s: %w", id, registry.ErrNotFound)
+	}
+	return nil
+}
+
+// DeregisterReplica deletes the replica and frees its leases in one
+// statement.
+func (s *Store) DeregisterReplica(ctx context.Context, id string) error {
+	_, err := s.db.Exec(ctx, `WITH freed AS (
+		UPDATE shard_leases SET replica_id = NULL WHERE replica_id = $1
+	) DELETE FROM replicas WHERE id = $1`, id)
+	if err != nil {
+		return fmt.Errorf("deregister replica %s: %w", id, translate(err))
+	}
+	return nil
+}
+
+// Replicas lists the replicas with their liveness and lease counts.
+func (s *Store) Replicas(ctx context.Context, ttl time.Duration) ([]registry.ReplicaStatus, error) {
+	rows, _ := s.db.Query(ctx, `SELECT r.id, r.host, r.pid, r.version, r.started_at, r.heartbeat_at,
+			r.heartbeat_at > now() - $1::interval,
+			(SELECT count(*) FROM shard_leases l WHERE l.replica_id = r.id)
+		FROM replicas r ORDER BY r.id`, ttl)
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (registry.ReplicaStatus, error) {
+		var r registry.ReplicaStatus
+		err := row.Scan(&r.ID, &r.Host, &r.Pid, &r.Version, &r.StartedAt, &r.HeartbeatAt, &r.Alive, &r.Shards)
+		r.StartedAt, r.HeartbeatAt = bap.Timestamp(r.StartedAt), bap.Timestamp(r.HeartbeatAt)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list replicas: %w", translate(err))
+	}
+	return out, nil
+}
+
+// ReplicaAlive reports whether the replica heartbeat within ttl.
+func (s *Store) ReplicaAlive(ctx context.Context, id string, ttl time.Duration) (bool, error) {
+	var alive bool
+	err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM replicas
+		WHERE id = $1 AND heartbeat_at > now() - $2::interval)`, id, ttl).Scan(&alive)
+	if err != nil {
+		return false, fmt.Errorf("replica %s alive: %w", id, translate(err))
+	}
+	return alive, nil
+}
+
+// Leases returns every lease row.
+func (s *Store) Leases(ctx context.Context) ([]registry.Lease, error) {
+	rows, _ := s.db.Query(ctx, `SELECT shard, COALESCE(replica_id, ''), epoch FROM shard_leases ORDER BY shard`)
+	out, err := pgx.CollectRows(rows, scanLease)
+	if err != nil {
+		return nil, fmt.Errorf("list leases: %w", translate(err))
+	}
+	return out, nil
+}
+
+func scanLease(row pgx.CollectableRow) (registry.Lease, error) {
+	var l registry.Lease
+	err := row.Scan(&l.Shard, &l.ReplicaID, &l.Epoch)
+	return l, err
+}
+
+// sqlAcquireLease takes shard $1 for replica $2 when it is free or its
+// holder is not alive ($3), creating the row on first use. It returns the
+// lease as it is afterwards and whether this call took it.
+const sqlAcquireLease = `WITH ins AS (
+	INSERT INTO shard_leases (shard, replica_id, epoch, acquired_at)
+	VALUES ($1, $2, 1, now())
+	ON CONFLICT (shard) DO UPDATE SET replica_id = EXCLUDED.replica_id,
+		epoch = shard_leases.epoch + 1, acquired_at = now()
+	WHERE shard_leases.replica_id IS NULL OR NOT EXISTS (SELECT 1 FROM replicas r
+		WHERE r.id = shard_leases.replica_id AND r.heartbeat_at > now() - $3::interval)
+	RETURNING shard, replica_id, epoch
+)
+SELECT shard, replica_id, epoch, true FROM ins
+UNION ALL
+SELECT shard, COALESCE(replica_id, ''), epoch, false FROM shard_leases
+WHERE shard = $1 AND NOT EXISTS (SELECT 1 FROM ins)`
+
+// AcquireLease takes a free shard or one whose holder is dead.
+func (s *Store) AcquireLease(ctx context.Context, shard int, replicaID string, ttl time.Duration) (registry.Lease, bool, error) {
+	var l registry.Lease
+	var took bool
+	err := s.db.QueryRow(ctx, sqlAcquireLease, shard, replicaID, ttl).Scan(&l.Shard, &l.ReplicaID, &l.Epoch, &took)
+	if err != nil {
+		return registry.Lease{}, false, fmt.Errorf("acquire lease on shard %d: %w", shard, translate(err))
+	}
+	return l, took, nil
+}
+
+// ReleaseLease frees the shard if l is still its lease.
+func (s *Store) ReleaseLease(ctx context.Context, l registry.Lease) error {
+	_, err := s.db.Exec(ctx, `UPDATE shard_leases SET replica_id = NULL
+		WHERE shard = $1 AND replica_id = $2 AND epoch = $3`, l.Shard, l.ReplicaID, l.Epoch)
+	if err != nil {
+		return fmt.Errorf("release lease on shard %d: %w", l.Shard, translate(err))
+	}
+	return nil
+}
+
+// CheckLease returns ErrFenced unless l is current; in a transaction the
+// lease row is share-locked until it ends, so nobody can take the shard
+// while the fenced writes are made.
+func (s *Store) CheckLease(ctx context.Context, l registry.Lease) error {
+	sql := `SELECT EXISTS (SELECT 1 FROM shard_leases WHERE shard = $1 AND replica_id = $2 AND epoch = $3)`
+	if s.inTx {
+		sql = `SELECT EXISTS (SELECT 1 FROM shard_leases WHERE shard = $1 AND replica_id = $2 AND epoch = $3 FOR SHARE)`
+	}
+	var held bool
+	if err := s.db.QueryRow(ctx, sql, l.Shard, l.ReplicaID, l.Epoch).Scan(&held); err != nil {
+		return fmt.Errorf("check lease on shard %d: %w", l.Shard, translate(err))
+	}
+	if !held {
+		return fmt.Errorf("shard %d lease of %s at epoch %d: %w", l.Shard, l.ReplicaID, l.Epoch, registry.ErrFenced)
+	}
+	return nil
+}
