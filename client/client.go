@@ -204,6 +204,14 @@ func (c *Client) RotatePlatformKey(ctx context.Context, productID string) (Platf
 	return out, err
 }
 
+// Replicas lists the orchestrator replicas sharing the database, with the
+// shards each holds (admin key). Errors: INVALID_ADMIN_KEY.
+func (c *Client) Replicas(ctx context.Context) (ReplicaList, error) {
+	var out ReplicaList
+	err := c.do(ctx, http.MethodGet, "/replicas", nil, authAdmin, nil, &out)
+	return out, err
+}
+
 // Health reports whether the orchestrator and its database are up; a
 // *Error with status 503 when they are not.
 func (c *Client) Health(ctx context.Context) (Health, error) {

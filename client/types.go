@@ -188,3 +188,22 @@ type PlatformKeyRotated struct {
 type Health struct {
 	Status string `json:"status"`
 }
+
+// Replica is one orchestrator process sharing the database.
+type Replica struct {
+	ReplicaID   string    `json:"replica_id"`
+	Host        string    `json:"host"`
+	Pid         int       `json:"pid"`
+	Version     string    `json:"version"`
+	StartedAt   time.Time `json:"started_at"`
+	HeartbeatAt time.Time `json:"heartbeat_at"`
+	// Alive: its heartbeat is younger than ORCH_REPLICA_TTL_S.
+	Alive bool `json:"alive"`
+	// Shards is how many shards of the engines' background work it holds.
+	Shards int `json:"shards"`
+}
+
+// ReplicaList is the answer to Replicas.
+type ReplicaList struct {
+	Replicas []Replica `json:"replicas"`
+}

@@ -197,7 +197,33 @@ func clientCmds(getenv func(string) string, stdout, stderr io.Writer) []*cobra.C
 		},
 	}
 	f.register(status, getenv)
-	return []*cobra.Command{products, engines, status}
+
+	replicas := &cobra.Command{Use: "replicas", Short: "The orchestrator replicas sharing the database (BAP_ADMIN_KEY)"}
+	f.register(replicas, getenv)
+	replicas.AddCommand(&cobra.Command{
+		Use:   "ls",
+		Short: "List the replicas, their heartbeats and the shards each holds",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			list, err := f.client().Replicas(cmd.Context())
+			if err != nil {
+				return err
+			}
+			rows := [][]string{{"REPLICA", "HOST", "PID", "VERSION", "ALIVE", "SHARDS", "STARTED", "HEARTBEAT"}}
+			alive := 0
+			for _, r := range list.Replicas {
+				state := "no"
+				if r.Alive {
+					state = "yes"
+					alive++
+				}
+				rows = append(rows, []string{r.ReplicaID, r.Host, strconv.Itoa(r.Pid), r.Version, state,
+					strconv.Itoa(r.Shards), fmtTime(&r.StartedAt), fmtTime(&r.HeartbeatAt)})
+			}
+			return out.table(list, rows, fmt.Sprintf("%d replicas, %d alive", len(list.Replicas), alive))
+		},
+	})
+	return []*cobra.Command{products, engines, status, replicas}
 }
 
 // userCmd builds a command taking one USER_ID whose call may take long:

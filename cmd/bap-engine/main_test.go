@@ -515,8 +515,10 @@ func TestKilledDuringProvisionAndDestroy(t *testing.T) {
 
 			c = startChild(t, env)
 			pc = client.New(c.url, client.WithPlatformKey(prod.PlatformAPIKey))
-			_, err = pc.Get(ctx, "bob")
-			require.Equal(t, "ENGINE_NOT_FOUND", client.ErrorCode(err), "destroy finished by reconciliation")
+			require.Eventually(t, func() bool {
+				_, err = pc.Get(ctx, "bob")
+				return client.ErrorCode(err) == "ENGINE_NOT_FOUND"
+			}, 5*time.Second, 10*time.Millisecond, "destroy finished by the takeover of the dead orchestrator's operation")
 			require.Zero(t, engineAnswers(t, done.URL, done.APIKey), "destroyed engine's process is gone")
 
 			list, err := pc.List(ctx, client.ListOptions{})

@@ -27,6 +27,7 @@ import (
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/postgres"
 	"github.com/september/bap-engine/internal/registry/sqlite"
+	"github.com/september/bap-engine/internal/replica"
 	"github.com/september/bap-engine/internal/secret"
 )
 
@@ -37,6 +38,9 @@ const (
 	shutdownTimeout = 15 * time.Second
 )
 
+// version names this build (set with -ldflags "-X main.version=…").
+var version = "dev"
+
 // server is the orchestrator assembled from a Config: the only place that
 // names concrete implementations.
 type server struct {
@@ -44,6 +48,7 @@ type server struct {
 	log       *slog.Logger
 	store     registry.Store
 	backend   backend.Backend
+	replica   *replica.Replica
 	lifecycle *lifecycle.Manager
 	discovery *discovery.Service
 	checker   *health.Checker
@@ -187,14 +192,29 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 			return out, nil
 		},
 	})
+	rep := replica.New(store, replica.Config{
+		TTL:     cfg.ReplicaTTL,
+		Version: version,
+		// With SQLite this process holds the file's lock: no other
+		// orchestrator can be alive.
+		Exclusive: cfg.DatabaseDriver == config.DriverSQLite,
+		Logger:    log,
+	})
 	lm := lifecycle.New(store, be, sealer, lifecycle.Config{
 		PortMin:      cfg.PortMin,
 		PortMax:      cfg.PortMax,
 		BootTimeout:  cfg.BootTimeout,
 		DefaultImage: cfg.EngineImage,
 		SleepMode:    cfg.SleepMode,
-		Logger:       log,
-		Observer:     met,
+		Restart: lifecycle.RestartPolicy{
+			MaxAttempts: cfg.RestartMaxAttempts,
+			BackoffBase: cfg.RestartBackoffBase,
+			BackoffMax:  cfg.RestartBackoffMax,
+		},
+		OrphanGrace: cfg.ReconcileGrace,
+		Replica:     rep,
+		Logger:      log,
+		Observer:    met,
 	})
 	limiter := policy.NewLimiter(time.Now)
 	// last_active_at is written at most once per engine per TouchInterval;
@@ -214,15 +234,12 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		return metrics.AdmitCacheStats{Live: st.Live, Engines: st.Engines, Hits: st.Hits, Reads: st.Reads}
 	})
 	checker := health.New(store, lm, health.Config{
-		Interval:           cfg.HealthCheckInterval,
-		Timeout:            cfg.HealthCheckTimeout,
-		MaxFailures:        cfg.HealthMaxFailures,
-		RestartMaxAttempts: cfg.RestartMaxAttempts,
-		BackoffBase:        cfg.RestartBackoffBase,
-		BackoffMax:         cfg.RestartBackoffMax,
-		SleepMode:          cfg.SleepMode,
-		Logger:             log,
-		Observer:           met,
+		Interval:    cfg.HealthCheckInterval,
+		Timeout:     cfg.HealthCheckTimeout,
+		MaxFailures: cfg.HealthMaxFailures,
+		SleepMode:   cfg.SleepMode,
+		Logger:      log,
+		Observer:    met,
 	})
 	idle := health.NewIdleSweeper(store, lm, health.IdleConfig{IdleTimeout: cfg.IdleTimeout, Logger: log})
 	handler := api.New(api.Deps{
@@ -235,37 +252,56 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		Logger:           log,
 	})
 	return &server{
-		cfg: cfg, log: log, store: store, backend: be, lifecycle: lm,
+		cfg: cfg, log: log, store: store, backend: be, replica: rep, lifecycle: lm,
 		discovery: disc, checker: checker, idle: idle, handler: handler,
 	}, nil
 }
 
-// backoff is the restart schedule ORCH_RESTART_BACKOFF_* configure.
-func (s *server) backoff(n int) time.Duration {
-	return health.Backoff(s.cfg.RestartBackoffBase, s.cfg.RestartBackoffMax, n)
-}
-
-// serve runs the orchestrator on ln until ctx ends: a reconciliation pass,
-// then the HTTP API and every background loop. Shutdown stops accepting,
-// finishes in-flight requests (bounded), stops the loops and never stops
-// engines.
+// serve runs the orchestrator on ln until ctx ends: it registers as a
+// replica and takes its shards, takes over what dead replicas (a previous
+// run of this one included) left unfinished, then serves the HTTP API and
+// every background loop. Shutdown stops accepting, finishes in-flight
+// requests (bounded), stops the loops, waits for the operations in flight,
+// and only then deregisters, so that no other replica takes over work this
+// one still does. It never stops engines.
 func (s *server) serve(ctx context.Context, ln net.Listener) error {
-	if st, err := s.lifecycle.Reconcile(ctx, s.cfg.ReconcileGrace, s.backoff); err != nil {
+	if err := s.replica.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it started
+		}
+		return err
+	}
+	repCtx, stopReplica := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopReplica()
+	repDone := make(chan struct{})
+	go func() {
+		defer close(repDone)
+		_ = s.replica.Run(repCtx)
+	}()
+	if st, err := s.lifecycle.Reconcile(ctx); err != nil {
 		s.log.Warn("startup reconciliation incomplete; the periodic pass will retry", "err", err)
 	} else {
-		s.log.Info("startup reconciliation", "stats", fmt.Sprintf("%+v", st))
+		s.log.Info("startup reconciliation", "engines", st.Engines, "taken_over", st.TakenOver,
+			"running_lost", st.RunningLost, "orphans_removed", st.OrphansRemoved, "ports_freed", st.PortsFreed)
 	}
 
 	loopCtx, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLoops()
+	reconciler := lifecycle.NewReconciler(s.lifecycle, lifecycle.ReconcilerConfig{Every: reconcileEvery, Logger: s.log})
 	g, gctx := errgroup.WithContext(loopCtx)
 	g.Go(func() error { return ignoreCanceled(s.discovery.Run(gctx)) })
 	g.Go(func() error { return ignoreCanceled(s.checker.Run(gctx)) })
 	g.Go(func() error { return s.checker.RunCrashWatch(gctx) })
 	g.Go(func() error { return ignoreCanceled(s.idle.Run(gctx)) })
-	g.Go(func() error { s.reconcileLoop(gctx); return nil })
+	g.Go(func() error { return reconciler.Run(gctx) })
 	if s.cfg.AuditRetentionDays > 0 {
-		g.Go(func() error { s.pruneLoop(gctx); return nil })
+		pruner := registry.NewPruner(s.store, registry.PrunerConfig{
+			Retention: time.Duration(s.cfg.AuditRetentionDays) * 24 * time.Hour,
+			Every:     pruneEvery,
+			Leader:    func() bool { _, ok := s.replica.Leader(); return ok },
+			Logger:    s.log,
+		})
+		g.Go(func() error { return pruner.Run(gctx) })
 	}
 
 	srv := &http.Server{
@@ -276,7 +312,7 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	s.log.Info("bap-engine listening", "addr", ln.Addr().String(), "backend", s.backend.Name(),
-		"database", s.cfg.DatabaseDriver, "sleep_mode", s.cfg.SleepMode)
+		"database", s.cfg.DatabaseDriver, "sleep_mode", s.cfg.SleepMode, "replica_id", s.replica.ID())
 
 	var err error
 	select {
@@ -293,50 +329,20 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 	if gerr := g.Wait(); gerr != nil {
 		s.log.Warn("background loop", "err", gerr)
 	}
+	closeErr := s.lifecycle.Close(shutCtx)
+	stopReplica()
+	<-repDone
+	if closeErr != nil {
+		// Operations still run: leave the replica row to expire, so that
+		// others take them over only once this process is gone.
+		s.log.Warn("operations still running at shutdown; other replicas take them over after the TTL", "err", closeErr)
+	} else {
+		s.replica.Deregister(context.WithoutCancel(ctx))
+	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
 	return err
-}
-
-func (s *server) reconcileLoop(ctx context.Context) {
-	t := time.NewTicker(reconcileEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		pctx, cancel := context.WithTimeout(ctx, reconcileEvery)
-		st, err := s.lifecycle.Reconcile(pctx, s.cfg.ReconcileGrace, s.backoff)
-		cancel()
-		if err != nil {
-			s.log.Warn("reconciliation", "err", err)
-			continue
-		}
-		if st != (lifecycle.ReconcileStats{}) {
-			s.log.Info("reconciliation repaired", "stats", fmt.Sprintf("%+v", st))
-		}
-	}
-}
-
-func (s *server) pruneLoop(ctx context.Context) {
-	t := time.NewTicker(pruneEvery)
-	defer t.Stop()
-	for {
-		before := bap.Now().Add(-time.Duration(s.cfg.AuditRetentionDays) * 24 * time.Hour)
-		if n, err := s.store.PruneAudit(ctx, before); err != nil {
-			s.log.Warn("audit pruning", "err", err)
-		} else if n > 0 {
-			s.log.Info("audit pruned", "rows", n)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 func ignoreCanceled(err error) error {

@@ -248,3 +248,28 @@ func TestListPagination(t *testing.T) {
 		require.Empty(t, past.Engines)
 	})
 }
+
+// TestReplicasListsTheOrchestrators: GET /replicas (admin) shows every
+// registered replica, its liveness and the shards it holds.
+func TestReplicasListsTheOrchestrators(t *testing.T) {
+	runBoth(t, func(t *testing.T, store registry.Store) {
+		h := newHarness(t, store, options{})
+		ctx := t.Context()
+		live := registrytest.NewReplica(t, store)
+		_, took, err := store.AcquireLease(ctx, 7, live.ID, time.Hour)
+		require.NoError(t, err)
+		require.True(t, took)
+		list, err := h.admin.Replicas(ctx)
+		require.NoError(t, err)
+		require.Len(t, list.Replicas, 1)
+		got := list.Replicas[0]
+		require.Equal(t, live.ID, got.ReplicaID)
+		require.Equal(t, live.Host, got.Host)
+		require.Equal(t, live.Pid, got.Pid)
+		require.True(t, got.Alive)
+		require.Equal(t, 1, got.Shards)
+
+		_, err = h.platform("pk-sept-nope").Replicas(ctx)
+		require.Equal(t, client.CodeInvalidAdminKey, client.ErrorCode(err))
+	})
+}

@@ -50,5 +50,6 @@ func (s *server) routes() []route {
 		{http.MethodGet, "/metrics/prometheus", authAdmin, s.prometheus},
 		{http.MethodGet, "/engines/{user_id}/audit", authPlatform, s.engineAudit},
 		{http.MethodPost, "/products/{product_id}/rotate-platform-key", authAdmin, s.rotatePlatformKey},
+		{http.MethodGet, "/replicas", authAdmin, s.replicas},
 	}
 }

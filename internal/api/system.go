@@ -55,3 +55,37 @@ func (s *server) prometheus(w http.ResponseWriter, r *http.Request, _ bap.Produc
 	s.promHTTP.ServeHTTP(w, r)
 	return nil
 }
+
+type replicaInfo struct {
+	ReplicaID   string `json:"replica_id"`
+	Host        string `json:"host"`
+	Pid         int    `json:"pid"`
+	Version     string `json:"version"`
+	StartedAt   string `json:"started_at"`
+	HeartbeatAt string `json:"heartbeat_at"`
+	Alive       bool   `json:"alive"`
+	Shards      int    `json:"shards"`
+}
+
+type replicasResponse struct {
+	Replicas []replicaInfo `json:"replicas"`
+}
+
+// replicas: GET /replicas (admin key): the orchestrator replicas sharing
+// the database, alive or recently dead, and the shards each holds (SPEC §15).
+func (s *server) replicas(w http.ResponseWriter, r *http.Request, _ bap.Product) error {
+	list, err := s.store.Replicas(r.Context(), s.lifecycle.Replica().TTL())
+	if err != nil {
+		return fmt.Errorf("list replicas: %w", err)
+	}
+	out := replicasResponse{Replicas: make([]replicaInfo, 0, len(list))}
+	for _, rp := range list {
+		out.Replicas = append(out.Replicas, replicaInfo{
+			ReplicaID: rp.ID, Host: rp.Host, Pid: rp.Pid, Version: rp.Version,
+			StartedAt: bap.FormatTime(rp.StartedAt), HeartbeatAt: bap.FormatTime(rp.HeartbeatAt),
+			Alive: rp.Alive, Shards: rp.Shards,
+		})
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}

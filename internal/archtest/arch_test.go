@@ -43,7 +43,7 @@ func internalImports(deps []string) []string {
 
 func TestLeavesImportNothingInternal(t *testing.T) {
 	pkgs := imports(t)
-	for _, leaf := range []string{"internal/bap", "internal/config", "internal/secret", "internal/backend", "internal/metrics"} {
+	for _, leaf := range []string{"internal/bap", "internal/config", "internal/secret", "internal/backend", "internal/metrics", "internal/loop"} {
 		require.Contains(t, pkgs, leaf)
 		require.Empty(t, internalImports(pkgs[leaf]), "%s is a leaf", leaf)
 	}
@@ -52,13 +52,14 @@ func TestLeavesImportNothingInternal(t *testing.T) {
 func TestAllowedInternalImports(t *testing.T) {
 	allowed := map[string][]string{
 		"internal/audit":             {},
-		"internal/registry":          {"internal/bap", "internal/audit"},
+		"internal/registry":          {"internal/bap", "internal/audit", "internal/loop"},
+		"internal/replica":           {"internal/bap", "internal/registry", "internal/loop"},
 		"internal/registry/postgres": {"internal/bap", "internal/audit", "internal/registry"},
 		"internal/registry/sqlite":   {"internal/bap", "internal/audit", "internal/registry"},
-		"internal/lifecycle":         {"internal/bap", "internal/registry", "internal/backend", "internal/audit", "internal/secret", "internal/metrics"},
+		"internal/lifecycle":         {"internal/bap", "internal/registry", "internal/backend", "internal/audit", "internal/secret", "internal/metrics", "internal/replica", "internal/loop"},
 		"internal/policy":            {"internal/bap"},
 		"internal/discovery":         {"internal/bap", "internal/registry", "internal/policy", "internal/lifecycle", "internal/audit", "internal/secret"},
-		"internal/health":            {"internal/bap", "internal/registry", "internal/lifecycle", "internal/metrics", "internal/audit"},
+		"internal/health":            {"internal/bap", "internal/registry", "internal/lifecycle", "internal/metrics", "internal/audit", "internal/loop"},
 	}
 	pkgs := imports(t)
 	for pkg, ok := range allowed {

@@ -31,12 +31,19 @@ const (
 	LabelEngineID   = "bap-engine.engine_id"
 	LabelProductID  = "bap-engine.product_id"
 	LabelDeployment = "bap-engine.deployment"
+	// LabelReplica names the orchestrator replica that created the
+	// instance (SPEC §15): an instance without an engine row whose creator
+	// is dead is an orphan at once.
+	LabelReplica = "bap-engine.replica"
 )
 
 // Spec describes the instance to create for one engine.
 type Spec struct {
 	EngineID  string
 	ProductID string
+	// Replica is the creating replica's id (LabelReplica); it does not make
+	// two otherwise equal specs differ.
+	Replica string
 	// Image is the engine image (docker) and is ignored by subprocess.
 	Image string
 	// Port is the host port the engine is published on (docker) or listens
@@ -67,6 +74,9 @@ type Instance struct {
 	Name      string
 	EngineID  string
 	ProductID string
+	// Replica is the creating replica's id, from LabelReplica ("" when the
+	// instance predates replicas).
+	Replica   string
 	Status    Status
 	CreatedAt time.Time
 	// ExitCode is meaningful when Status is exited.

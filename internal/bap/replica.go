@@ -39,6 +39,10 @@ type Claim struct {
 // Held reports whether an operation is claimed.
 func (c Claim) Held() bool { return c.Op != "" }
 
+// Same reports whether c and o are the same claim (operation, owner and
+// epoch; the start time is a detail of the row).
+func (c Claim) Same(o Claim) bool { return c.Op == o.Op && c.Owner == o.Owner && c.Epoch == o.Epoch }
+
 // Replica is one orchestrator process sharing the database (SPEC §15).
 type Replica struct {
 	ID          string

@@ -107,9 +107,11 @@ type Config struct {
 	EngineHost string
 	// PlatformKeyGrace is how long a replaced platform key keeps working.
 	PlatformKeyGrace time.Duration
-	// ReconcileGrace is the age before reconciliation finishes an unfinished
-	// provisioning row or removes an instance with no row.
+	// ReconcileGrace is the age before reconciliation removes an instance
+	// with no row whose creating replica is alive.
 	ReconcileGrace time.Duration
+	// ReplicaTTL is how long a replica without heartbeat stays alive.
+	ReplicaTTL time.Duration
 	// AdmitCache is how long an admit keeps a running engine in memory; 0
 	// turns the engine cache off.
 	AdmitCache time.Duration
@@ -267,6 +269,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("engine_host", c.EngineHost),
 		slog.Duration("platform_key_grace", c.PlatformKeyGrace),
 		slog.Duration("reconcile_grace", c.ReconcileGrace),
+		slog.Duration("replica_ttl", c.ReplicaTTL),
 		slog.Int("audit_retention_days", c.AuditRetentionDays),
 		slog.String("log_level", c.LogLevel.String()),
 		slog.String("log_format", c.LogFormat),

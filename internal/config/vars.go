@@ -194,8 +194,13 @@ var table = []Var{
 	},
 	{
 		Name: "ORCH_RECONCILE_GRACE_S", Default: "120",
-		Help:  "Age before reconciliation touches an unfinished provisioning row or an unlabelled-in-the-registry instance; protects operations in flight elsewhere.",
+		Help:  "Age before reconciliation removes an instance that has no engine row while the replica that created it is alive (one made by a dead replica is removed at once).",
 		parse: duration(func(c *Config) *time.Duration { return &c.ReconcileGrace }, zeroAllowed),
+	},
+	{
+		Name: "ORCH_REPLICA_TTL_S", Default: "10",
+		Help:  "Seconds without a heartbeat after which an orchestrator replica is dead: its shards move and its unfinished operations are taken over within this plus 5 s.",
+		parse: duration(func(c *Config) *time.Duration { return &c.ReplicaTTL }, positive),
 	},
 	{
 		Name: "ORCH_ADMIT_CACHE_S", Default: "5",

@@ -28,13 +28,6 @@ type Config struct {
 	MaxFailures int
 	// MaxInFlight bounds concurrent probes (default 50).
 	MaxInFlight int
-	// RestartMaxAttempts is how many auto-restart attempts are made before
-	// giving up (default 8).
-	RestartMaxAttempts int
-	// BackoffBase and BackoffMax shape the delay before restart attempt n:
-	// min(BackoffBase·2ⁿ, BackoffMax) (defaults 5 s and 300 s).
-	BackoffBase time.Duration
-	BackoffMax  time.Duration
 	// SleepMode is the lifecycle sleep mode; sleeping engines are probed only
 	// in mark mode (default: the Manager's).
 	SleepMode string
@@ -166,15 +159,13 @@ func New(store registry.Store, lm *lifecycle.Manager, cfg Config) *Checker {
 		panic("health.New: store and lifecycle manager are required")
 	}
 	for name, d := range map[string]time.Duration{"Interval": cfg.Interval, "Timeout": cfg.Timeout,
-		"BackoffBase": cfg.BackoffBase, "BackoffMax": cfg.BackoffMax, "Refresh": cfg.Refresh,
-		"RestartPoll": cfg.RestartPoll, "FlushEvery": cfg.FlushEvery} {
+		"Refresh": cfg.Refresh, "RestartPoll": cfg.RestartPoll, "FlushEvery": cfg.FlushEvery} {
 		if d < 0 {
 			panic("health.New: negative " + name)
 		}
 	}
 	for name, n := range map[string]int{"MaxFailures": cfg.MaxFailures, "MaxInFlight": cfg.MaxInFlight,
-		"RestartMaxAttempts": cfg.RestartMaxAttempts, "RestartConcurrency": cfg.RestartConcurrency,
-		"FlushSize": cfg.FlushSize} {
+		"RestartConcurrency": cfg.RestartConcurrency, "FlushSize": cfg.FlushSize} {
 		if n < 0 {
 			panic("health.New: negative " + name)
 		}
@@ -183,9 +174,6 @@ func New(store registry.Store, lm *lifecycle.Manager, cfg Config) *Checker {
 	cfg.Timeout = cmp.Or(cfg.Timeout, 10*time.Second)
 	cfg.MaxFailures = cmp.Or(cfg.MaxFailures, 3)
 	cfg.MaxInFlight = cmp.Or(cfg.MaxInFlight, 50)
-	cfg.RestartMaxAttempts = cmp.Or(cfg.RestartMaxAttempts, 8)
-	cfg.BackoffBase = cmp.Or(cfg.BackoffBase, 5*time.Second)
-	cfg.BackoffMax = cmp.Or(cfg.BackoffMax, 300*time.Second)
 	cfg.SleepMode = cmp.Or(cfg.SleepMode, lm.Config().SleepMode)
 	cfg.Refresh = cmp.Or(cfg.Refresh, min(cfg.Interval, time.Second))
 	cfg.RestartPoll = cmp.Or(cfg.RestartPoll, time.Second)
@@ -266,16 +254,11 @@ func (c *Checker) Kick() {
 	}
 }
 
-// backoff is the restart delay function handed to lifecycle.
-func (c *Checker) backoff(n int) time.Duration {
-	return Backoff(c.cfg.BackoffBase, c.cfg.BackoffMax, n)
-}
-
 // RunCrashWatch marks engines whose instance stopped on their own as failed
 // (engine_died) and kicks the restart scheduler, until ctx ends. It returns
 // nil when ctx is done.
 func (c *Checker) RunCrashWatch(ctx context.Context) error {
-	c.lm.WatchCrashes(ctx, c.backoff, func(string) { c.Kick() })
+	c.lm.WatchCrashes(ctx, func(string) { c.Kick() })
 	return nil
 }
 
@@ -369,7 +352,7 @@ func (c *Checker) markFailed(ctx context.Context, engineID, reason string) {
 		if !c.eligible(e.Status) || e.HealthFailures < c.cfg.MaxFailures {
 			return
 		}
-		marked, err := c.lm.MarkFailed(ctx, engineID, audit.HealthFailed, reason, c.now().Add(c.backoff(0)))
+		marked, err := c.lm.MarkFailed(ctx, engineID, audit.HealthFailed, reason)
 		if err != nil {
 			if ctx.Err() == nil {
 				c.ctr.errors.Add(1)

@@ -47,14 +47,11 @@ func cmpLogger(l *slog.Logger) *slog.Logger {
 // backoffs, restarts looked for often.
 func fastConfig() health.Config {
 	return health.Config{
-		Interval:           100 * time.Millisecond,
-		Timeout:            time.Second,
-		MaxFailures:        3,
-		RestartMaxAttempts: 8,
-		BackoffBase:        50 * time.Millisecond,
-		BackoffMax:         400 * time.Millisecond,
-		RestartPoll:        50 * time.Millisecond,
-		FlushEvery:         20 * time.Millisecond,
+		Interval:    100 * time.Millisecond,
+		Timeout:     time.Second,
+		MaxFailures: 3,
+		RestartPoll: 50 * time.Millisecond,
+		FlushEvery:  20 * time.Millisecond,
 	}
 }
 
@@ -173,12 +170,12 @@ func TestCrashedEngineIsRestarted(t *testing.T) {
 	for _, s := range stores {
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t, envOptions{store: s.open(t)})
+			e := newEnv(t, envOptions{store: s.open(t),
+				restart: lifecycle.RestartPolicy{BackoffBase: 200 * time.Millisecond, BackoffMax: 400 * time.Millisecond}})
 			en, key := e.provision(t, "crashy")
 			require.Equal(t, 1, execute(t, en, key))
 			cfg := fastConfig()
 			cfg.RestartPoll = time.Hour
-			cfg.BackoffBase = 200 * time.Millisecond
 			c := startChecker(t, e, cfg, true, true)
 			c.sweep(t)
 			e.awaitWatching(t)
@@ -204,13 +201,11 @@ func TestCrashedEngineIsRestarted(t *testing.T) {
 // carries over from one Checker (one orchestrator process) to the next.
 func TestRestartGivesUp(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOptions{bootTimeout: 300 * time.Millisecond})
+	e := newEnv(t, envOptions{bootTimeout: 300 * time.Millisecond,
+		restart: lifecycle.RestartPolicy{MaxAttempts: 3, BackoffBase: 20 * time.Millisecond, BackoffMax: 40 * time.Millisecond}})
 	en, _ := e.provision(t, "doomed")
 	e.fake.SetUnhealthy(en.ID, true)
 	cfg := fastConfig()
-	cfg.RestartMaxAttempts = 3
-	cfg.BackoffBase = 20 * time.Millisecond
-	cfg.BackoffMax = 40 * time.Millisecond
 
 	// The first process stops right after its first attempt, as if the
 	// orchestrator were restarted.
@@ -253,7 +248,10 @@ func TestFailureCountersSurviveCheckerRestart(t *testing.T) {
 	for _, s := range stores {
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t, envOptions{store: s.open(t)})
+			// The restart delay is long enough to see that no restart runs
+			// before the due time the second process wrote.
+			e := newEnv(t, envOptions{store: s.open(t),
+				restart: lifecycle.RestartPolicy{BackoffBase: 300 * time.Millisecond, BackoffMax: 400 * time.Millisecond}})
 			en, _ := e.provision(t, "flaky")
 			e.fake.SetUnhealthy(en.ID, true)
 			cfg := fastConfig()
@@ -268,7 +266,6 @@ func TestFailureCountersSurviveCheckerRestart(t *testing.T) {
 			require.Equal(t, 2, e.engine(t, en.ID).HealthFailures)
 
 			// A new process needs one more failure, not three.
-			cfg.BackoffBase = 300 * time.Millisecond
 			second := startChecker(t, e, cfg, true, false)
 			st := second.sweep(t)
 			require.Equal(t, 1, st.Failed)
@@ -480,13 +477,13 @@ func TestRegistryOutage(t *testing.T) {
 // backend and restarted with its brain.
 func TestSubprocessEngineHungAndKilled(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOptions{subprocess: true})
+	e := newEnv(t, envOptions{subprocess: true,
+		restart: lifecycle.RestartPolicy{BackoffBase: 100 * time.Millisecond, BackoffMax: 400 * time.Millisecond}})
 	en, key := e.provision(t, "real")
 	require.Equal(t, 1, execute(t, en, key))
 	require.Equal(t, 2, execute(t, en, key))
 	cfg := fastConfig()
 	cfg.Timeout = 300 * time.Millisecond
-	cfg.BackoffBase = 100 * time.Millisecond
 	c := startChecker(t, e, cfg, true, true)
 	require.Equal(t, 1, c.sweep(t).Probed)
 
@@ -599,8 +596,5 @@ func TestNewRejectsNegativeSettings(t *testing.T) {
 	require.Equal(t, 10*time.Second, got.Timeout)
 	require.Equal(t, 3, got.MaxFailures)
 	require.Equal(t, 50, got.MaxInFlight)
-	require.Equal(t, 8, got.RestartMaxAttempts)
-	require.Equal(t, 5*time.Second, got.BackoffBase)
-	require.Equal(t, 300*time.Second, got.BackoffMax)
 	require.Equal(t, lifecycle.SleepMark, got.SleepMode)
 }

@@ -50,13 +50,12 @@ func TestDockerEngineHungKilledAndGivenUp(t *testing.T) {
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = be.Close() })
 			flaky := &failingStarts{Backend: be}
-			e := newEnv(t, envOptions{store: st.open(t), backend: flaky, image: image, bootTimeout: 20 * time.Second})
+			e := newEnv(t, envOptions{store: st.open(t), backend: flaky, image: image, bootTimeout: 20 * time.Second,
+				restart: lifecycle.RestartPolicy{MaxAttempts: 2, BackoffBase: 100 * time.Millisecond, BackoffMax: 400 * time.Millisecond}})
 			en, key := e.provision(t, "boxed")
 			require.Equal(t, 1, execute(t, en, key))
 			cfg := fastConfig()
 			cfg.Timeout = 300 * time.Millisecond
-			cfg.BackoffBase = 100 * time.Millisecond
-			cfg.RestartMaxAttempts = 2
 			c := startChecker(t, e, cfg, true, true)
 			require.Equal(t, 1, c.sweep(t).Probed)
 			name := docker.ContainerName(en.ID)

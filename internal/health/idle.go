@@ -123,6 +123,14 @@ func (s *IdleSweeper) runOnce(ctx context.Context) IdleStats {
 		st.Duration = time.Since(began)
 		return st
 	}
+	rep := s.lm.Replica()
+	mine := engines[:0]
+	for _, e := range engines {
+		if _, ok := rep.Lease(e.ID); ok {
+			mine = append(mine, e)
+		}
+	}
+	engines = mine
 	st.Running = len(engines)
 	idleSince := s.cfg.Now().Add(-s.cfg.IdleTimeout)
 	var (

@@ -129,7 +129,12 @@ type envOptions struct {
 	image       string          // the default engine image (docker)
 	sleepMode   string
 	bootTimeout time.Duration
+	// restart is the restart policy (default fastRestart).
+	restart lifecycle.RestartPolicy
 }
+
+// fastRestart is the tests' restart policy: short backoffs.
+var fastRestart = lifecycle.RestartPolicy{MaxAttempts: 8, BackoffBase: 50 * time.Millisecond, BackoffMax: 400 * time.Millisecond}
 
 func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
@@ -168,6 +173,10 @@ func newEnv(t testing.TB, o envOptions) *env {
 	require.NoError(t, err)
 	portMin, portMax := backendtest.PortRange(t, 40)
 	e.watching = make(chan struct{})
+	restart := o.restart
+	if restart == (lifecycle.RestartPolicy{}) {
+		restart = fastRestart
+	}
 	e.lm = lifecycle.New(store, &watchedBackend{Backend: e.be, watching: e.watching}, sealer, lifecycle.Config{
 		PortMin:      portMin,
 		PortMax:      portMax,
@@ -176,6 +185,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		StopGrace:    2 * time.Second,
 		ProbeTimeout: 500 * time.Millisecond,
 		SleepMode:    o.sleepMode,
+		Restart:      restart,
 		Logger:       quietLogger(),
 	})
 	e.product = bap.Product{ID: uuid.NewString(), Slug: "p-" + uuid.NewString()[:8], DisplayName: "Test",

@@ -8,6 +8,7 @@ import (
 
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/lifecycle"
+	"github.com/september/bap-engine/internal/loop"
 )
 
 // errRestartFailed is what the Observer sees for an attempt that did not
@@ -39,7 +40,7 @@ func (c *Checker) restartLoop(ctx context.Context) {
 		}
 		if err != nil {
 			c.ctr.errors.Add(1)
-			wait = Backoff(c.cfg.RestartPoll, 30*time.Second, fails)
+			wait = loop.Backoff(c.cfg.RestartPoll, 30*time.Second, fails)
 			fails++
 			c.log.Warn("health: read failed engines", "err", err, "retry_in", wait)
 		} else {
@@ -62,9 +63,13 @@ func (c *Checker) startDueRestarts(ctx context.Context) (time.Duration, error) {
 	now := c.now()
 	wait := c.cfg.RestartPoll
 	var due []bap.Engine
+	rep := c.lm.Replica()
 	for _, e := range failed {
 		if e.NextRestartAt == nil {
 			continue
+		}
+		if _, mine := rep.Lease(e.ID); !mine {
+			continue // another replica's shard
 		}
 		at := *e.NextRestartAt
 		c.mu.Lock()
@@ -128,7 +133,7 @@ func (c *Checker) startRestart(ctx context.Context, e bap.Engine, read time.Time
 
 // restart runs one attempt and accounts for its outcome.
 func (c *Checker) restart(ctx context.Context, e bap.Engine) {
-	out, err := c.lm.AutoRestart(ctx, e.ID, c.cfg.RestartMaxAttempts, c.backoff)
+	out, err := c.lm.AutoRestart(ctx, e.ID)
 	if ctx.Err() != nil {
 		return // shutdown: the attempt finishes detached and is recorded by lifecycle
 	}
@@ -147,7 +152,7 @@ func (c *Checker) restart(ctx context.Context, e bap.Engine) {
 		c.ctr.restarts.Add(1)
 		c.ctr.gaveUp.Add(1)
 		c.obs.Restart(e.ProductID, errRestartFailed)
-		log.Error("engine restart gave up: it stays failed until started", "attempts", c.cfg.RestartMaxAttempts)
+		log.Error("engine restart gave up: it stays failed until started", "attempts", c.lm.Config().Restart.MaxAttempts)
 	case lifecycle.RestartDeferred:
 		log.Warn("engine restart deferred: backend unavailable")
 	}
@@ -160,7 +165,7 @@ func (c *Checker) restart(ctx context.Context, e bap.Engine) {
 		// the engine back so an unreachable backend or registry is not
 		// hammered.
 		c.mu.Lock()
-		c.holdOff[e.ID] = c.now().Add(max(c.cfg.RestartPoll, c.cfg.BackoffBase))
+		c.holdOff[e.ID] = c.now().Add(max(c.cfg.RestartPoll, c.lm.Config().Restart.BackoffBase))
 		c.mu.Unlock()
 	}
 	if c.cfg.OnRestart != nil && out != lifecycle.RestartSkipped {

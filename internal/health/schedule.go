@@ -10,6 +10,7 @@ import (
 
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/lifecycle"
+	"github.com/september/bap-engine/internal/loop"
 	"github.com/september/bap-engine/internal/registry"
 )
 
@@ -20,6 +21,9 @@ type target struct {
 	id        string
 	productID string
 	url       string
+	// lease is this replica's lease on the engine's shard when the target
+	// was last refreshed; it fences the results.
+	lease registry.Lease
 	// updatedAt is the row's updated_at when failures was last synced: it
 	// changes with every lifecycle transition, which may reset the count.
 	updatedAt time.Time
@@ -55,8 +59,8 @@ type probeResult struct {
 	at   time.Time
 }
 
-// loop is the probe loop's state, owned by one goroutine.
-type loop struct {
+// probeLoop is the probe loop's state, owned by one goroutine.
+type probeLoop struct {
 	c       *Checker
 	targets map[string]*target
 	due     dueHeap
@@ -65,8 +69,8 @@ type loop struct {
 	maxLag  time.Duration
 }
 
-func (c *Checker) newLoop() *loop {
-	return &loop{
+func (c *Checker) newLoop() *probeLoop {
+	return &probeLoop{
 		c:       c,
 		targets: map[string]*target{},
 		// Every running probe sends exactly one result and at most
@@ -95,14 +99,20 @@ func firstDue(id string, now time.Time, interval time.Duration) time.Time {
 	return now.Add(wait)
 }
 
-// apply replaces the probed set with engines (the registry's current view):
-// new engines are scheduled in their phase, known ones keep their schedule
-// and resync their failure count after a lifecycle transition, and engines
-// no longer listed are dropped.
-func (l *loop) apply(engines []bap.Engine, now time.Time, schedule bool) {
+// apply replaces the probed set with engines (the registry's current view)
+// of the shards this replica holds: new engines are scheduled in their
+// phase, known ones keep their schedule and resync their failure count after
+// a lifecycle transition, and engines no longer listed (or whose shard
+// moved away) are dropped.
+func (l *probeLoop) apply(engines []bap.Engine, now time.Time, schedule bool) {
 	seen := make(map[string]bool, len(engines))
+	rep := l.c.lm.Replica()
 	for _, e := range engines {
 		if !l.c.eligible(e.Status) || e.URL == "" {
+			continue
+		}
+		lease, mine := rep.Lease(e.ID)
+		if !mine {
 			continue
 		}
 		seen[e.ID] = true
@@ -115,7 +125,7 @@ func (l *loop) apply(engines []bap.Engine, now time.Time, schedule bool) {
 		}
 		if t == nil {
 			t = &target{id: e.ID, productID: e.ProductID, url: e.URL, updatedAt: e.UpdatedAt,
-				failures: e.HealthFailures}
+				failures: e.HealthFailures, lease: lease}
 			l.targets[e.ID] = t
 			if schedule {
 				t.due = firstDue(e.ID, now, l.c.cfg.Interval)
@@ -123,6 +133,7 @@ func (l *loop) apply(engines []bap.Engine, now time.Time, schedule bool) {
 			}
 			continue
 		}
+		t.lease = lease
 		if !t.updatedAt.Equal(e.UpdatedAt) {
 			t.updatedAt = e.UpdatedAt
 			t.failures = e.HealthFailures
@@ -137,7 +148,7 @@ func (l *loop) apply(engines []bap.Engine, now time.Time, schedule bool) {
 }
 
 // start launches a probe of t.
-func (l *loop) start(ctx context.Context, t *target) {
+func (l *probeLoop) start(ctx context.Context, t *target) {
 	t.inFlight = true
 	l.active++
 	c := l.c
@@ -150,7 +161,7 @@ func (l *loop) start(ctx context.Context, t *target) {
 
 // handle records one probe result and starts marking the engine failed when
 // it reached MaxFailures consecutive failures.
-func (l *loop) handle(ctx context.Context, r probeResult) {
+func (l *probeLoop) handle(ctx context.Context, r probeResult) {
 	l.active--
 	t := r.t
 	t.inFlight = false
@@ -166,7 +177,7 @@ func (l *loop) handle(ctx context.Context, r probeResult) {
 	if t.gone {
 		return
 	}
-	c.w.add(registry.HealthResult{EngineID: t.id, OK: ok, At: bap.Timestamp(r.at), Sent: r.sent})
+	c.w.add(registry.HealthResult{EngineID: t.id, OK: ok, At: bap.Timestamp(r.at), Sent: r.sent, Lease: t.lease})
 	if ok {
 		t.failures = 0
 		return
@@ -188,7 +199,7 @@ func failedReason(n int, err error) string {
 }
 
 // drain waits for the running probes (cancelled with ctx) to report.
-func (l *loop) drain(ctx context.Context) {
+func (l *probeLoop) drain(ctx context.Context) {
 	for l.active > 0 {
 		l.handle(ctx, <-l.results)
 	}
@@ -262,7 +273,7 @@ func dispatchQuantum(interval time.Duration) time.Duration {
 // previous probe still runs skips this turn; every started engine is due
 // again one Interval after its due time, so a late start never shifts its
 // phase.
-func (l *loop) dispatch(ctx context.Context, now time.Time) {
+func (l *probeLoop) dispatch(ctx context.Context, now time.Time) {
 	interval := l.c.cfg.Interval
 	for l.active < l.c.cfg.MaxInFlight && len(l.due) > 0 && !l.due[0].due.After(now) {
 		t := l.due[0]
@@ -305,7 +316,7 @@ func (c *Checker) refresher(ctx context.Context, out chan<- []bap.Engine) {
 			return
 		case err != nil:
 			c.ctr.errors.Add(1)
-			wait = Backoff(c.cfg.Refresh, 30*time.Second, fails)
+			wait = loop.Backoff(c.cfg.Refresh, 30*time.Second, fails)
 			fails++
 			c.log.Warn("health: read engines to probe", "err", err, "retry_in", wait)
 		default:
@@ -347,7 +358,7 @@ func (c *Checker) sweepLoop(ctx context.Context) {
 
 // sweep probes every engine of the set once, waits for the results and the
 // transitions they cause, writes them, and reports the pass.
-func (c *Checker) sweep(ctx context.Context, l *loop) {
+func (c *Checker) sweep(ctx context.Context, l *probeLoop) {
 	began := time.Now()
 	engines, err := c.store.EnginesByStatus(ctx, c.states...)
 	if err != nil {

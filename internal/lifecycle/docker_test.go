@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/moby/moby/client"
@@ -158,9 +157,8 @@ func TestDockerUnreachableFailsNoEngine(t *testing.T) {
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { be.Close() })
-	en := newEnv(t, be, envOptions{})
+	en := newEnv(t, be, envOptions{restart: lifecycle.RestartPolicy{MaxAttempts: 3}})
 	ctx := context.Background()
-	backoff := func(int) time.Duration { return 0 }
 
 	running, err := en.lm.Provision(ctx, en.product, "runs", "", "test")
 	require.NoError(t, err)
@@ -170,21 +168,21 @@ func TestDockerUnreachableFailsNoEngine(t *testing.T) {
 	require.NoError(t, err)
 	broken, err := en.lm.Provision(ctx, en.product, "broken", "", "test")
 	require.NoError(t, err)
-	marked, err := en.lm.MarkFailed(ctx, broken.Engine.ID, audit.HealthFailed, "test", time.Now())
+	marked, err := en.lm.MarkFailed(ctx, broken.Engine.ID, audit.HealthFailed, "test")
 	require.NoError(t, err)
 	require.True(t, marked)
 
 	crashCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	go en.lm.WatchCrashes(crashCtx, backoff, nil)
+	go en.lm.WatchCrashes(crashCtx, nil)
 
 	proxy.down()
 
-	_, err = en.lm.Reconcile(ctx, 0, backoff)
+	_, err = en.lm.Reconcile(ctx)
 	require.Error(t, err, "reconciliation cannot list instances")
 	_, err = en.lm.Start(ctx, stopped.Engine.ID, "test")
 	require.Equal(t, bap.CodeBackendUnavailable, errCode(err))
-	out, err := en.lm.AutoRestart(ctx, broken.Engine.ID, 3, backoff)
+	out, err := en.lm.AutoRestart(ctx, broken.Engine.ID)
 	require.NoError(t, err)
 	require.Equal(t, lifecycle.RestartDeferred, out)
 	require.True(t, answers(running.Engine.URL), "engines keep serving without the daemon")
@@ -203,10 +201,10 @@ func TestDockerUnreachableFailsNoEngine(t *testing.T) {
 	proxy.up(t)
 	_, err = en.lm.Start(ctx, stopped.Engine.ID, "test")
 	require.NoError(t, err)
-	out, err = en.lm.AutoRestart(ctx, broken.Engine.ID, 3, backoff)
+	out, err = en.lm.AutoRestart(ctx, broken.Engine.ID)
 	require.NoError(t, err)
 	require.Equal(t, lifecycle.RestartSucceeded, out)
-	st, err := en.lm.Reconcile(ctx, time.Hour, backoff)
+	st, err := en.lm.Reconcile(ctx)
 	require.NoError(t, err)
 	require.Zero(t, st.RunningLost)
 }

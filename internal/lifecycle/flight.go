@@ -4,16 +4,21 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 )
 
-// flights serializes operations per key (an engine id, or a product/user
-// pair for provisions) and lets a caller of an operation that is already
-// running or queued for that key join it and share its result. Operations
-// run detached from their callers' contexts, so a caller that gives up never
-// interrupts a backend operation half-way.
+// flights serializes operations per key within this process (an engine id,
+// or a product/user pair for provisions) and lets a caller of an operation
+// that is already running or queued for that key join it and share its
+// result. Operations run detached from their callers' contexts, bounded by
+// the operation timeout, so a caller that gives up never interrupts a
+// backend operation half-way. Across processes, the claim on the engine's
+// row does the same (claim.go).
 type flights struct {
-	mu    sync.Mutex
-	slots map[string]*slot
+	timeout time.Duration
+	running sync.WaitGroup
+	mu      sync.Mutex
+	slots   map[string]*slot
 }
 
 type slot struct {
@@ -30,7 +35,12 @@ type call struct {
 	err  error
 }
 
-func newFlights() *flights { return &flights{slots: map[string]*slot{}} }
+func newFlights(timeout time.Duration) *flights {
+	return &flights{timeout: timeout, slots: map[string]*slot{}}
+}
+
+// wait waits for every operation started so far to finish.
+func (f *flights) wait() { f.running.Wait() }
 
 // do runs fn as operation op on key, or joins the same operation already
 // running or queued there. It waits for the result or for ctx to end.
@@ -55,8 +65,9 @@ func (f *flights) do(ctx context.Context, key, op string, fn func(context.Contex
 	s.refs++
 	f.mu.Unlock()
 
-	opCtx := context.WithoutCancel(ctx)
+	f.running.Add(1)
 	go func() {
+		defer f.running.Done()
 		<-s.turn
 		f.mu.Lock()
 		delete(s.pending, op)
@@ -64,6 +75,8 @@ func (f *flights) do(ctx context.Context, key, op string, fn func(context.Contex
 		f.mu.Unlock()
 
 		func() {
+			opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.timeout)
+			defer cancel()
 			defer func() {
 				if r := recover(); r != nil {
 					c.err = fmt.Errorf("operation %s panicked: %v", op, r)

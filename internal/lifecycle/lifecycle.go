@@ -3,19 +3,18 @@ package lifecycle
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
-
-	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/backend"
 	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/loop"
 	"github.com/september/bap-engine/internal/registry"
+	"github.com/september/bap-engine/internal/replica"
 	"github.com/september/bap-engine/internal/secret"
 )
 
@@ -25,6 +24,22 @@ const (
 	SleepPause = "pause"
 	SleepStop  = "stop"
 )
+
+// RestartPolicy shapes automatic restarts of failed engines (SPEC §8).
+type RestartPolicy struct {
+	// MaxAttempts is how many attempts are made before giving up
+	// (default 8).
+	MaxAttempts int
+	// BackoffBase and BackoffMax: attempt n waits min(base·2ⁿ, max)
+	// (defaults 5 s and 300 s).
+	BackoffBase time.Duration
+	BackoffMax  time.Duration
+}
+
+// Delay is the wait before restart attempt n (0-based).
+func (p RestartPolicy) Delay(n int) time.Duration {
+	return loop.Backoff(p.BackoffBase, p.BackoffMax, n)
+}
 
 // Config tunes a Manager. Zero values take the documented defaults.
 type Config struct {
@@ -41,11 +56,23 @@ type Config struct {
 	// ProbeTimeout bounds one /health probe while waiting for boot
 	// (default 2 s).
 	ProbeTimeout time.Duration
-	// OpTimeout bounds a whole detached operation beyond BootTimeout
-	// (default BootTimeout + StopGrace + 60 s).
+	// OpTimeout bounds a whole detached operation (default BootTimeout +
+	// 2·StopGrace + 60 s: a rotate-key may stop twice and boot twice).
 	OpTimeout time.Duration
-	Logger    *slog.Logger
-	Observer  Observer
+	// Restart is the automatic restart policy.
+	Restart RestartPolicy
+	// OrphanGrace is the age before an instance without any row, made by a
+	// replica that is alive (or by an orchestrator older than replicas), is
+	// removed (ORCH_RECONCILE_GRACE_S; zero: at once). One made by a dead
+	// replica is removed at once.
+	OrphanGrace time.Duration
+	// Replica is this process among the orchestrators sharing the database:
+	// it owns operation claims and says which engines' background work is
+	// this process's. Default: replica.Solo (the only one, holding every
+	// shard; for tests and tools).
+	Replica  *replica.Replica
+	Logger   *slog.Logger
+	Observer Observer
 }
 
 // Observer receives timings of completed operations (metrics). Methods must
@@ -68,6 +95,7 @@ type Manager struct {
 	backend backend.Backend
 	sealer  *secret.Sealer
 	cfg     Config
+	rep     *replica.Replica
 	log     *slog.Logger
 	obs     Observer
 	probe   *http.Client
@@ -75,6 +103,16 @@ type Manager struct {
 	// bootGuess is the learned start-to-healthy time of engines, in ns
 	// (waitHealthy).
 	bootGuess atomic.Int64
+	// bg tracks work started in the background (takeovers of dead
+	// replicas' operations), for Close.
+	bg      sync.WaitGroup
+	repairs sync.Map // engine id → struct{}: a takeover runs
+	// active maps engine id → epoch of the claims this process's operations
+	// hold; a claim of this replica not in it is a leftover to end.
+	active      sync.Map
+	takeoverSem chan struct{}
+	closing     chan struct{}
+	closeOne    sync.Once
 }
 
 // New returns a Manager. store, be and sealer are required.
@@ -89,7 +127,13 @@ func New(store registry.Store, be backend.Backend, sealer *secret.Sealer, cfg Co
 	cfg.DefaultImage = cmp.Or(cfg.DefaultImage, "september-engine:latest")
 	cfg.SleepMode = cmp.Or(cfg.SleepMode, SleepMark)
 	cfg.ProbeTimeout = cmp.Or(cfg.ProbeTimeout, 2*time.Second)
-	cfg.OpTimeout = cmp.Or(cfg.OpTimeout, cfg.BootTimeout+cfg.StopGrace+60*time.Second)
+	cfg.OpTimeout = cmp.Or(cfg.OpTimeout, cfg.BootTimeout+2*cfg.StopGrace+60*time.Second)
+	cfg.Restart.MaxAttempts = cmp.Or(cfg.Restart.MaxAttempts, 8)
+	cfg.Restart.BackoffBase = cmp.Or(cfg.Restart.BackoffBase, 5*time.Second)
+	cfg.Restart.BackoffMax = cmp.Or(cfg.Restart.BackoffMax, 300*time.Second)
+	if cfg.OrphanGrace < 0 || cfg.Restart.MaxAttempts < 0 || cfg.Restart.BackoffBase < 0 || cfg.Restart.BackoffMax < 0 {
+		panic("lifecycle.New: negative setting")
+	}
 	switch cfg.SleepMode {
 	case SleepMark, SleepPause, SleepStop:
 	default:
@@ -98,25 +142,66 @@ func New(store registry.Store, be backend.Backend, sealer *secret.Sealer, cfg Co
 	if cfg.PortMin > cfg.PortMax {
 		panic("lifecycle.New: PortMin > PortMax")
 	}
+	if cfg.Replica == nil {
+		cfg.Replica = replica.Solo(store)
+	}
 	log := cmp.Or(cfg.Logger, slog.Default())
 	var obs Observer = nopObserver{}
 	if cfg.Observer != nil {
 		obs = cfg.Observer
 	}
-	return &Manager{
-		store:   store,
-		backend: be,
+	m := &Manager{
 		sealer:  sealer,
+		store:   store,
 		cfg:     cfg,
+		rep:     cfg.Replica,
 		log:     log,
 		obs:     obs,
 		probe:   newProbeClient(),
-		flights: newFlights(),
+		closing: make(chan struct{}),
+
+		takeoverSem: make(chan struct{}, maxTakeovers),
 	}
+	m.backend = guarded{Backend: be, rep: cfg.Replica}
+	m.flights = newFlights(cfg.OpTimeout)
+	return m
 }
 
 // Config returns the effective configuration (defaults applied).
 func (m *Manager) Config() Config { return m.cfg }
+
+// Replica is the replica this Manager acts as.
+func (m *Manager) Replica() *replica.Replica { return m.rep }
+
+// Close waits, until ctx ends, for the operations this Manager runs (they
+// are detached from their callers) and its background takeovers; new
+// background work is refused from the start of Close. Call it before the
+// store closes.
+func (m *Manager) Close(ctx context.Context) error {
+	m.closeOne.Do(func() { close(m.closing) })
+	done := make(chan struct{})
+	go func() {
+		m.flights.wait()
+		m.bg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("lifecycle close: operations still running: %w", ctx.Err())
+	}
+}
+
+// closed reports whether Close began.
+func (m *Manager) closed() bool {
+	select {
+	case <-m.closing:
+		return true
+	default:
+		return false
+	}
+}
 
 // Result is the outcome of an operation: the engine as committed and, for
 // provision and rotate-key, the new plaintext key (empty otherwise).
@@ -139,559 +224,12 @@ func (m *Manager) APIKey(e bap.Engine) (string, error) {
 	return k, nil
 }
 
-// Provision creates a product's engine for userID (SPEC §5): the quota check
-// and the insert of the provisioning row with the lowest free port are one
-// transaction; then the backend creates and starts it and the engine is
-// waited healthy. Concurrent provisions for the same user join one flight.
-// Errors: VALIDATION_ERROR, ENGINE_ALREADY_EXISTS, QUOTA_EXCEEDED,
-// PORT_EXHAUSTION, BOOT_TIMEOUT, IMAGE_NOT_FOUND, BACKEND_UNAVAILABLE,
-// BACKEND_ERROR, DATABASE_UNAVAILABLE.
-func (m *Manager) Provision(ctx context.Context, p bap.Product, userID, image, actor string) (Result, error) {
-	if err := bap.ValidateUserID(userID); err != nil {
-		return Result{}, err
-	}
-	if image == "" {
-		image = m.cfg.DefaultImage
-	} else if err := validateImage(image); err != nil {
-		return Result{}, err
-	}
-	return m.flights.do(ctx, provisionKey(p.ID, userID), "provision", func(ctx context.Context) (Result, error) {
-		return m.provision(ctx, p, userID, image, actor)
-	})
-}
-
-func provisionKey(productID, userID string) string { return "provision/" + productID + "/" + userID }
-
-// AwaitProvision waits for an engine in provisioning to leave that state —
-// joining the provision when it runs in this process, else watching the
-// registry — and returns the engine as it then is. Errors:
-// ENGINE_NOT_FOUND (the provision failed and was destroyed), BOOT_TIMEOUT,
-// DATABASE_UNAVAILABLE.
-func (m *Manager) AwaitProvision(ctx context.Context, e bap.Engine) (bap.Engine, error) {
-	if err := m.flights.idle(ctx, provisionKey(e.ProductID, e.UserID)); err != nil {
-		return bap.Engine{}, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout+5*time.Second)
-	defer cancel()
-	delay := probeFirstDelay
-	for {
-		cur, err := m.load(ctx, e.ID)
-		if err != nil || cur.Status != bap.StateProvisioning {
-			return cur, err
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return bap.Engine{}, bap.Errorf(bap.CodeBootTimeout, "Engine did not become healthy within %s.", m.cfg.BootTimeout)
-		case <-t.C:
-		}
-		delay = min(delay*2, probeMaxDelay)
-	}
-}
-
-func (m *Manager) provision(ctx context.Context, p bap.Product, userID, image, actor string) (res Result, err error) {
-	began := time.Now()
-	defer func() { m.obs.Operation(p.ID, "provision", time.Since(began), err) }()
-
-	if err := m.checkMaxRunning(ctx, p); err != nil {
-		return Result{}, err
-	}
-	plain, err := secret.NewEngineKey()
-	if err != nil {
-		return Result{}, fmt.Errorf("generate engine key: %w", err)
-	}
-	token, err := m.sealer.Seal(plain)
-	if err != nil {
-		return Result{}, fmt.Errorf("seal engine key: %w", err)
-	}
-	now := bap.Now()
-	e := bap.Engine{
-		ID:        uuid.NewString(),
-		ProductID: p.ID,
-		UserID:    userID,
-		Status:    bap.StateProvisioning,
-		KeyHash:   secret.Hash(plain),
-		KeyEnc:    token,
-		Image:     image,
-		CreatedAt: now,
-		UpdatedAt: now,
-	}
-	var quota registry.Quota
-	if p.Policy.MaxEngines != nil {
-		quota.MaxEngines = *p.Policy.MaxEngines
-		if quota.MaxEngines == 0 {
-			return Result{}, bap.Errorf(bap.CodeQuotaExceeded, "Product at max_engines limit (0).")
-		}
-	}
-	err = m.store.InTx(ctx, func(tx registry.Store) error {
-		port, err := tx.AllocatePort(ctx, e.ID, m.cfg.PortMin, m.cfg.PortMax)
-		if err != nil {
-			return err
-		}
-		e.Port = port
-		e.URL = m.backend.URL(e.ID, port)
-		return tx.InsertEngine(ctx, e, quota)
-	})
-	switch {
-	case errors.Is(err, registry.ErrQuotaExceeded):
-		return Result{}, bap.Errorf(bap.CodeQuotaExceeded, "Product at max_engines limit (%d).", quota.MaxEngines)
-	case errors.Is(err, registry.ErrPortExhausted):
-		return Result{}, bap.Errorf(bap.CodePortExhaustion, "No free engine port in %d-%d.", m.cfg.PortMin, m.cfg.PortMax)
-	case errors.Is(err, registry.ErrConflict):
-		return Result{}, bap.Errorf(bap.CodeEngineAlreadyExists, "An engine already exists for user %q.", userID)
-	case err != nil:
-		return Result{}, storeErr("insert engine", err)
-	}
-
-	spec := m.spec(e, p)
-	bootStart := time.Now()
-	inst, err := m.createAndStart(ctx, spec)
-	if err == nil {
-		err = m.waitHealthy(ctx, e.URL, m.cfg.BootTimeout)
-	}
-	if err != nil {
-		return Result{}, m.failProvision(ctx, e, err)
-	}
-	boot := time.Since(bootStart)
-	m.obs.Boot(p.ID, boot)
-	bootMS := boot.Milliseconds()
-	e.Status = bap.StateRunning
-	e.InstanceID = inst.ID
-	e.BootDurationMS = &bootMS
-	e.LastActiveAt = ptr(bap.Now())
-	err = m.commit(ctx, e.ID, func(cur *bap.Engine) (*audit.Entry, error) {
-		if cur.Status != bap.StateProvisioning {
-			return nil, bap.Errorf(bap.CodeEngineBusy, "engine changed state to %s during provision", cur.Status)
-		}
-		*cur = e
-		return &audit.Entry{
-			Action:     audit.Provision,
-			Actor:      actor,
-			DurationMS: &bootMS,
-			Metadata:   map[string]any{"image": e.Image, "port": e.Port, "backend": m.backend.Name()},
-		}, nil
-	})
-	if err != nil {
-		return Result{}, err
-	}
-	e, err = m.store.GetEngine(ctx, e.ID)
-	if err != nil {
-		return Result{}, storeErr("read engine", err)
-	}
-	return Result{Engine: e, APIKey: plain}, nil
-}
-
-// failProvision records a failed provision: the instance and its data are
-// removed, the row stays failed with its port and the reason.
-func (m *Manager) failProvision(ctx context.Context, e bap.Engine, cause error) error {
-	reason := failureReason(cause)
-	m.log.Warn("provision failed", "engine_id", e.ID, "product_id", e.ProductID, "reason", reason)
-	if errors.Is(cause, backend.ErrUnavailable) {
-		// The backend could not be reached: nothing is known to exist, and
-		// the engine is not to blame. Reconciliation finishes the row if an
-		// instance appears later; the caller sees 503.
-		_ = m.backend.Destroy(ctx, e.ID)
-	} else if derr := m.backend.Destroy(ctx, e.ID); derr != nil {
-		m.log.Warn("cleanup after failed provision", "engine_id", e.ID, "err", derr)
-	}
-	err := m.commit(ctx, e.ID, func(cur *bap.Engine) (*audit.Entry, error) {
-		if cur.Status != bap.StateProvisioning {
-			return nil, nil
-		}
-		cur.Status = bap.StateFailed
-		cur.FailureReason = reason
-		return &audit.Entry{
-			Action:   audit.ProvisionFailed,
-			Actor:    audit.ActorSystem,
-			Metadata: map[string]any{"reason": reason, "image": e.Image, "port": e.Port},
-		}, nil
-	})
-	if err != nil {
-		m.log.Error("record failed provision", "engine_id", e.ID, "err", err)
-	}
-	return opErr(cause, m.cfg.BootTimeout)
-}
-
-// Start brings a stopped, sleeping or failed engine to running (SPEC §5):
-// the instance is recreated on the same data and port if it is gone.
-// Errors: ENGINE_NOT_FOUND, ENGINE_ALREADY_RUNNING, ENGINE_BUSY,
-// BOOT_TIMEOUT, BACKEND_UNAVAILABLE, BACKEND_ERROR, DATABASE_UNAVAILABLE.
-func (m *Manager) Start(ctx context.Context, engineID, actor string) (Result, error) {
-	return m.flights.do(ctx, engineID, "start", func(ctx context.Context) (Result, error) {
-		return m.bringUp(ctx, engineID, actor, audit.Start, false)
-	})
-}
-
-// Wake brings a sleeping (or stopped) engine back to running and is the
-// idempotent form of Start used by admit: a running engine is success.
-// Errors: as Start, without ENGINE_ALREADY_RUNNING.
-func (m *Manager) Wake(ctx context.Context, engineID, actor string) (Result, error) {
-	return m.flights.do(ctx, engineID, "wake", func(ctx context.Context) (Result, error) {
-		return m.bringUp(ctx, engineID, actor, audit.Wake, true)
-	})
-}
-
-func (m *Manager) bringUp(ctx context.Context, engineID, actor string, action audit.Action, idempotent bool) (res Result, err error) {
-	began := time.Now()
-	e, err := m.load(ctx, engineID)
-	if err != nil {
-		return Result{}, err
-	}
-	defer func() { m.obs.Operation(e.ProductID, string(action), time.Since(began), err) }()
-	switch e.Status {
-	case bap.StateRunning:
-		if idempotent {
-			return Result{Engine: e}, nil
-		}
-		return Result{}, bap.Errorf(bap.CodeEngineAlreadyRunning, "Engine is already running.")
-	case bap.StateProvisioning, bap.StateDestroying:
-		return Result{}, bap.Errorf(bap.CodeEngineBusy, "Engine is %s.", e.Status)
-	}
-	if e.Status == bap.StateStopped {
-		p, err := m.store.GetProduct(ctx, e.ProductID)
-		if err != nil {
-			return Result{}, storeErr("read product", err)
-		}
-		if err := m.checkMaxRunning(ctx, p); err != nil {
-			return Result{}, err
-		}
-	}
-	inst, boot, err := m.ensureRunning(ctx, e)
-	if err != nil {
-		return Result{}, m.failBringUp(ctx, e, action, actor, err)
-	}
-	from := e.Status
-	bootMS := boot.Milliseconds()
-	err = m.commit(ctx, e.ID, func(cur *bap.Engine) (*audit.Entry, error) {
-		if cur.Status == bap.StateDestroying || cur.Status == bap.StateProvisioning {
-			return nil, bap.Errorf(bap.CodeEngineBusy, "Engine is %s.", cur.Status)
-		}
-		cur.Status = bap.StateRunning
-		cur.InstanceID = inst.ID
-		cur.HealthFailures = 0
-		cur.RestartAttempts = 0
-		cur.NextRestartAt = nil
-		cur.FailureReason = ""
-		cur.LastActiveAt = ptr(bap.Now())
-		return &audit.Entry{
-			Action:     action,
-			Actor:      actor,
-			DurationMS: &bootMS,
-			Metadata:   map[string]any{"from": string(from)},
-		}, nil
-	})
-	if err != nil {
-		return Result{}, err
-	}
-	e, err = m.load(ctx, engineID)
-	return Result{Engine: e}, err
-}
-
-// failBringUp records a failed start/wake. An unreachable backend leaves the
-// state alone; anything else makes the engine failed with the reason.
-func (m *Manager) failBringUp(ctx context.Context, e bap.Engine, action audit.Action, actor string, cause error) error {
-	if errors.Is(cause, backend.ErrUnavailable) {
-		return opErr(cause, m.cfg.BootTimeout)
-	}
-	reason := failureReason(cause)
-	m.log.Warn(string(action)+" failed", "engine_id", e.ID, "reason", reason)
-	err := m.commit(ctx, e.ID, func(cur *bap.Engine) (*audit.Entry, error) {
-		if cur.Status == bap.StateDestroying || cur.Status == bap.StateProvisioning {
-			return nil, nil
-		}
-		cur.Status = bap.StateFailed
-		cur.FailureReason = reason
-		return &audit.Entry{
-			Action:   audit.StartFailed,
-			Actor:    actor,
-			Metadata: map[string]any{"reason": reason, "op": string(action)},
-		}, nil
-	})
-	if err != nil {
-		m.log.Error("record failed start", "engine_id", e.ID, "err", err)
-	}
-	return opErr(cause, m.cfg.BootTimeout)
-}
-
-// ensureRunning makes the engine's instance run and answer /health: it is
-// unpaused, started, or recreated on the same data when gone.
-func (m *Manager) ensureRunning(ctx context.Context, e bap.Engine) (backend.Instance, time.Duration, error) {
-	began := time.Now()
-	inst, err := m.backend.Inspect(ctx, e.ID)
-	switch {
-	case errors.Is(err, backend.ErrNotFound):
-		p, perr := m.store.GetProduct(ctx, e.ProductID)
-		if perr != nil {
-			return backend.Instance{}, 0, storeErr("read product", perr)
-		}
-		inst, err = m.createAndStart(ctx, m.spec(e, p))
-	case err != nil:
-	case inst.Status == backend.StatusPaused:
-		err = m.backend.Unpause(ctx, e.ID)
-	case inst.Status != backend.StatusRunning:
-		err = m.backend.Start(ctx, e.ID)
-		if errors.Is(err, backend.ErrNotFound) {
-			p, perr := m.store.GetProduct(ctx, e.ProductID)
-			if perr != nil {
-				return backend.Instance{}, 0, storeErr("read product", perr)
-			}
-			inst, err = m.createAndStart(ctx, m.spec(e, p))
-		}
-	}
-	if err != nil {
-		return backend.Instance{}, 0, err
-	}
-	if err := m.waitHealthy(ctx, e.URL, m.cfg.BootTimeout); err != nil {
-		return backend.Instance{}, 0, err
-	}
-	if inst.ID == "" {
-		if fresh, err := m.backend.Inspect(ctx, e.ID); err == nil {
-			inst = fresh
-		}
-	}
-	d := time.Since(began)
-	m.obs.Boot(e.ProductID, d)
-	return inst, d, nil
-}
-
-// Stop stops a running or sleeping engine; its data is kept (SPEC §5).
-// Errors: ENGINE_NOT_FOUND, ENGINE_NOT_RUNNING, ENGINE_BUSY,
-// BACKEND_UNAVAILABLE, BACKEND_ERROR, DATABASE_UNAVAILABLE.
-func (m *Manager) Stop(ctx context.Context, engineID, actor string) (Result, error) {
-	return m.flights.do(ctx, engineID, "stop", func(ctx context.Context) (res Result, err error) {
-		began := time.Now()
-		e, err := m.load(ctx, engineID)
-		if err != nil {
-			return Result{}, err
-		}
-		defer func() { m.obs.Operation(e.ProductID, "stop", time.Since(began), err) }()
-		switch e.Status {
-		case bap.StateRunning, bap.StateSleeping:
-		case bap.StateProvisioning, bap.StateDestroying:
-			return Result{}, bap.Errorf(bap.CodeEngineBusy, "Engine is %s.", e.Status)
-		default:
-			return Result{}, bap.Errorf(bap.CodeEngineNotRunning, "Engine is not running (status %s).", e.Status)
-		}
-		if err := m.stopInstance(ctx, e.ID); err != nil {
-			return Result{}, opErr(err, m.cfg.BootTimeout)
-		}
-		from := e.Status
-		err = m.commit(ctx, e.ID, func(cur *bap.Engine) (*audit.Entry, error) {
-			if cur.Status == bap.StateDestroying {
-				return nil, bap.Errorf(bap.CodeEngineBusy, "Engine is destroying.")
-			}
-			cur.Status = bap.StateStopped
-			return &audit.Entry{Action: audit.Stop, Actor: actor, DurationMS: ptr(time.Since(began).Milliseconds()),
-				Metadata: map[string]any{"from": string(from)}}, nil
-		})
-		if err != nil {
-			return Result{}, err
-		}
-		e, err = m.load(ctx, engineID)
-		return Result{Engine: e}, err
-	})
-}
-
-// stopInstance stops an instance, unpausing it first so it can handle
-// SIGTERM.
-func (m *Manager) stopInstance(ctx context.Context, engineID string) error {
-	inst, err := m.backend.Inspect(ctx, engineID)
-	if errors.Is(err, backend.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if inst.Status == backend.StatusPaused {
-		if err := m.backend.Unpause(ctx, engineID); err != nil && !errors.Is(err, backend.ErrNotFound) {
-			return err
-		}
-	}
-	return m.backend.Stop(ctx, engineID, m.cfg.StopGrace)
-}
-
-// Sleep puts a running engine to sleep as ORCH_SLEEP_MODE says (SPEC §7).
-// idleSince, when non-zero, makes the sleep conditional: an engine active
-// after it (a wake or admit that raced the sweep) is left running and
-// Sleep reports slept=false.
-func (m *Manager) Sleep(ctx context.Context, engineID string, idleSince time.Time) (slept bool, err error) {
-	res, err := m.flights.do(ctx, engineID, "sleep", func(ctx context.Context) (Result, error) {
-		e, err := m.load(ctx, engineID)
-		if err != nil {
-			return Result{}, err
-		}
-		if e.Status != bap.StateRunning || activeAfter(e, idleSince) {
-			return Result{}, nil
-		}
-		switch m.cfg.SleepMode {
-		case SleepPause:
-			err = m.backend.Pause(ctx, engineID)
-		case SleepStop:
-			err = m.stopInstance(ctx, engineID)
-		}
-		if err != nil {
-			return Result{}, opErr(err, m.cfg.BootTimeout)
-		}
-		var done bool
-		err = m.commit(ctx, e.ID, func(cur *bap.Engine) (*audit.Entry, error) {
-			if cur.Status != bap.StateRunning {
-				return nil, nil
-			}
-			cur.Status = bap.StateSleeping
-			done = true
-			return &audit.Entry{Action: audit.Sleep, Actor: audit.ActorSystem,
-				Metadata: map[string]any{"mode": m.cfg.SleepMode}}, nil
-		})
-		if err != nil {
-			return Result{}, err
-		}
-		if done {
-			return Result{outcome: "slept"}, nil
-		}
-		return Result{}, nil
-	})
-	return res.outcome == "slept", err
-}
-
-func activeAfter(e bap.Engine, idleSince time.Time) bool {
-	return !idleSince.IsZero() && e.LastActiveAt != nil && e.LastActiveAt.After(idleSince)
-}
-
-// RotateKey gives a running engine a new key: it is recreated with the new
-// ENGINE_KEY_HASH on the same data and port, waited healthy, and only then
-// the new hash and token are committed. If the new instance does not come
-// up, the old key's instance is restored. Errors: ENGINE_NOT_FOUND,
-// ENGINE_NOT_RUNNING, BOOT_TIMEOUT, BACKEND_*, DATABASE_UNAVAILABLE.
-func (m *Manager) RotateKey(ctx context.Context, engineID, actor string) (Result, error) {
-	return m.flights.do(ctx, engineID, "rotate-key", func(ctx context.Context) (res Result, err error) {
-		began := time.Now()
-		e, err := m.load(ctx, engineID)
-		if err != nil {
-			return Result{}, err
-		}
-		defer func() { m.obs.Operation(e.ProductID, "rotate_key", time.Since(began), err) }()
-		if e.Status != bap.StateRunning {
-			return Result{}, bap.Errorf(bap.CodeEngineNotRunning, "Engine is not running (status %s).", e.Status)
-		}
-		p, err := m.store.GetProduct(ctx, e.ProductID)
-		if err != nil {
-			return Result{}, storeErr("read product", err)
-		}
-		plain, err := secret.NewEngineKey()
-		if err != nil {
-			return Result{}, fmt.Errorf("generate engine key: %w", err)
-		}
-		token, err := m.sealer.Seal(plain)
-		if err != nil {
-			return Result{}, fmt.Errorf("seal engine key: %w", err)
-		}
-		next := e
-		next.KeyHash = secret.Hash(plain)
-		next.KeyEnc = token
-		inst, err := m.recreate(ctx, next, p)
-		if err != nil {
-			m.log.Warn("rotate-key failed, restoring the old key", "engine_id", e.ID, "reason", failureReason(err))
-			if _, rerr := m.recreate(ctx, e, p); rerr != nil {
-				return Result{}, m.failBringUp(ctx, e, audit.RotateKeyFailed, actor, err)
-			}
-			return Result{}, opErr(err, m.cfg.BootTimeout)
-		}
-		err = m.commit(ctx, e.ID, func(cur *bap.Engine) (*audit.Entry, error) {
-			if cur.Status == bap.StateDestroying {
-				return nil, bap.Errorf(bap.CodeEngineBusy, "Engine is destroying.")
-			}
-			cur.KeyHash = next.KeyHash
-			cur.KeyEnc = next.KeyEnc
-			cur.InstanceID = inst.ID
-			cur.Status = bap.StateRunning
-			return &audit.Entry{Action: audit.RotateKey, Actor: actor, DurationMS: ptr(time.Since(began).Milliseconds())}, nil
-		})
-		if err != nil {
-			return Result{}, err
-		}
-		e, err = m.load(ctx, engineID)
-		return Result{Engine: e, APIKey: plain}, err
-	})
-}
-
-// recreate replaces the engine's instance with one built from e (same data
-// and port) and waits for it to be healthy.
-func (m *Manager) recreate(ctx context.Context, e bap.Engine, p bap.Product) (backend.Instance, error) {
-	if err := m.backend.Stop(ctx, e.ID, m.cfg.StopGrace); err != nil {
-		return backend.Instance{}, err
-	}
-	if err := m.backend.Remove(ctx, e.ID); err != nil {
-		return backend.Instance{}, err
-	}
-	inst, err := m.createAndStart(ctx, m.spec(e, p))
-	if err != nil {
-		return backend.Instance{}, err
-	}
-	return inst, m.waitHealthy(ctx, e.URL, m.cfg.BootTimeout)
-}
-
-// Destroy removes an engine: destroying, backend destroy (instance and data),
-// then the row is deleted and its port freed with the destroy audit row.
-// Idempotent on a destroying engine. Errors: ENGINE_NOT_FOUND,
-// BACKEND_UNAVAILABLE (the row stays destroying; reconciliation finishes it),
-// DATABASE_UNAVAILABLE.
-func (m *Manager) Destroy(ctx context.Context, engineID, actor string) (Result, error) {
-	if e, err := m.load(ctx, engineID); err == nil && e.Status == bap.StateProvisioning {
-		// Let a provision of this engine in flight here finish first, so its
-		// instance is not created after the destroy removed everything.
-		if err := m.flights.idle(ctx, provisionKey(e.ProductID, e.UserID)); err != nil {
-			return Result{}, err
-		}
-	}
-	return m.flights.do(ctx, engineID, "destroy", func(ctx context.Context) (res Result, err error) {
-		began := time.Now()
-		e, err := m.load(ctx, engineID)
-		if err != nil {
-			return Result{}, err
-		}
-		defer func() { m.obs.Operation(e.ProductID, "destroy", time.Since(began), err) }()
-		from := e.Status
-		err = m.commit(ctx, e.ID, func(cur *bap.Engine) (*audit.Entry, error) {
-			cur.Status = bap.StateDestroying
-			return nil, nil
-		})
-		if err != nil {
-			return Result{}, err
-		}
-		if err := m.finishDestroy(ctx, e, actor, from, began); err != nil {
-			return Result{}, err
-		}
-		e.Status = bap.StateDestroying
-		return Result{Engine: e}, nil
-	})
-}
-
-// finishDestroy removes the instance and data, then the row and port.
-func (m *Manager) finishDestroy(ctx context.Context, e bap.Engine, actor string, from bap.State, began time.Time) error {
-	if err := m.backend.Destroy(ctx, e.ID); err != nil {
-		return opErr(err, m.cfg.BootTimeout)
-	}
-	err := m.store.DeleteEngine(ctx, e.ID, audit.Entry{
-		ProductID:  e.ProductID,
-		UserID:     e.UserID,
-		EngineID:   e.ID,
-		Action:     audit.Destroy,
-		Actor:      actor,
-		DurationMS: ptr(time.Since(began).Milliseconds()),
-		Metadata:   map[string]any{"from": string(from), "port": e.Port},
-	})
-	if err != nil && !errors.Is(err, registry.ErrNotFound) {
-		return storeErr("delete engine", err)
-	}
-	return nil
-}
-
 // spec is the backend description of an engine.
 func (m *Manager) spec(e bap.Engine, p bap.Product) backend.Spec {
 	s := backend.Spec{
 		EngineID:  e.ID,
 		ProductID: e.ProductID,
+		Replica:   m.rep.ID(),
 		Image:     e.Image,
 		Port:      e.Port,
 		KeyHash:   e.KeyHash,
@@ -705,6 +243,15 @@ func (m *Manager) spec(e bap.Engine, p bap.Product) backend.Spec {
 	return s
 }
 
+// specOf reads the engine's product and returns its backend description.
+func (m *Manager) specOf(ctx context.Context, e bap.Engine) (backend.Spec, error) {
+	p, err := m.store.GetProduct(ctx, e.ProductID)
+	if err != nil {
+		return backend.Spec{}, productErr("read product", err)
+	}
+	return m.spec(e, p), nil
+}
+
 func (m *Manager) createAndStart(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
 	inst, err := m.backend.Create(ctx, spec)
 	if err != nil {
@@ -716,23 +263,6 @@ func (m *Manager) createAndStart(ctx context.Context, spec backend.Spec) (backen
 	return inst, nil
 }
 
-// checkMaxRunning enforces the policy's max_running (engines running or
-// sleeping) before an operation adds one.
-func (m *Manager) checkMaxRunning(ctx context.Context, p bap.Product) error {
-	if p.Policy.MaxRunning == nil {
-		return nil
-	}
-	counts, err := m.store.CountByStatus(ctx, p.ID)
-	if err != nil {
-		return storeErr("count engines", err)
-	}
-	n := counts[bap.StateRunning] + counts[bap.StateSleeping] + counts[bap.StateProvisioning]
-	if n >= *p.Policy.MaxRunning {
-		return bap.Errorf(bap.CodeQuotaExceeded, "Product at max_running limit (%d).", *p.Policy.MaxRunning)
-	}
-	return nil
-}
-
 // load reads an engine, mapping a missing row to ENGINE_NOT_FOUND.
 func (m *Manager) load(ctx context.Context, id string) (bap.Engine, error) {
 	e, err := m.store.GetEngine(ctx, id)
@@ -741,107 +271,6 @@ func (m *Manager) load(ctx context.Context, id string) (bap.Engine, error) {
 	}
 	return e, nil
 }
-
-// commit re-reads the engine under its row lock, lets mutate change it and
-// name the audit entry, and writes both in one transaction. mutate returning
-// a nil entry and nil error with an unchanged engine writes nothing.
-func (m *Manager) commit(ctx context.Context, id string, mutate func(cur *bap.Engine) (*audit.Entry, error)) error {
-	err := m.store.InTx(ctx, func(tx registry.Store) error {
-		cur, err := tx.LockEngine(ctx, id)
-		if err != nil {
-			return err
-		}
-		before := cur
-		entry, err := mutate(&cur)
-		if err != nil {
-			return err
-		}
-		if entry == nil {
-			if cur == before {
-				return nil
-			}
-			return tx.UpdateEngine(ctx, cur)
-		}
-		entry.ProductID = cur.ProductID
-		entry.UserID = cur.UserID
-		entry.EngineID = cur.ID
-		return tx.UpdateEngine(ctx, cur, *entry)
-	})
-	if _, ok := bap.AsError(err); ok {
-		return err
-	}
-	if err != nil {
-		return storeErr("update engine", err)
-	}
-	return nil
-}
-
-// storeErr maps registry errors to API errors.
-func storeErr(what string, err error) error {
-	switch {
-	case errors.Is(err, registry.ErrNotFound):
-		return bap.Errorf(bap.CodeEngineNotFound, "Engine not found.")
-	case errors.Is(err, registry.ErrUnavailable):
-		return &wrapped{bap.Errorf(bap.CodeDatabaseUnavailable, "The database is unavailable; retry shortly."), fmt.Errorf("%s: %w", what, err)}
-	default:
-		return fmt.Errorf("%s: %w", what, err)
-	}
-}
-
-// opErr maps a backend or boot failure to the API error a caller sees.
-func opErr(err error, bootTimeout time.Duration) error {
-	if _, ok := bap.AsError(err); ok {
-		return err
-	}
-	switch {
-	case errors.Is(err, errBootTimeout):
-		return &wrapped{bap.Errorf(bap.CodeBootTimeout, "Engine did not become healthy within %s.", bootTimeout), err}
-	case errors.Is(err, backend.ErrImageNotFound):
-		return &wrapped{bap.Errorf(bap.CodeImageNotFound, "The engine image is not available."), err}
-	case errors.Is(err, backend.ErrUnavailable):
-		return &wrapped{bap.Errorf(bap.CodeBackendUnavailable, "The engine backend is unavailable; retry shortly."), err}
-	default:
-		return &wrapped{bap.Errorf(bap.CodeBackendError, "The engine backend failed."), err}
-	}
-}
-
-// failureReason is the short text stored on a failed engine.
-func failureReason(err error) string {
-	switch {
-	case errors.Is(err, errBootTimeout):
-		return "boot_timeout"
-	case errors.Is(err, backend.ErrImageNotFound):
-		return "image_not_found: " + truncate(err.Error(), 200)
-	default:
-		return truncate(err.Error(), 300)
-	}
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
-}
-
-// wrapped carries a caller-safe *bap.Error and the internal cause (for logs).
-type wrapped struct {
-	pub   *bap.Error
-	cause error
-}
-
-func (w *wrapped) Error() string { return w.pub.Error() + " (" + w.cause.Error() + ")" }
-
-// As exposes the public error to errors.As.
-func (w *wrapped) As(target any) bool {
-	if t, ok := target.(**bap.Error); ok {
-		*t = w.pub
-		return true
-	}
-	return false
-}
-
-func (w *wrapped) Unwrap() error { return w.cause }
 
 func ptr[T any](v T) *T { return &v }
 
@@ -861,4 +290,70 @@ func validateImage(s string) error {
 		}
 	}
 	return nil
+}
+
+// guarded refuses every backend call that changes an instance while this
+// replica's heartbeat is not fresh (replica.Valid): another replica may be
+// taking over its work, and two replicas must never operate one engine at
+// once. The refusal is backend.ErrUnavailable, so no engine is blamed.
+type guarded struct {
+	backend.Backend
+	rep *replica.Replica
+}
+
+func (g guarded) check(op, engineID string) error {
+	if g.rep.Valid() {
+		return nil
+	}
+	return fmt.Errorf("%s engine %s: this replica's heartbeat is not fresh, it may no longer act: %w",
+		op, engineID, backend.ErrUnavailable)
+}
+
+func (g guarded) Create(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
+	if err := g.check("create", spec.EngineID); err != nil {
+		return backend.Instance{}, err
+	}
+	return g.Backend.Create(ctx, spec)
+}
+
+func (g guarded) Start(ctx context.Context, id string) error {
+	if err := g.check("start", id); err != nil {
+		return err
+	}
+	return g.Backend.Start(ctx, id)
+}
+
+func (g guarded) Stop(ctx context.Context, id string, grace time.Duration) error {
+	if err := g.check("stop", id); err != nil {
+		return err
+	}
+	return g.Backend.Stop(ctx, id, grace)
+}
+
+func (g guarded) Pause(ctx context.Context, id string) error {
+	if err := g.check("pause", id); err != nil {
+		return err
+	}
+	return g.Backend.Pause(ctx, id)
+}
+
+func (g guarded) Unpause(ctx context.Context, id string) error {
+	if err := g.check("unpause", id); err != nil {
+		return err
+	}
+	return g.Backend.Unpause(ctx, id)
+}
+
+func (g guarded) Remove(ctx context.Context, id string) error {
+	if err := g.check("remove", id); err != nil {
+		return err
+	}
+	return g.Backend.Remove(ctx, id)
+}
+
+func (g guarded) Destroy(ctx context.Context, id string) error {
+	if err := g.check("destroy", id); err != nil {
+		return err
+	}
+	return g.Backend.Destroy(ctx, id)
 }

@@ -52,6 +52,8 @@ type env struct {
 	store   registry.Store
 	backend *countingBackend
 	lm      *lifecycle.Manager
+	cfg     lifecycle.Config
+	sealer  *secret.Sealer
 	product bap.Product
 	dataDir string // subprocess data root ("" for docker)
 }
@@ -61,6 +63,16 @@ type envOptions struct {
 	bootTimeout time.Duration
 	policy      string
 	wrap        func(backend.Backend) backend.Backend
+	restart     lifecycle.RestartPolicy
+	orphanGrace time.Duration
+}
+
+// manager returns another Manager over the env's store and backend, with
+// its configuration changed by mod.
+func (en *env) manager(mod func(*lifecycle.Config)) *lifecycle.Manager {
+	cfg := en.cfg
+	mod(&cfg)
+	return lifecycle.New(en.store, en.backend, en.sealer, cfg)
 }
 
 func newSubprocessBackend(t testing.TB, dataRoot string) backend.Backend {
@@ -96,20 +108,23 @@ func newEnv(t testing.TB, be backend.Backend, o envOptions) *env {
 	}
 	cb := &countingBackend{Backend: be}
 	portMin, portMax := backendtest.PortRange(t, 50)
-	lm := lifecycle.New(store, cb, sealer, lifecycle.Config{
+	cfg := lifecycle.Config{
 		PortMin:      portMin,
 		PortMax:      portMax,
 		BootTimeout:  cmpDur(o.bootTimeout, 20*time.Second),
 		StopGrace:    5 * time.Second,
 		DefaultImage: testImage,
 		SleepMode:    o.sleepMode,
-	})
+		Restart:      o.restart,
+		OrphanGrace:  o.orphanGrace,
+	}
+	lm := lifecycle.New(store, cb, sealer, cfg)
 	pol, err := bap.ParsePolicy([]byte(o.policy))
 	require.NoError(t, err)
 	p := bap.Product{ID: uuid.NewString(), Slug: "p-" + uuid.NewString()[:8], DisplayName: "Test",
 		APIKeyHash: secret.Hash(uuid.NewString()), Policy: pol, CreatedAt: bap.Now()}
 	require.NoError(t, store.CreateProduct(ctx, p, audit.Entry{ProductID: p.ID, Action: audit.PolicyRegister, Actor: audit.ActorAdmin}))
-	e := &env{store: store, backend: cb, lm: lm, product: p}
+	e := &env{store: store, backend: cb, lm: lm, cfg: cfg, sealer: sealer, product: p}
 	t.Cleanup(func() {
 		// Leave no engine running behind the test.
 		engines, _ := store.EnginesByStatus(context.Background(), bap.States...)
@@ -476,8 +491,7 @@ func lifecycleSuite(t *testing.T, newBackend func(t testing.TB) backend.Backend,
 
 	t.Run("Reconcile", func(t *testing.T) {
 		be := newBackend(t)
-		en := newEnv(t, be, envOptions{})
-		noBackoff := func(int) time.Duration { return time.Hour }
+		en := newEnv(t, be, envOptions{orphanGrace: time.Hour, restart: lifecycle.RestartPolicy{BackoffBase: time.Hour}})
 		healthy, err := en.lm.Provision(ctx, en.product, "healthy", "", "test")
 		require.NoError(t, err)
 		lost, err := en.lm.Provision(ctx, en.product, "lost", "", "test")
@@ -485,37 +499,49 @@ func lifecycleSuite(t *testing.T, newBackend func(t testing.TB) backend.Backend,
 		before, err := be.Inspect(ctx, healthy.Engine.ID)
 		require.NoError(t, err)
 
-		// An instance whose row is gone (a crash between create and insert),
-		// a port allocation with no engine, and a running row whose instance
-		// vanished.
-		orphanID := uuid.NewString()
-		_, err = be.Create(ctx, backend.Spec{EngineID: orphanID, ProductID: en.product.ID, Image: testImage,
-			Port: healthy.Engine.Port + 20, KeyHash: secret.Hash("orphan")})
-		require.NoError(t, err)
-		require.NoError(t, be.Start(ctx, orphanID))
+		// Instances whose row is gone: one made by a replica that is dead
+		// (its label names no live replica), one older than replicas (no
+		// label); a port allocation with no engine, and a running row whose
+		// instance vanished.
+		orphan := func(replica string, port int) string {
+			id := uuid.NewString()
+			_, err := be.Create(ctx, backend.Spec{EngineID: id, ProductID: en.product.ID, Replica: replica,
+				Image: testImage, Port: port, KeyHash: secret.Hash("orphan")})
+			require.NoError(t, err)
+			require.NoError(t, be.Start(ctx, id))
+			return id
+		}
+		deadsID := orphan(uuid.NewString(), healthy.Engine.Port+20)
+		unlabelledID := orphan("", healthy.Engine.Port+21)
 		_, err = en.store.AllocatePort(ctx, uuid.NewString(), healthy.Engine.Port+30, healthy.Engine.Port+30)
 		require.NoError(t, err)
 		require.NoError(t, be.Destroy(ctx, lost.Engine.ID))
 
-		// Within the grace period the orphan is kept (its provision may still
-		// be about to insert its row); after it, it is removed.
-		st, err := en.lm.Reconcile(ctx, time.Hour, noBackoff)
+		// The dead replica's orphan goes at once; the unlabelled one is kept
+		// within the grace period, and removed after it.
+		st, err := en.lm.Reconcile(ctx)
 		require.NoError(t, err)
-		require.Zero(t, st.OrphansRemoved)
+		require.Equal(t, 1, st.OrphansRemoved)
 		require.Equal(t, 1, st.RunningLost)
 		require.Equal(t, 1, st.PortsFreed)
-		st, err = en.lm.Reconcile(ctx, 0, noBackoff)
+		_, err = be.Inspect(ctx, deadsID)
+		require.ErrorIs(t, err, backend.ErrNotFound)
+		_, err = be.Inspect(ctx, unlabelledID)
+		require.NoError(t, err, "an instance of unknown origin keeps its grace")
+		st, err = en.manager(func(c *lifecycle.Config) { c.OrphanGrace = time.Nanosecond }).Reconcile(ctx)
 		require.NoError(t, err)
 		require.Equal(t, 1, st.OrphansRemoved)
 		require.Zero(t, st.RunningLost, "already failed")
 		require.Zero(t, st.Errors)
 
-		_, err = be.Inspect(ctx, orphanID)
-		require.ErrorIs(t, err, backend.ErrNotFound)
-		entries, _, err := en.store.ListAudit(ctx, registry.AuditFilter{EngineID: orphanID})
-		require.NoError(t, err)
-		require.Len(t, entries, 1)
-		require.Equal(t, audit.OrphanRemoved, entries[0].Action)
+		for _, id := range []string{deadsID, unlabelledID} {
+			_, err = be.Inspect(ctx, id)
+			require.ErrorIs(t, err, backend.ErrNotFound)
+			entries, _, err := en.store.ListAudit(ctx, registry.AuditFilter{EngineID: id})
+			require.NoError(t, err)
+			require.Len(t, entries, 1)
+			require.Equal(t, audit.OrphanRemoved, entries[0].Action)
+		}
 		got, err := en.store.GetEngine(ctx, lost.Engine.ID)
 		require.NoError(t, err)
 		require.Equal(t, bap.StateFailed, got.Status)

@@ -453,7 +453,7 @@ func (f *Fake) List(_ context.Context) ([]backend.Instance, error) {
 func (e *fakeEngine) instance() backend.Instance {
 	return backend.Instance{
 		ID: e.id, Name: "engine-" + e.spec.EngineID, EngineID: e.spec.EngineID,
-		ProductID: e.spec.ProductID, Status: e.status, CreatedAt: e.created, ExitCode: e.exitCode,
+		ProductID: e.spec.ProductID, Replica: e.spec.Replica, Status: e.status, CreatedAt: e.created, ExitCode: e.exitCode,
 	}
 }
 

@@ -275,12 +275,16 @@ func (b *Backend) createNetwork(ctx context.Context) (bool, error) {
 
 // labels are put on an engine's container and volume.
 func (b *Backend) labels(spec backend.Spec) map[string]string {
-	return map[string]string{
+	l := map[string]string{
 		backend.LabelManaged:    "true",
 		backend.LabelEngineID:   spec.EngineID,
 		backend.LabelProductID:  spec.ProductID,
 		backend.LabelDeployment: b.cfg.Deployment,
 	}
+	if spec.Replica != "" {
+		l[backend.LabelReplica] = spec.Replica
+	}
+	return l
 }
 
 // env is the engine's whole environment: the contract's variables and the
@@ -535,7 +539,7 @@ func (b *Backend) matches(c container.InspectResponse, spec backend.Spec, image 
 		return false
 	}
 	for k, v := range b.labels(spec) {
-		if c.Config.Labels[k] != v {
+		if k != backend.LabelReplica && c.Config.Labels[k] != v {
 			return false
 		}
 	}
@@ -767,6 +771,7 @@ func (b *Backend) Inspect(ctx context.Context, engineID string) (backend.Instanc
 	if c.Config != nil {
 		inst.EngineID = c.Config.Labels[backend.LabelEngineID]
 		inst.ProductID = c.Config.Labels[backend.LabelProductID]
+		inst.Replica = c.Config.Labels[backend.LabelReplica]
 	}
 	if c.State != nil {
 		inst.Status = status(c.State.Status)
@@ -793,6 +798,7 @@ func (b *Backend) List(ctx context.Context) ([]backend.Instance, error) {
 			ID:        c.ID,
 			EngineID:  c.Labels[backend.LabelEngineID],
 			ProductID: c.Labels[backend.LabelProductID],
+			Replica:   c.Labels[backend.LabelReplica],
 			Status:    status(c.State),
 			CreatedAt: time.Unix(c.Created, 0).UTC(),
 			ExitCode:  exitCodeFromStatus(c.Status),

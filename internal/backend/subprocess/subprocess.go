@@ -359,6 +359,9 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Instan
 		},
 		CreatedAt: time.Now().UTC().Truncate(time.Microsecond),
 	}
+	if spec.Replica != "" {
+		want.Labels[backend.LabelReplica] = spec.Replica
+	}
 	if have, err := b.readSpec(spec.EngineID); err == nil && have.sameAs(want) {
 		return b.instance(have), nil
 	}
@@ -707,6 +710,7 @@ func (b *Backend) instance(spec specFile) backend.Instance {
 		Name:      "engine-" + spec.EngineID,
 		EngineID:  spec.EngineID,
 		ProductID: spec.ProductID,
+		Replica:   spec.Labels[backend.LabelReplica],
 		Status:    backend.StatusCreated,
 		CreatedAt: spec.CreatedAt,
 	}

@@ -1,8 +1,8 @@
-package health
+package loop
 
 import "time"
 
-// Backoff is the delay before restart attempt n (0-based): min(base·2ⁿ, max),
+// Backoff is the delay before retry n (0-based): min(base·2ⁿ, max),
 // computed without overflow. A negative n counts as 0; the result is never
 // negative.
 func Backoff(base, max time.Duration, n int) time.Duration {

@@ -1,4 +1,4 @@
-package health_test
+package loop_test
 
 import (
 	"math"
@@ -7,7 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/september/bap-engine/internal/health"
+	"github.com/september/bap-engine/internal/loop"
 )
 
 func TestBackoff(t *testing.T) {
@@ -39,7 +39,7 @@ func TestBackoff(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			require.Equal(t, tt.want, health.Backoff(tt.base, tt.max, tt.n))
+			require.Equal(t, tt.want, loop.Backoff(tt.base, tt.max, tt.n))
 		})
 	}
 }
