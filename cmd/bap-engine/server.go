@@ -38,6 +38,11 @@ const (
 	shutdownTimeout = 15 * time.Second
 )
 
+// overlapMessage is logged when the subprocess backend finds another
+// process operating on an engine this one is about to operate: the replicas'
+// claims should make that impossible.
+const overlapMessage = "backend operations of two orchestrator processes overlapped on one engine"
+
 // version names this build (set with -ldflags "-X main.version=…").
 var version = "dev"
 
@@ -86,7 +91,7 @@ func openStore(ctx context.Context, cfg config.Config) (registry.Store, error) {
 }
 
 // openBackend connects the backend ORCH_ENGINE_BACKEND names.
-func openBackend(ctx context.Context, cfg config.Config, getenv func(string) string) (backend.Backend, error) {
+func openBackend(ctx context.Context, cfg config.Config, getenv func(string) string, log *slog.Logger) (backend.Backend, error) {
 	switch cfg.EngineBackend {
 	case config.BackendSubprocess:
 		cmd := cfg.SubprocessCommand
@@ -105,6 +110,9 @@ func openBackend(ctx context.Context, cfg config.Config, getenv func(string) str
 			Deployment:  cfg.DeploymentID,
 			Getenv:      getenv,
 			Host:        cfg.EngineHost,
+			OnOverlap: func(engineID, op string) {
+				log.Error(overlapMessage, "engine_id", engineID, "op", op)
+			},
 		})
 		if err != nil {
 			return nil, fmt.Errorf("subprocess backend: %w", err)
@@ -159,7 +167,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 			return nil, err
 		}
 	}
-	be, err := openBackend(ctx, cfg, getenv)
+	be, err := openBackend(ctx, cfg, getenv, log)
 	if err != nil {
 		store.Close()
 		return nil, err

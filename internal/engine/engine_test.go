@@ -132,6 +132,9 @@ func TestHealthNeedsNoKeyAndReflectsReadiness(t *testing.T) {
 	require.Equal(t, "ok", body["status"])
 	require.Equal(t, Version, body["version"])
 	require.Contains(t, body, "uptime_s")
+	require.EqualValues(t, 1, body["health_checks"], "the engine counts the probes it answers")
+	_, data = b.do(t, http.MethodGet, "/health", "", "")
+	require.EqualValues(t, 2, decode(t, data)["health_checks"])
 
 	b.srv.ready.Store(false)
 	resp, data = b.do(t, http.MethodGet, "/health", "", "")

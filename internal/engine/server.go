@@ -35,7 +35,10 @@ type server struct {
 	ready atomic.Bool
 	// stopping is set once shutdown began, so /health says why it is not ready.
 	stopping atomic.Bool
-	mux      *http.ServeMux
+	// healthChecks counts the GET /health requests answered: how often the
+	// orchestrators probe this engine, seen from the engine.
+	healthChecks atomic.Int64
+	mux          *http.ServeMux
 }
 
 // newServer builds the handler; it starts not ready.
@@ -85,6 +88,7 @@ func (s *server) authorized(key string) bool {
 }
 
 func (s *server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	checks := s.healthChecks.Add(1)
 	uptime := time.Since(s.started).Seconds()
 	if !s.ready.Load() {
 		status := "starting"
@@ -109,6 +113,7 @@ func (s *server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		"version":        Version,
 		"uptime_s":       uptime,
 		"uptime_seconds": uptime,
+		"health_checks":  checks,
 		"subsystems":     map[string]string{"brain": "ok"},
 	})
 }

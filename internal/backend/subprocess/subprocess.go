@@ -74,6 +74,11 @@ type Config struct {
 	Getenv func(string) string
 	// Host is the address engines listen on and URLs name; default 127.0.0.1.
 	Host string
+	// OnOverlap, when set, is told when an operation on an engine found
+	// another process in the middle of one (the operation then waits its
+	// turn). Orchestrator replicas claim engines in the database so that
+	// this never happens; it is the backend's own check of that promise.
+	OnOverlap func(engineID, op string)
 }
 
 // Backend runs engines as local processes. It implements backend.Backend.
@@ -171,8 +176,11 @@ func (b *Backend) Events(ctx context.Context) <-chan backend.Event {
 // dir is the engine's data dir.
 func (b *Backend) dir(engineID string) string { return filepath.Join(b.cfg.DataRoot, engineID) }
 
-// lock takes the engine's operation lock and returns its release.
-func (b *Backend) lock(engineID string) func() {
+// lock takes the engine's operation lock and returns its release: an
+// in-process mutex, then an exclusive flock on the engine's data dir (when
+// it exists), which serializes operations of several orchestrator
+// processes sharing DataRoot and reveals any overlap (OnOverlap).
+func (b *Backend) lock(engineID, op string) func() {
 	b.mu.Lock()
 	l := b.locks[engineID]
 	if l == nil {
@@ -182,7 +190,9 @@ func (b *Backend) lock(engineID string) func() {
 	l.refs++
 	b.mu.Unlock()
 	l.mu.Lock()
+	dirLock := b.lockDir(engineID, op)
 	return func() {
+		dirLock()
 		l.mu.Unlock()
 		b.mu.Lock()
 		l.refs--
@@ -190,6 +200,37 @@ func (b *Backend) lock(engineID string) func() {
 			delete(b.locks, engineID)
 		}
 		b.mu.Unlock()
+	}
+}
+
+// overlapWait bounds how long an operation waits for another process's
+// operation on the same engine before going ahead anyway.
+const overlapWait = 2 * time.Minute
+
+// lockDir flocks the engine's data dir exclusively, waiting (bounded) when
+// another process holds it, and returns the release. No dir: nothing to
+// serialize.
+func (b *Backend) lockDir(engineID, op string) func() {
+	f, err := os.Open(b.dir(engineID))
+	if err != nil {
+		return func() {}
+	}
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	if errors.Is(err, syscall.EWOULDBLOCK) {
+		if b.cfg.OnOverlap != nil {
+			b.cfg.OnOverlap(engineID, op)
+		}
+		deadline := time.Now().Add(overlapWait)
+		for errors.Is(err, syscall.EWOULDBLOCK) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		}
+	}
+	return func() {
+		if err == nil {
+			_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		}
+		_ = f.Close()
 	}
 }
 
@@ -335,12 +376,15 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Instan
 	if spec.KeyHash == "" {
 		return backend.Instance{}, fmt.Errorf("engine %s: empty key hash", spec.EngineID)
 	}
-	unlock := b.lock(spec.EngineID)
+	unlock := b.lock(spec.EngineID, "create")
 	defer unlock()
 
 	dir := b.dir(spec.EngineID)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return backend.Instance{}, fmt.Errorf("engine %s: create data dir: %w", spec.EngineID, err)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return backend.Instance{}, fmt.Errorf("engine %s: create data dir: %w", spec.EngineID, err)
+		}
+		defer b.lockDir(spec.EngineID, "create")()
 	}
 	want := specFile{
 		EngineID:   spec.EngineID,
@@ -393,7 +437,7 @@ func (b *Backend) Start(ctx context.Context, engineID string) error {
 	if err := validID(engineID); err != nil {
 		return fmt.Errorf("%w: %w", backend.ErrNotFound, err)
 	}
-	unlock := b.lock(engineID)
+	unlock := b.lock(engineID, "start")
 	defer unlock()
 	spec, err := b.readSpec(engineID)
 	if err != nil {
@@ -559,7 +603,7 @@ func (b *Backend) Stop(ctx context.Context, engineID string, grace time.Duration
 	if err := validID(engineID); err != nil {
 		return err
 	}
-	unlock := b.lock(engineID)
+	unlock := b.lock(engineID, "stop")
 	defer unlock()
 	p := b.current(engineID)
 	if p == nil {
@@ -589,7 +633,7 @@ func (b *Backend) freeze(engineID, op string, sig syscall.Signal, stopped bool) 
 	if err := validID(engineID); err != nil {
 		return fmt.Errorf("%w: %w", backend.ErrNotFound, err)
 	}
-	unlock := b.lock(engineID)
+	unlock := b.lock(engineID, op)
 	defer unlock()
 	if _, err := b.readSpec(engineID); err != nil {
 		return err
@@ -613,7 +657,7 @@ func (b *Backend) Remove(ctx context.Context, engineID string) error {
 	if err := validID(engineID); err != nil {
 		return err
 	}
-	unlock := b.lock(engineID)
+	unlock := b.lock(engineID, "remove")
 	defer unlock()
 	if p := b.current(engineID); p != nil {
 		if err := b.terminate(ctx, p, removeGrace); err != nil {
@@ -636,7 +680,7 @@ func (b *Backend) Destroy(ctx context.Context, engineID string) error {
 	if err := validID(engineID); err != nil {
 		return err
 	}
-	unlock := b.lock(engineID)
+	unlock := b.lock(engineID, "destroy")
 	defer unlock()
 	if p := b.current(engineID); p != nil {
 		if err := b.terminate(ctx, p, removeGrace); err != nil {

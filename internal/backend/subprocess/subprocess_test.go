@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -447,4 +448,60 @@ func TestNonGoEngine(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no event for the killed python engine")
 	}
+}
+
+// TestOverlapBetweenProcessesIsDetected: two backends on one data root
+// stand for two orchestrator processes on one host. An operation that
+// meets another's on the same engine is reported (OnOverlap) and waits its
+// turn; operations on other engines are never reported.
+func TestOverlapBetweenProcessesIsDetected(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	var mu sync.Mutex
+	var overlaps []string
+	report := func(engineID, op string) {
+		mu.Lock()
+		defer mu.Unlock()
+		overlaps = append(overlaps, op+" "+engineID)
+	}
+	cfgA := config(t, root, "dep-overlap")
+	cfgA.Getenv = func(name string) string {
+		if name == "ENGINE_SHUTDOWN_DELAY_S" {
+			return "2"
+		}
+		return orchestratorEnv(name)
+	}
+	cfgA.Passthrough = append(cfgA.Passthrough, "ENGINE_SHUTDOWN_DELAY_S")
+	cfgA.OnOverlap = report
+	a := newBackend(t, cfgA)
+	cfgB := config(t, root, "dep-overlap")
+	cfgB.OnOverlap = report
+	b := newBackend(t, cfgB)
+
+	slow, _, _ := started(t, a)
+	other, _, _ := started(t, a)
+	ctx := context.Background()
+	// A stops the slow engine (a 2 s drain). Meanwhile B stops another
+	// engine (no overlap) and the slow one (an overlap: reported, then
+	// done in turn).
+	stopped := make(chan error, 1)
+	go func() { stopped <- a.Stop(ctx, slow.EngineID, 10*time.Second) }()
+	time.Sleep(300 * time.Millisecond) // A is inside its Stop, draining
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for _, id := range []string{other.EngineID, slow.EngineID} {
+		wg.Go(func() { errs <- b.Stop(ctx, id, 10*time.Second) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.NoError(t, <-stopped)
+	mu.Lock()
+	require.Equal(t, []string{"stop " + slow.EngineID}, overlaps)
+	mu.Unlock()
+	inst, err := a.Inspect(ctx, slow.EngineID)
+	require.NoError(t, err)
+	require.NotEqual(t, backend.StatusRunning, inst.Status)
 }
