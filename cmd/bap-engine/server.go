@@ -201,7 +201,10 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		},
 	})
 	rep := replica.New(store, replica.Config{
-		TTL:     cfg.ReplicaTTL,
+		TTL: cfg.ReplicaTTL,
+		// HOSTNAME names the host as a container or pod sees itself; the
+		// system's hostname otherwise.
+		Host:    getenv("HOSTNAME"),
 		Version: version,
 		// With SQLite this process holds the file's lock: no other
 		// orchestrator can be alive.

@@ -174,19 +174,32 @@ func (m *Manager) runOp(ctx context.Context, id string, spec claimSpec, join joi
 			}
 			continue
 		}
-		res, err := m.underClaim(ctx, out.claim, func() (Result, error) { return body(ctx, out.claim, out.cur) })
-		return res, err
+		return m.underClaim(ctx, out.claim, func(ctx context.Context) (Result, error) {
+			return body(ctx, out.claim, out.cur)
+		})
 	}
 }
 
-// underClaim runs fn as the work of c, then ends c if fn did not.
-func (m *Manager) underClaim(ctx context.Context, c *opClaim, fn func() (Result, error)) (Result, error) {
+// underClaim runs fn as the work of c, then ends c if fn did not. fn's
+// context carries c: every backend call made with it first checks that c
+// still holds the engine (guarded), so a replica that lost its claim (it
+// was frozen, or cut off, past its TTL) cannot act on the engine after
+// waking, only fail.
+func (m *Manager) underClaim(ctx context.Context, c *opClaim, fn func(ctx context.Context) (Result, error)) (Result, error) {
 	m.active.Store(c.engineID, c.epoch)
 	defer func() {
 		m.release(ctx, c)
 		m.active.CompareAndDelete(c.engineID, c.epoch)
 	}()
-	return fn()
+	return fn(context.WithValue(ctx, claimKey{}, c))
+}
+
+// claimKey is the context key of the claim a backend call is made under.
+type claimKey struct{}
+
+func claimOf(ctx context.Context) *opClaim {
+	c, _ := ctx.Value(claimKey{}).(*opClaim)
+	return c
 }
 
 // awaitRelease waits until the claim e carries ends (the row then has

@@ -46,6 +46,8 @@ func opErr(err error, bootTimeout time.Duration) error {
 		return err
 	}
 	switch {
+	case errors.Is(err, errFenced):
+		return &wrapped{bap.Errorf(bap.CodeEngineBusy, "The engine is changing state; retry shortly."), err}
 	case errors.Is(err, errBootTimeout):
 		return &wrapped{bap.Errorf(bap.CodeBootTimeout, "Engine did not become healthy within %s.", bootTimeout), err}
 	case errors.Is(err, backend.ErrImageNotFound):

@@ -106,7 +106,7 @@ func (m *Manager) autoRestart(ctx context.Context, engineID string, lease regist
 		return RestartSkipped, nil
 	}
 	var outcome RestartOutcome
-	_, err = m.underClaim(ctx, out.claim, func() (Result, error) {
+	_, err = m.underClaim(ctx, out.claim, func(ctx context.Context) (Result, error) {
 		var err error
 		if gaveUp {
 			outcome, err = m.giveUp(ctx, out.claim, out.cur.RestartAttempts)
@@ -134,6 +134,9 @@ func (m *Manager) restartAttempt(ctx context.Context, c *opClaim, e bap.Engine) 
 	var inst backend.Instance
 	if err == nil {
 		inst, _, err = m.ensureRunning(ctx, e)
+	}
+	if errors.Is(err, errFenced) {
+		return RestartSkipped, nil // taken over by another replica
 	}
 	if errors.Is(err, backend.ErrUnavailable) {
 		m.log.Warn("auto-restart deferred: backend unavailable", "engine_id", e.ID, "err", err)

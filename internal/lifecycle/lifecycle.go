@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -162,7 +163,7 @@ func New(store registry.Store, be backend.Backend, sealer *secret.Sealer, cfg Co
 
 		takeoverSem: make(chan struct{}, maxTakeovers),
 	}
-	m.backend = guarded{Backend: be, rep: cfg.Replica}
+	m.backend = guarded{Backend: be, rep: cfg.Replica, store: store}
 	m.flights = newFlights(cfg.OpTimeout)
 	return m
 }
@@ -293,66 +294,83 @@ func validateImage(s string) error {
 }
 
 // guarded refuses every backend call that changes an instance while this
-// replica's heartbeat is not fresh (replica.Valid): another replica may be
-// taking over its work, and two replicas must never operate one engine at
-// once. The refusal is backend.ErrUnavailable, so no engine is blamed.
+// replica's heartbeat is not fresh (replica.Valid), and, for a call made
+// under an operation's claim, unless the engine's row still carries that
+// claim: another replica may be taking over, and two replicas must never
+// operate one engine at once. The refusal is backend.ErrUnavailable, so no
+// engine is blamed.
 type guarded struct {
 	backend.Backend
-	rep *replica.Replica
+	rep   *replica.Replica
+	store registry.Store
 }
 
-func (g guarded) check(op, engineID string) error {
-	if g.rep.Valid() {
+func (g guarded) check(ctx context.Context, op, engineID string) error {
+	if !g.rep.Valid() {
+		return fmt.Errorf("%s engine %s: this replica's heartbeat is not fresh, it may no longer act: %w",
+			op, engineID, backend.ErrUnavailable)
+	}
+	c := claimOf(ctx)
+	if c == nil || c.engineID != engineID {
 		return nil
 	}
-	return fmt.Errorf("%s engine %s: this replica's heartbeat is not fresh, it may no longer act: %w",
-		op, engineID, backend.ErrUnavailable)
+	cur, err := g.store.GetEngine(ctx, engineID)
+	if errors.Is(err, registry.ErrNotFound) {
+		return fmt.Errorf("%s engine %s: the row is gone: %w", op, engineID, errFenced)
+	}
+	if err != nil {
+		return fmt.Errorf("%s engine %s: check the claim: %w: %w", op, engineID, backend.ErrUnavailable, err)
+	}
+	if cur.Claim.Owner != g.rep.ID() || cur.Claim.Epoch != c.epoch {
+		return fmt.Errorf("%s engine %s under %s at epoch %d: %w", op, engineID, c.op, c.epoch, errFenced)
+	}
+	return nil
 }
 
 func (g guarded) Create(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
-	if err := g.check("create", spec.EngineID); err != nil {
+	if err := g.check(ctx, "create", spec.EngineID); err != nil {
 		return backend.Instance{}, err
 	}
 	return g.Backend.Create(ctx, spec)
 }
 
 func (g guarded) Start(ctx context.Context, id string) error {
-	if err := g.check("start", id); err != nil {
+	if err := g.check(ctx, "start", id); err != nil {
 		return err
 	}
 	return g.Backend.Start(ctx, id)
 }
 
 func (g guarded) Stop(ctx context.Context, id string, grace time.Duration) error {
-	if err := g.check("stop", id); err != nil {
+	if err := g.check(ctx, "stop", id); err != nil {
 		return err
 	}
 	return g.Backend.Stop(ctx, id, grace)
 }
 
 func (g guarded) Pause(ctx context.Context, id string) error {
-	if err := g.check("pause", id); err != nil {
+	if err := g.check(ctx, "pause", id); err != nil {
 		return err
 	}
 	return g.Backend.Pause(ctx, id)
 }
 
 func (g guarded) Unpause(ctx context.Context, id string) error {
-	if err := g.check("unpause", id); err != nil {
+	if err := g.check(ctx, "unpause", id); err != nil {
 		return err
 	}
 	return g.Backend.Unpause(ctx, id)
 }
 
 func (g guarded) Remove(ctx context.Context, id string) error {
-	if err := g.check("remove", id); err != nil {
+	if err := g.check(ctx, "remove", id); err != nil {
 		return err
 	}
 	return g.Backend.Remove(ctx, id)
 }
 
 func (g guarded) Destroy(ctx context.Context, id string) error {
-	if err := g.check("destroy", id); err != nil {
+	if err := g.check(ctx, "destroy", id); err != nil {
 		return err
 	}
 	return g.Backend.Destroy(ctx, id)

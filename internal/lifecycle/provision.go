@@ -136,7 +136,7 @@ func (m *Manager) provision(ctx context.Context, p bap.Product, userID, image, a
 		return Result{}, storeErr("insert engine", err)
 	}
 	c := &opClaim{engineID: e.ID, op: bap.OpProvision, epoch: e.Claim.Epoch}
-	return m.underClaim(ctx, c, func() (Result, error) {
+	return m.underClaim(ctx, c, func(ctx context.Context) (Result, error) {
 		spec := m.spec(e, p)
 		bootStart := time.Now()
 		inst, err := m.createAndStart(ctx, spec)
@@ -207,6 +207,9 @@ func (m *Manager) commitProvisioned(ctx context.Context, c *opClaim, inst backen
 // removed, the row stays failed with its port and the reason, and the claim
 // ends.
 func (m *Manager) failProvision(ctx context.Context, c *opClaim, e bap.Engine, cause error) error {
+	if errors.Is(cause, errFenced) {
+		return opErr(cause, m.cfg.BootTimeout) // another replica took the provision over
+	}
 	reason := failureReason(cause)
 	m.log.Warn("provision failed", "engine_id", e.ID, "product_id", e.ProductID, "reason", reason)
 	if errors.Is(cause, backend.ErrUnavailable) {

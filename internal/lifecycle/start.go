@@ -118,7 +118,8 @@ func (m *Manager) commitRunning(ctx context.Context, c *opClaim, from bap.State,
 // state alone; anything else makes the engine failed with the reason. The
 // claim ends either way.
 func (m *Manager) failBringUp(ctx context.Context, c *opClaim, e bap.Engine, action audit.Action, actor string, cause error) error {
-	if errors.Is(cause, backend.ErrUnavailable) {
+	if errors.Is(cause, backend.ErrUnavailable) || errors.Is(cause, errFenced) {
+		// Not the engine's fault, or no longer this replica's to record.
 		return opErr(cause, m.cfg.BootTimeout)
 	}
 	reason := failureReason(cause)

@@ -114,7 +114,7 @@ func (m *Manager) Sleep(ctx context.Context, engineID string, idleSince time.Tim
 		if err != nil || out.claim == nil {
 			return Result{}, err
 		}
-		return m.underClaim(ctx, out.claim, func() (Result, error) {
+		return m.underClaim(ctx, out.claim, func(ctx context.Context) (Result, error) {
 			if err := m.sleepInstance(ctx, engineID); err != nil {
 				return Result{}, opErr(err, m.cfg.BootTimeout)
 			}

@@ -59,7 +59,7 @@ func (m *Manager) takeOver(ctx context.Context, e bap.Engine, lease registry.Lea
 	if was.Owner != "" {
 		meta["taken_over_from"] = was.Owner
 	}
-	_, err = m.underClaim(ctx, out.claim, func() (Result, error) {
+	_, err = m.underClaim(ctx, out.claim, func(ctx context.Context) (Result, error) {
 		return Result{}, m.repair(ctx, out.claim, cur, was.Op, meta)
 	})
 	return err

@@ -24,6 +24,13 @@ import (
 	"github.com/september/bap-engine/internal/registry"
 )
 
+// idleTxParam is the server setting that ends a transaction left idle;
+// idleTxTimeout its value when the URL does not set it (milliseconds).
+const (
+	idleTxParam   = "idle_in_transaction_session_timeout"
+	idleTxTimeout = "5000"
+)
+
 // defaultMaxConns is the pool size when the URL does not set pool_max_conns:
 // pgx's own default (4 on small machines) is too few for concurrent admits.
 const defaultMaxConns = 16
@@ -92,6 +99,13 @@ func parseURL(url string) (*pgxpool.Config, error) {
 	}
 	if !strings.Contains(url, "pool_max_conns") {
 		cfg.MaxConns = defaultMaxConns
+	}
+	// A process frozen in a transaction (SIGSTOP, a long pause, a cut-off
+	// network) would hold its row locks forever and stall other replicas'
+	// operations on those engines; the server ends such a transaction.
+	// Every transaction here is short and never spans a backend call.
+	if _, set := cfg.ConnConfig.RuntimeParams[idleTxParam]; !set {
+		cfg.ConnConfig.RuntimeParams[idleTxParam] = idleTxTimeout
 	}
 	return cfg, nil
 }
