@@ -56,6 +56,7 @@ type cluster struct {
 	store registry.Store // the same database, for assertions
 	mu    sync.Mutex
 	procs []*replicaProc
+	dead  []*replicaProc // killed and replaced (their logs still count)
 	logs  string
 	prod  client.Product
 }
@@ -93,7 +94,7 @@ func (c *cluster) dumpLogsOnFailure() {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, p := range c.procs {
+	for _, p := range append(slices.Clone(c.procs), c.dead...) {
 		b, _ := os.ReadFile(p.log)
 		var lines []string
 		sc := bufio.NewScanner(strings.NewReader(string(b)))
@@ -250,7 +251,7 @@ func (c *cluster) actions(engineID string) []audit.Action {
 func (c *cluster) checkNoOverlap() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, p := range c.procs {
+	for _, p := range append(slices.Clone(c.procs), c.dead...) {
 		b, err := os.ReadFile(p.log)
 		require.NoError(c.t, err)
 		if n := strings.Count(string(b), overlapMessage); n > 0 {
@@ -546,8 +547,10 @@ func TestProbesAreDividedAmongReplicas(t *testing.T) {
 		for i := range urls {
 			got := float64(after[i]-before[i]) - 1 // our own read
 			t.Logf("%d replicas: engine %d answered %.0f probes in %s (one per interval: %.0f)", replicas, i, got, window, want)
-			// One prober: about want. Two or three would be 2× or 3× it.
-			require.InEpsilon(t, want, got, 0.4, "engine %d with %d replicas", i, replicas)
+			// One prober: about want (fewer when a loaded machine delays
+			// probes past their interval). Two or three would be 2× or 3×.
+			require.LessOrEqual(t, got, 1.4*want, "engine %d probed by more than one of %d replicas", i, replicas)
+			require.GreaterOrEqual(t, got, 0.25*want, "engine %d is probed with %d replicas", i, replicas)
 		}
 	}
 	measure(2)

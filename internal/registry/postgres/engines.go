@@ -345,7 +345,9 @@ func (s *Store) TouchActive(ctx context.Context, engineIDs []string, at time.Tim
 // send times of the failures after it ($4[lo:hi], NULL: unknown), each of
 // which counts unless the row was updated after it, an operation is claimed
 // on it or it is not probed any more. A summary with a holder ($7) applies
-// only while that replica holds the shard lease ($8, $9).
+// only while that replica holds the shard lease ($8, $9). Rows locked by a
+// transition are skipped: an operation is deciding the engine's fate, and a
+// health batch must never wait for it.
 const sqlRecordHealth = `UPDATE engines e SET
 	health_failures = CASE WHEN r.reset THEN 0 ELSE e.health_failures END +
 		CASE WHEN e.op IS NULL AND e.status IN ('running', 'sleeping') THEN
@@ -356,7 +358,8 @@ const sqlRecordHealth = `UPDATE engines e SET
 FROM unnest($1::text[]::uuid[], $2::bool[], $3::timestamptz[], $5::int[], $6::int[], $7::text[], $8::int[], $9::bigint[])
 	AS r(id, reset, ok_at, lo, hi, holder, shard, epoch)
 WHERE e.id = r.id AND (r.holder = '' OR EXISTS (SELECT 1 FROM shard_leases l
-	WHERE l.shard = r.shard AND l.replica_id = r.holder AND l.epoch = r.epoch))`
+	WHERE l.shard = r.shard AND l.replica_id = r.holder AND l.epoch = r.epoch))
+	AND e.id IN (SELECT id FROM engines WHERE id = ANY($1::text[]::uuid[]) FOR UPDATE SKIP LOCKED)`
 
 // RecordHealth applies a batch of probe results in one statement. Results
 // are folded per engine in order first, so several results for one engine

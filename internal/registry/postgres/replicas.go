@@ -3,9 +3,11 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/registry"
@@ -27,9 +29,12 @@ func (s *Store) RegisterReplica(ctx context.Context, r bap.Replica) error {
 	return nil
 }
 
-// HeartbeatReplica sets the replica's heartbeat to now.
+// HeartbeatReplica sets the replica's heartbeat to now, on a connection of
+// its own: a pool exhausted by queries waiting for locks (another replica
+// frozen in a transaction holds them until the server ends it) must not
+// make this replica miss its heartbeat and stop acting too.
 func (s *Store) HeartbeatReplica(ctx context.Context, id string) error {
-	tag, err := s.db.Exec(ctx, `UPDATE replicas SET heartbeat_at = now() WHERE id = $1`, id)
+	tag, err := s.beat.exec(ctx, `UPDATE replicas SET heartbeat_at = now() WHERE id = $1`, id)
 	if err != nil {
 		return fmt.Errorf("heartbeat replica %s: %w", id, translate(err))
 	}
@@ -150,4 +155,41 @@ func (s *Store) CheckLease(ctx context.Context, l registry.Lease) error {
 		return fmt.Errorf("shard %d lease of %s at epoch %d: %w", l.Shard, l.ReplicaID, l.Epoch, registry.ErrFenced)
 	}
 	return nil
+}
+
+// beatConn is a lazily opened connection used only for heartbeats; it is
+// reopened after an error.
+type beatConn struct {
+	cfg  *pgx.ConnConfig
+	mu   sync.Mutex
+	conn *pgx.Conn
+}
+
+func (b *beatConn) exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.conn == nil || b.conn.IsClosed() {
+		conn, err := pgx.ConnectConfig(ctx, b.cfg)
+		if err != nil {
+			return pgconn.CommandTag{}, err
+		}
+		b.conn = conn
+	}
+	tag, err := b.conn.Exec(ctx, sql, args...)
+	if err != nil {
+		_ = b.conn.Close(context.WithoutCancel(ctx))
+		b.conn = nil
+	}
+	return tag, err
+}
+
+func (b *beatConn) close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = b.conn.Close(ctx)
+		b.conn = nil
+	}
 }
