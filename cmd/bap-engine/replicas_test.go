@@ -873,4 +873,3 @@ func killEnginesUnder(t *testing.T, dataRoot string) {
 		}
 	})
 }
-

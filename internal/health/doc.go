@@ -10,6 +10,13 @@
 // Failure counters and restart times live in the engine rows, so an
 // orchestrator restart continues where the previous process stopped.
 //
+// With several replicas (SPEC §15) each probes, restarts and puts to sleep
+// only the engines of the shards it holds (lifecycle.Manager.Replica), and
+// its results are fenced by the shard's lease: a batch written after the
+// shard moved away is dropped, so the fleet sees one probe per interval
+// whatever the number of replicas, and a replica that was frozen cannot
+// fail an engine it no longer watches.
+//
 // Scheduling: each engine is probed once per Interval at a fixed phase
 // derived from its id, so a large fleet is spread evenly over the interval
 // instead of being swept in one burst. At most MaxInFlight probes run at
@@ -29,4 +36,9 @@
 // fleet (100 hanging) on both stores:
 //
 //	go test -run '^$' -bench Sweep10k -benchtime 1x ./internal/health/
+//
+// BenchmarkReplicas10k probes such a fleet with one, then three replica
+// processes and counts the probes at the engines:
+//
+//	go test -run '^$' -bench Replicas10k -benchtime 1x ./internal/health/
 package health

@@ -51,6 +51,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(listenersEnv) != "" {
 		os.Exit(serveListeners())
 	}
+	if os.Getenv(benchReplicaEnv) != "" {
+		os.Exit(runBenchReplica())
+	}
 	code := pgtest.Main(m)
 	if code == 0 {
 		if err := goleak.Find(); err != nil {

@@ -27,8 +27,10 @@ import (
 
 // listenersEnv makes the test binary serve "<n>,<hanging>" loopback
 // listeners instead of running tests: the first <hanging> accept and never
-// answer, the others answer /health with ok. It prints one port per line,
-// then "ready", and exits when its stdin closes.
+// answer, the others answer /health with ok and count the probes they
+// answered. It prints one port per line, then "ready"; for every line read
+// on stdin it prints the number of probes answered so far; it exits when
+// its stdin closes.
 const listenersEnv = "BAP_HEALTH_TEST_LISTENERS"
 
 func serveListeners() int {
@@ -41,7 +43,9 @@ func serveListeners() int {
 		fmt.Fprintln(os.Stderr, "listeners:", err)
 		return 2
 	}
+	var answered atomic.Int64
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		answered.Add(1)
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"status":"ok"}`)
 	})
@@ -73,7 +77,13 @@ func serveListeners() int {
 	if err := out.Flush(); err != nil {
 		return 2
 	}
-	_, _ = io.Copy(io.Discard, os.Stdin)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		fmt.Fprintln(out, answered.Load())
+		if err := out.Flush(); err != nil {
+			return 2
+		}
+	}
 	return 0
 }
 
@@ -106,8 +116,31 @@ func raiseNoFile() error {
 	return nil
 }
 
+// listeners is the listener helper process.
+type listeners struct {
+	ports []int
+	in    io.Writer
+	out   *bufio.Scanner
+}
+
+// answered asks the helper how many probes its engines answered so far.
+func (l *listeners) answered(b *testing.B) int64 {
+	b.Helper()
+	_, err := fmt.Fprintln(l.in, "count")
+	require.NoError(b, err)
+	require.True(b, l.out.Scan(), "listener helper ended")
+	n, err := strconv.ParseInt(l.out.Text(), 10, 64)
+	require.NoError(b, err)
+	return n
+}
+
 // startListeners runs the listener helper process and returns its ports.
 func startListeners(b *testing.B, n, hang int) []int {
+	return startListenerHelper(b, n, hang).ports
+}
+
+// startListenerHelper runs the listener helper process.
+func startListenerHelper(b *testing.B, n, hang int) *listeners {
 	b.Helper()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d,%d", listenersEnv, n, hang))
@@ -121,18 +154,17 @@ func startListeners(b *testing.B, n, hang int) []int {
 		stdin.Close()
 		_ = cmd.Wait()
 	})
-	var ports []int
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		line := sc.Text()
+	l := &listeners{in: stdin, out: bufio.NewScanner(stdout)}
+	for l.out.Scan() {
+		line := l.out.Text()
 		if line == "ready" {
-			return ports
+			return l
 		}
 		p, err := strconv.Atoi(line)
 		require.NoError(b, err)
-		ports = append(ports, p)
+		l.ports = append(l.ports, p)
 	}
-	b.Fatalf("listener helper ended early: %v", sc.Err())
+	b.Fatalf("listener helper ended early: %v", l.out.Err())
 	return nil
 }
 

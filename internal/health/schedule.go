@@ -281,6 +281,14 @@ func (l *probeLoop) dispatch(ctx context.Context, now time.Time) {
 			heap.Pop(&l.due)
 			continue
 		}
+		if _, mine := l.c.lm.Replica().Lease(t.id); !mine {
+			// The shard moved away (or this replica may not act now): its
+			// new holder probes it from now on.
+			t.gone = true
+			delete(l.targets, t.id)
+			heap.Pop(&l.due)
+			continue
+		}
 		if t.inFlight {
 			l.c.ctr.skipped.Add(1)
 		} else {
@@ -303,7 +311,8 @@ func (l *probeLoop) dispatch(ctx context.Context, now time.Time) {
 const refreshShare = 20
 
 // refresher reads the probed set every Refresh (longer for a fleet whose
-// read is slow, see refreshShare), backing off while the registry cannot be
+// read is slow, see refreshShare; at once when this replica's shards
+// change), backing off while the registry cannot be
 // read, and hands each read to the loop.
 func (c *Checker) refresher(ctx context.Context, out chan<- []bap.Engine) {
 	fails := 0
@@ -330,12 +339,35 @@ func (c *Checker) refresher(ctx context.Context, out chan<- []bap.Engine) {
 				return
 			}
 		}
-		t := time.NewTimer(wait)
+		if !c.waitRefresh(ctx, wait) {
+			return
+		}
+	}
+}
+
+// shardCheck is how often a waiting refresher looks whether this replica's
+// shards changed.
+const shardCheck = 100 * time.Millisecond
+
+// waitRefresh waits d, or less when this replica's shards change, and
+// reports false when ctx ended.
+func (c *Checker) waitRefresh(ctx context.Context, d time.Duration) bool {
+	rep := c.lm.Replica()
+	gen := rep.Generation()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	tick := time.NewTicker(min(shardCheck, d))
+	defer tick.Stop()
+	for {
 		select {
 		case <-ctx.Done():
-			t.Stop()
-			return
+			return false
 		case <-t.C:
+			return true
+		case <-tick.C:
+			if rep.Generation() != gen {
+				return true
+			}
 		}
 	}
 }

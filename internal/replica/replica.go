@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -88,6 +89,8 @@ type Replica struct {
 
 	lastBeat time.Time
 	started  bool
+	// generation counts the changes of the held set.
+	generation atomic.Uint64
 }
 
 // New returns a Replica with a fresh id. Nothing is written until Start.
@@ -382,10 +385,17 @@ func (r *Replica) setHeld(held map[int]registry.Lease, live map[string]bool) {
 	r.held = maps(held)
 	r.live = live
 	r.mu.Unlock()
-	if changed && r.cfg.OnShards != nil {
-		r.cfg.OnShards(len(held))
+	if changed {
+		r.generation.Add(1)
+		if r.cfg.OnShards != nil {
+			r.cfg.OnShards(len(held))
+		}
 	}
 }
+
+// Generation changes whenever the set of shards this replica holds
+// changes, so loops that filter engines by shard know to re-read at once.
+func (r *Replica) Generation() uint64 { return r.generation.Load() }
 
 func maps(m map[int]registry.Lease) map[int]registry.Lease {
 	out := make(map[int]registry.Lease, len(m))
