@@ -291,18 +291,25 @@ func (c *cluster) reviveAll(stats *chaosStats) {
 // state, for up to within.
 func (c *cluster) quiesce(within time.Duration) {
 	c.t.Helper()
-	var busy []string
-	require.Eventually(c.t, func() bool {
+	deadline := time.Now().Add(within)
+	for {
 		engines, err := c.store.EnginesByStatus(context.Background(), bap.States...)
 		require.NoError(c.t, err)
-		busy = busy[:0]
+		var busy []string
 		for _, e := range engines {
 			if e.Claim.Held() || e.Status == bap.StateProvisioning || e.Status == bap.StateDestroying {
-				busy = append(busy, fmt.Sprintf("%s %s %s", e.UserID, e.Status, e.Claim.Op))
+				busy = append(busy, fmt.Sprintf("%s %s %s by %s since %v", e.UserID, e.Status, e.Claim.Op,
+					e.Claim.Owner, e.Claim.StartedAt))
 			}
 		}
-		return len(busy) == 0
-	}, within, 100*time.Millisecond, "engines still busy: %v", busy)
+		if len(busy) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("engines still busy %s after the soak: %v", within, busy)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // checkLimits: the product never has more engines than max_engines, nor
@@ -324,10 +331,17 @@ func (c *cluster) checkLimits(stats *chaosStats) {
 	stats.checks.Add(1)
 }
 
+// settledAfter is how long a row must have stayed unchanged, with no
+// operation claimed, before the soak holds it to its instance: long enough
+// for the health loop to notice an engine that a refused backend call left
+// down (three failed probes, then the transition), as it would in
+// production.
+const settledAfter = 5 * time.Second
+
 // checkSettledRows checks, while the soak runs, the rows no operation holds
-// and that have not changed for a second: a running one answers, a stopped
-// or failed one has no process. A row that changed meanwhile is left for
-// the next pass.
+// and that have not changed for settledAfter: a running one answers, a
+// stopped one has no process. A row that changed meanwhile is left for the
+// next pass.
 func (c *cluster) checkSettledRows(stats *chaosStats) {
 	c.t.Helper()
 	engines, err := c.store.EnginesByStatus(context.Background(), bap.States...)
@@ -339,13 +353,13 @@ func (c *cluster) checkSettledRows(stats *chaosStats) {
 		pids[engineOfPid(pid)] = true
 	}
 	for _, e := range engines {
-		if e.Claim.Held() || time.Since(e.UpdatedAt) < time.Second {
+		if e.Claim.Held() || time.Since(e.UpdatedAt) < settledAfter {
 			continue
 		}
 		ok := c.rowMatches(e, pids)
 		if !ok {
 			// Read again: an operation that began since is not a violation.
-			time.Sleep(500 * time.Millisecond)
+			time.Sleep(2 * time.Second)
 			again, err := c.store.GetEngine(context.Background(), e.ID)
 			if err != nil || again.Claim.Held() || !again.UpdatedAt.Equal(e.UpdatedAt) {
 				continue
@@ -367,7 +381,7 @@ func (c *cluster) checkSettledRows(stats *chaosStats) {
 func (c *cluster) rowMatches(e bap.Engine, pids map[string]bool) bool {
 	switch e.Status {
 	case bap.StateRunning, bap.StateSleeping:
-		resp, err := (&http.Client{Timeout: 2 * time.Second}).Get(e.URL + "/health")
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(e.URL + "/health")
 		if err != nil {
 			return false
 		}

@@ -32,7 +32,7 @@ import (
 // short, so that a death is noticed quickly, yet long enough that a loaded
 // test machine does not miss heartbeats. A takeover must be done within
 // TTL + 5 s.
-const replicaTTL = 3 * time.Second
+const replicaTTL = 5 * time.Second
 
 // takeoverBound is how long after a replica's death its unfinished
 // operations may stay unfinished.

@@ -197,7 +197,7 @@ func TestEngineCacheDropsChangedEngines(t *testing.T) {
 		require.Equal(t, rot.APIKey, d.APIKey, "the old key was served after a rotation")
 
 		warm()
-		marked, err := e.lm.MarkFailed(t.Context(), res.Engine.ID, audit.HealthFailed, "probe failures")
+		marked, err := e.lm.MarkFailed(t.Context(), res.Engine.ID, audit.HealthFailed, "probe failures", nil)
 		require.NoError(t, err)
 		require.True(t, marked)
 		d = admit(t, svc, h, "u", discovery.Options{})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -28,6 +30,7 @@ import (
 	"github.com/september/bap-engine/internal/registry/postgres"
 	"github.com/september/bap-engine/internal/registry/registrytest"
 	"github.com/september/bap-engine/internal/registry/sqlite"
+	"github.com/september/bap-engine/internal/replica"
 	"github.com/september/bap-engine/internal/secret"
 )
 
@@ -135,11 +138,43 @@ func newEnv(t testing.TB, open func(testing.TB) registry.Store, o envOptions) *e
 		StopGrace:    time.Second,
 		DefaultImage: "september-engine:test",
 	}
+	cfg.Replica = registeredReplica(t, store)
 	lm := lifecycle.New(store, fake, sealer, cfg)
 	c := &clock{t: time.Now()}
 	lim := policy.NewLimiter(c.Now)
 	svc := discovery.New(store, lm, lim, discovery.Config{Now: c.Now})
 	return &env{store: store, fake: fake, sealer: sealer, lm: lm, lim: lim, clock: c, svc: svc, cfg: cfg}
+}
+
+// registeredReplica is a replica registered on store and heartbeating until
+// the test ends: each Manager standing for an orchestrator process of its
+// own needs one, so that the others see its claims as a live replica's.
+func registeredReplica(t testing.TB, store registry.Store) *replica.Replica {
+	t.Helper()
+	r := replica.New(store, replica.Config{TTL: 10 * time.Second, Host: "discovery-test-" + uuid.NewString()[:8],
+		Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, r.Start(context.Background()))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = r.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		r.Deregister(context.Background())
+	})
+	return r
+}
+
+// otherProcess is a second orchestrator process on e's database: its own
+// manager and replica, so no in-process flight is shared with e.lm.
+func (e *env) otherProcess(t testing.TB) *lifecycle.Manager {
+	t.Helper()
+	cfg := e.cfg
+	cfg.Replica = registeredReplica(t, e.store.Store)
+	return lifecycle.New(e.store.Store, e.fake, e.sealer, cfg)
 }
 
 func cmpDur(a, b time.Duration) time.Duration {
@@ -505,9 +540,8 @@ func TestAdmitAwaitsProvisioning(t *testing.T) {
 func TestAdmitLostProvisionRace(t *testing.T) {
 	eachStore(t, func(t *testing.T, open func(testing.TB) registry.Store) {
 		e := newEnv(t, open, envOptions{})
-		// A second orchestrator process on the same database: its own
-		// manager, so no in-process flight is shared with e.lm.
-		other := lifecycle.New(e.store.Store, e.fake, e.sealer, e.cfg)
+		// A second orchestrator process on the same database.
+		other := e.otherProcess(t)
 		p, h := e.product(t, `{}`)
 		var made lifecycle.Result
 		e.store.onNextLookup(func(p bap.Product, got *bap.Engine) {
@@ -532,7 +566,7 @@ func TestAdmitConcurrentAutoProvision(t *testing.T) {
 		p, h := e.product(t, `{"rate_limit_rpm": 1000}`)
 		// Half the callers come through a second process's manager and
 		// service (same database, same limiter budget is per process).
-		other := lifecycle.New(e.store.Store, e.fake, e.sealer, e.cfg)
+		other := e.otherProcess(t)
 		svc2 := discovery.New(e.store, other, policy.NewLimiter(e.clock.Now), discovery.Config{Now: e.clock.Now})
 
 		const n = 100

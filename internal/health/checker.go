@@ -352,7 +352,10 @@ func (c *Checker) markFailed(ctx context.Context, engineID, reason string) {
 		if !c.eligible(e.Status) || e.HealthFailures < c.cfg.MaxFailures {
 			return
 		}
-		marked, err := c.lm.MarkFailed(ctx, engineID, audit.HealthFailed, reason)
+		// Counted again under the row's lock: an operation elsewhere may
+		// have reset the count (a restart) since the read.
+		stillFailing := func(cur bap.Engine) bool { return cur.HealthFailures >= c.cfg.MaxFailures }
+		marked, err := c.lm.MarkFailed(ctx, engineID, audit.HealthFailed, reason, stillFailing)
 		if err != nil {
 			if ctx.Err() == nil {
 				c.ctr.errors.Add(1)

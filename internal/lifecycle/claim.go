@@ -72,7 +72,7 @@ func (m *Manager) claim(ctx context.Context, id string, spec claimSpec) (claimOu
 				return errSkip
 			}
 			if cur.Claim.Held() {
-				alive, err := m.rep.Alive(ctx, cur.Claim.Owner)
+				alive, err := m.ownerAlive(ctx, tx, cur.Claim.Owner)
 				if err != nil || alive {
 					return cmpErr(err, errSkip)
 				}
@@ -84,7 +84,7 @@ func (m *Manager) claim(ctx context.Context, id string, spec claimSpec) (claimOu
 				}
 			}
 			if cur.Claim.Held() {
-				alive, err := m.rep.Alive(ctx, cur.Claim.Owner)
+				alive, err := m.ownerAlive(ctx, tx, cur.Claim.Owner)
 				if err != nil {
 					return err
 				}
@@ -130,6 +130,20 @@ func (m *Manager) claim(ctx context.Context, id string, spec claimSpec) (claimOu
 	return out, nil
 }
 
+// ownerAlive reports whether the replica owning a claim is alive: this one
+// always is (its claims are its running operations, or leftovers it ends
+// itself); another is asked through q, the claim's own transaction, so a
+// claim never needs a second connection while it holds a row lock.
+func (m *Manager) ownerAlive(ctx context.Context, q registry.Store, owner string) (bool, error) {
+	if owner == m.rep.ID() {
+		return true, nil
+	}
+	if owner == "" {
+		return false, nil
+	}
+	return q.ReplicaAlive(ctx, owner, m.rep.TTL())
+}
+
 func cmpErr(err, otherwise error) error {
 	if err != nil {
 		return err
@@ -158,7 +172,13 @@ func (m *Manager) runOp(ctx context.Context, id string, spec claimSpec, join joi
 		case out.done:
 			return Result{Engine: out.cur}, nil
 		case out.orphan:
-			if err := m.takeOver(ctx, out.cur, registry.Lease{}); err != nil && !errors.Is(err, errSkip) {
+			err := m.takeOver(ctx, out.cur, registry.Lease{})
+			if errors.Is(err, errSkip) {
+				// Someone else is taking it over: wait for that to end.
+				if _, _, err := m.awaitRelease(ctx, out.cur); err != nil {
+					return Result{}, err
+				}
+			} else if err != nil {
 				return Result{}, err
 			}
 			continue
@@ -230,7 +250,7 @@ func (m *Manager) awaitRelease(ctx context.Context, e bap.Engine) (bap.Engine, b
 		}
 		if time.Since(checked) >= time.Second {
 			checked = time.Now()
-			alive, err := m.rep.Alive(ctx, cur.Claim.Owner)
+			alive, err := m.ownerAlive(ctx, m.store, cur.Claim.Owner)
 			if err != nil {
 				return bap.Engine{}, false, storeErr("read replica", err)
 			}

@@ -168,7 +168,7 @@ func TestDockerUnreachableFailsNoEngine(t *testing.T) {
 	require.NoError(t, err)
 	broken, err := en.lm.Provision(ctx, en.product, "broken", "", "test")
 	require.NoError(t, err)
-	marked, err := en.lm.MarkFailed(ctx, broken.Engine.ID, audit.HealthFailed, "test")
+	marked, err := en.lm.MarkFailed(ctx, broken.Engine.ID, audit.HealthFailed, "test", nil)
 	require.NoError(t, err)
 	require.True(t, marked)
 

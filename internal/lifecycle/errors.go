@@ -48,6 +48,8 @@ func opErr(err error, bootTimeout time.Duration) error {
 	switch {
 	case errors.Is(err, errFenced):
 		return &wrapped{bap.Errorf(bap.CodeEngineBusy, "The engine is changing state; retry shortly."), err}
+	case errors.Is(err, registry.ErrUnavailable):
+		return &wrapped{bap.Errorf(bap.CodeDatabaseUnavailable, "The database is unavailable; retry shortly."), err}
 	case errors.Is(err, errBootTimeout):
 		return &wrapped{bap.Errorf(bap.CodeBootTimeout, "Engine did not become healthy within %s.", bootTimeout), err}
 	case errors.Is(err, backend.ErrImageNotFound):

@@ -16,11 +16,14 @@ import (
 // health loop, a crash event or reconciliation says it is down: it records
 // action (health_failed, engine_died, reconcile_failed) with reason and
 // schedules the first restart attempt after the restart policy's first
-// delay. It runs only on the replica that holds the engine's shard, fenced
-// by its lease, and reports false when it did nothing: the shard is not
-// this replica's, the engine was not in a state that can fail this way, or
-// an operation holds it (and decides its fate).
-func (m *Manager) MarkFailed(ctx context.Context, engineID string, action audit.Action, reason string) (bool, error) {
+// delay. still, when set, must hold for the row as locked (the evidence is
+// still about this engine as it is now: no transition overtook it). It runs
+// only on the replica that holds the engine's shard, fenced by its lease,
+// and reports false when it did nothing: the shard is not this replica's,
+// the engine was not in a state that can fail this way, still did not hold,
+// or an operation holds it (and decides its fate).
+func (m *Manager) MarkFailed(ctx context.Context, engineID string, action audit.Action, reason string,
+	still func(cur bap.Engine) bool) (bool, error) {
 	lease, ok := m.rep.Lease(engineID)
 	if !ok {
 		return false, nil
@@ -28,6 +31,9 @@ func (m *Manager) MarkFailed(ctx context.Context, engineID string, action audit.
 	var marked bool
 	err := m.commitLeased(ctx, engineID, lease, func(cur *bap.Engine) (*audit.Entry, error) {
 		if cur.Status != bap.StateRunning && cur.Status != bap.StateSleeping {
+			return nil, nil
+		}
+		if still != nil && !still(*cur) {
 			return nil, nil
 		}
 		cur.Status = bap.StateFailed
@@ -220,11 +226,15 @@ func (m *Manager) giveUp(ctx context.Context, c *opClaim, attempts int) (Restart
 // WatchCrashes consumes the backend's events until ctx ends: an engine of
 // this replica's shards whose instance stopped on its own is marked failed
 // (engine_died) with its first restart due after the policy's first delay,
-// so it is on the restart path within a second of its death. Every replica
-// may hear of every death; only the shard's holder acts.
+// so it is on the restart path within a second of its death — unless a
+// transition since the death (a restart) made the event about an instance
+// that is no more. Every replica may hear of a death; only the shard's
+// holder acts.
 func (m *Manager) WatchCrashes(ctx context.Context, onCrash func(engineID string)) {
 	for ev := range m.backend.Events(ctx) {
-		marked, err := m.MarkFailed(ctx, ev.EngineID, audit.EngineDied, "engine exited with code "+strconv.Itoa(ev.ExitCode))
+		at := bap.Timestamp(ev.At)
+		notSince := func(cur bap.Engine) bool { return ev.At.IsZero() || !cur.UpdatedAt.After(at) }
+		marked, err := m.MarkFailed(ctx, ev.EngineID, audit.EngineDied, "engine exited with code "+strconv.Itoa(ev.ExitCode), notSince)
 		if err != nil {
 			m.log.Warn("record engine death", "engine_id", ev.EngineID, "err", err)
 			continue

@@ -319,10 +319,14 @@ func (g guarded) check(ctx context.Context, op, engineID string) error {
 		return fmt.Errorf("%s engine %s: the row is gone: %w", op, engineID, errFenced)
 	}
 	if err != nil {
-		return fmt.Errorf("%s engine %s: check the claim: %w: %w", op, engineID, backend.ErrUnavailable, err)
+		return fmt.Errorf("%s engine %s: check the claim: %w", op, engineID, err)
 	}
 	if cur.Claim.Owner != g.rep.ID() || cur.Claim.Epoch != c.epoch {
 		return fmt.Errorf("%s engine %s under %s at epoch %d: %w", op, engineID, c.op, c.epoch, errFenced)
+	}
+	if !g.rep.Valid() { // the read may have taken long
+		return fmt.Errorf("%s engine %s: this replica's heartbeat is not fresh, it may no longer act: %w",
+			op, engineID, backend.ErrUnavailable)
 	}
 	return nil
 }

@@ -60,7 +60,9 @@ func (m *Manager) AwaitProvision(ctx context.Context, e bap.Engine) (bap.Engine,
 		}
 		if time.Since(checked) >= time.Second {
 			checked = time.Now()
-			if alive, err := m.rep.Alive(ctx, cur.Claim.Owner); err == nil && !alive {
+			if alive, err := m.ownerAlive(ctx, m.store, cur.Claim.Owner); err == nil && !alive {
+				// The provision's replica died: take it over (detached, so
+				// the caller leaving cannot interrupt it), then look again.
 				if err := m.takeOver(ctx, cur, registry.Lease{}); err != nil && !errors.Is(err, errSkip) {
 					return bap.Engine{}, err
 				}
@@ -209,6 +211,11 @@ func (m *Manager) commitProvisioned(ctx context.Context, c *opClaim, inst backen
 func (m *Manager) failProvision(ctx context.Context, c *opClaim, e bap.Engine, cause error) error {
 	if errors.Is(cause, errFenced) {
 		return opErr(cause, m.cfg.BootTimeout) // another replica took the provision over
+	}
+	if errors.Is(cause, registry.ErrUnavailable) {
+		// The database could not be reached to check the claim: nothing
+		// can be recorded now; the claim stays and is taken over or ended.
+		return opErr(cause, m.cfg.BootTimeout)
 	}
 	reason := failureReason(cause)
 	m.log.Warn("provision failed", "engine_id", e.ID, "product_id", e.ProductID, "reason", reason)

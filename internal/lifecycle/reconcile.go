@@ -26,8 +26,9 @@ type ReconcileStats struct {
 	Errors         int
 }
 
-// maxTakeovers bounds the takeovers running at once.
-const maxTakeovers = 16
+// maxTakeovers bounds the takeovers running at once, well below a
+// database pool's size so takeovers never starve other work.
+const maxTakeovers = 4
 
 // Reconcile repairs the difference between the registry (the intent) and the
 // backend (the fact), SPEC §9 and §15, for the engines of the shards this
@@ -40,6 +41,7 @@ const maxTakeovers = 16
 // engine holds. A healthy engine is never stopped or recreated.
 func (m *Manager) Reconcile(ctx context.Context) (ReconcileStats, error) {
 	var st ReconcileStats
+	listed := bap.Now()
 	instances, err := m.backend.List(ctx)
 	if err != nil {
 		return st, fmt.Errorf("list instances: %w", err)
@@ -70,6 +72,9 @@ func (m *Manager) Reconcile(ctx context.Context) (ReconcileStats, error) {
 		if e.Status != bap.StateRunning && e.Status != bap.StateSleeping {
 			continue
 		}
+		if e.UpdatedAt.After(listed) {
+			continue // changed since the listing: the next pass looks again
+		}
 		inst, ok := byEngine[e.ID]
 		if ok && inst.Status != backend.StatusExited && inst.Status != backend.StatusCreated {
 			continue
@@ -81,7 +86,8 @@ func (m *Manager) Reconcile(ctx context.Context) (ReconcileStats, error) {
 		if ok {
 			reason = "instance " + string(inst.Status)
 		}
-		marked, err := m.MarkFailed(ctx, e.ID, audit.ReconcileFailed, reason)
+		unchanged := func(cur bap.Engine) bool { return cur.UpdatedAt.Equal(e.UpdatedAt) }
+		marked, err := m.MarkFailed(ctx, e.ID, audit.ReconcileFailed, reason, unchanged)
 		if err != nil {
 			st.Errors++
 			m.log.Warn("reconcile engine", "engine_id", e.ID, "status", e.Status, "err", err)
@@ -149,17 +155,27 @@ func (m *Manager) removeOrphan(ctx context.Context, in backend.Instance) (bool, 
 
 // RepairInterrupted is the quick pass that runs every second: it ends the
 // leftover claims of this replica and takes over (in the background) every
-// claimed operation on this replica's shards whose owner is dead. It
-// reports how many takeovers it started.
+// claimed operation on this replica's shards whose owner is dead, and every
+// provisioning or destroying row left without a claim. It reports how many
+// takeovers it started.
 func (m *Manager) RepairInterrupted(ctx context.Context) (int, error) {
 	engines, err := m.store.EnginesInOperation(ctx)
 	if err != nil {
 		return 0, storeErr("list operations", err)
 	}
 	m.releaseLeftovers(ctx, engines)
+	transitional, err := m.store.EnginesByStatus(ctx, bap.StateProvisioning, bap.StateDestroying)
+	if err != nil {
+		return 0, storeErr("list engines", err)
+	}
+	for _, e := range transitional {
+		if !e.Claim.Held() {
+			engines = append(engines, e)
+		}
+	}
 	n := 0
 	for _, e := range engines {
-		if e.Claim.Owner == m.rep.ID() || m.rep.KnownAlive(e.Claim.Owner) {
+		if e.Claim.Held() && (e.Claim.Owner == m.rep.ID() || m.rep.KnownAlive(e.Claim.Owner)) {
 			continue
 		}
 		lease, ok := m.rep.Lease(e.ID)

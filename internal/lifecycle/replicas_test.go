@@ -135,13 +135,17 @@ func TestBackgroundWorkIsTheShardHolders(t *testing.T) {
 		holder, other = b, a
 	}
 
-	marked, err := other.MarkFailed(ctx, id, audit.HealthFailed, "not mine")
+	marked, err := other.MarkFailed(ctx, id, audit.HealthFailed, "not mine", nil)
 	require.NoError(t, err)
 	require.False(t, marked, "another replica's shard")
 	slept, err := other.Sleep(ctx, id, time.Time{})
 	require.NoError(t, err)
 	require.False(t, slept)
-	marked, err = holder.MarkFailed(ctx, id, audit.HealthFailed, "probes failed")
+	marked, err = holder.MarkFailed(ctx, id, audit.HealthFailed, "stale evidence",
+		func(bap.Engine) bool { return false })
+	require.NoError(t, err)
+	require.False(t, marked, "evidence the locked row no longer supports")
+	marked, err = holder.MarkFailed(ctx, id, audit.HealthFailed, "probes failed", nil)
 	require.NoError(t, err)
 	require.True(t, marked)
 	out, err := other.AutoRestart(ctx, id)

@@ -57,6 +57,11 @@ func (m *Manager) bringUp(ctx context.Context, engineID, actor string, op bap.Op
 				return bap.Errorf(bap.CodeEngineAlreadyRunning, "Engine is already running.")
 			case bap.StateStopped:
 				return m.checkMaxRunning(ctx, tx, cur.ProductID)
+			case bap.StateFailed:
+				if cur.NextRestartAt == nil {
+					// It gave up its running slot; a restart pending keeps it.
+					return m.checkMaxRunning(ctx, tx, cur.ProductID)
+				}
 			}
 			return nil
 		},
@@ -118,7 +123,7 @@ func (m *Manager) commitRunning(ctx context.Context, c *opClaim, from bap.State,
 // state alone; anything else makes the engine failed with the reason. The
 // claim ends either way.
 func (m *Manager) failBringUp(ctx context.Context, c *opClaim, e bap.Engine, action audit.Action, actor string, cause error) error {
-	if errors.Is(cause, backend.ErrUnavailable) || errors.Is(cause, errFenced) {
+	if errors.Is(cause, backend.ErrUnavailable) || errors.Is(cause, registry.ErrUnavailable) || errors.Is(cause, errFenced) {
 		// Not the engine's fault, or no longer this replica's to record.
 		return opErr(cause, m.cfg.BootTimeout)
 	}

@@ -37,6 +37,9 @@ func (m *Manager) takeOver(ctx context.Context, e bap.Engine, lease registry.Lea
 		return errSkip
 	}
 	defer m.repairs.Delete(e.ID)
+	// A takeover, once begun, is not the caller's to interrupt.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.OpTimeout)
+	defer cancel()
 	was := e.Claim
 	op := was.Op
 	if !was.Held() {
@@ -172,6 +175,12 @@ func (m *Manager) repairProvision(ctx context.Context, c *opClaim, e bap.Engine,
 	})
 }
 
+// leftoverAge is how old a claim of this replica that none of its
+// operations holds must be before it is ended as a leftover: an operation
+// registers its claim right after the claim commits, so this only needs to
+// outlast a loaded machine's scheduling delay.
+const leftoverAge = 10 * time.Second
+
 // releaseLeftovers ends the claims this replica holds on rows that none of
 // its operations is running any more (their end could not be written, for
 // example while the database was down).
@@ -183,7 +192,7 @@ func (m *Manager) releaseLeftovers(ctx context.Context, engines []bap.Engine) {
 		if epoch, ok := m.active.Load(e.ID); ok && epoch.(int64) == e.Claim.Epoch {
 			continue
 		}
-		if time.Since(claimStart(e)) < time.Second {
+		if time.Since(claimStart(e)) < leftoverAge {
 			continue // an operation that just claimed and has not registered yet
 		}
 		m.release(ctx, &opClaim{engineID: e.ID, op: e.Claim.Op, epoch: e.Claim.Epoch})

@@ -152,8 +152,10 @@ type Store interface {
 	// ErrQuotaExceeded, ErrConflict (engine for that user exists).
 	InsertEngine(ctx context.Context, e bap.Engine, q Quota) error
 	// CountRunning counts the product's engines that hold a running slot
-	// for max_running: those running, sleeping or provisioning, and those
-	// stopped or failed with a start, wake or auto-restart claimed. Inside
+	// for max_running: those running, sleeping or provisioning, those failed
+	// with a restart scheduled (they keep their slot on the restart path),
+	// and those stopped or failed with a start, wake or auto-restart
+	// claimed. Inside
 	// InTx it first locks the product row, so that a check and the claim
 	// that follows are atomic against other replicas' checks.
 	CountRunning(ctx context.Context, productID string) (int, error)
@@ -210,14 +212,25 @@ type Store interface {
 	RecordHealth(ctx context.Context, results []HealthResult) error
 
 	// RegisterReplica records r as a live replica (heartbeat now, by the
-	// database's clock), replacing a row with the same id.
+	// database's clock), replacing a row with the same id, and opens the
+	// replica's session: a hold on the database that lasts while this Store
+	// (this process) is connected, and ends with it however it ends (see
+	// ReplicaGone).
 	RegisterReplica(ctx context.Context, r bap.Replica) error
-	// HeartbeatReplica sets the replica's heartbeat to now. ErrNotFound
-	// when its row is gone (it was declared dead and removed).
+	// HeartbeatReplica sets the replica's heartbeat to now, through its
+	// session (re-opened if it was lost), never waiting for the connections
+	// other work uses. ErrNotFound when its row is gone (it was declared
+	// dead and removed).
 	HeartbeatReplica(ctx context.Context, id string) error
-	// DeregisterReplica deletes the replica's row and frees the leases it
-	// holds. Missing is not an error.
+	// DeregisterReplica deletes the replica's row, frees the leases it
+	// holds and ends its session. Missing is not an error.
 	DeregisterReplica(ctx context.Context, id string) error
+	// ReplicaGone reports whether a replica's process is provably gone: its
+	// heartbeat is older than quiet (or it has no row) and no session holds
+	// its place on the database any more (its connection was closed by its
+	// death). A replica frozen or cut off with its connection open is not
+	// gone: only its TTL ends it.
+	ReplicaGone(ctx context.Context, id string, quiet time.Duration) (bool, error)
 	// Replicas lists the registered replicas ordered by id, each alive
 	// when its heartbeat is younger than ttl by the database's clock.
 	Replicas(ctx context.Context, ttl time.Duration) ([]ReplicaStatus, error)

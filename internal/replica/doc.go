@@ -20,13 +20,17 @@
 // first heartbeats and re-reads its leases, so it rejoins without
 // committing anything stale.
 //
-// Rebalancing: every Tick each replica heartbeats when due, reads the live
-// replicas and the leases, releases the shards it should no longer hold
-// (dropping them locally first), and acquires the shards it should hold that
-// are free or held by a dead replica. Replicas on this host whose process is
-// gone are dead at once (a restarted orchestrator takes its previous
-// incarnation's work without waiting a TTL); with SQLite (Exclusive) every
-// other row is.
+// Heartbeats run on their own schedule and, with PostgreSQL, on a
+// connection of their own that holds a session lock for the replica; that
+// lock ends when the process dies (its connection closes). Rebalancing: every
+// Tick each replica reads the live replicas and the leases, releases the
+// shards it should no longer hold (dropping them locally first), and
+// acquires the shards it should hold that are free or held by a dead
+// replica. A replica whose heartbeat is quiet for a heartbeat period and a
+// half and whose session lock is free is dead without waiting for its TTL,
+// on any host: a restarted orchestrator takes its previous run's work within
+// seconds. A frozen or partitioned replica keeps its connection, so only its
+// TTL ends it. With SQLite (Exclusive) every other row is dead at once.
 //
 // What belongs here: liveness, shards and leases. What does not: the work
 // itself (lifecycle, health) and the operation claims on engine rows

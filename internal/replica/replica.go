@@ -11,7 +11,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -23,12 +22,6 @@ import (
 
 // Shards is the fixed number of shards engines fall into.
 const Shards = 64
-
-// processStart is when this process started (close enough: when the
-// package was initialised). Replicas record it as their start, so a row
-// with this host and pid but another start belongs to an earlier process
-// that had the same pid (a restarted container's pid 1).
-var processStart = bap.Now()
 
 // forgetAfter: a replica dead for this many TTLs is deleted from the table
 // (until then GET /replicas shows it, not alive).
@@ -87,8 +80,12 @@ type Replica struct {
 	// live are the replicas alive at the last read.
 	live map[string]bool
 
+	started  time.Time
 	lastBeat time.Time
-	started  bool
+	// validity counts the times this replica's validity was lost (a
+	// lapsed heartbeat, or a row found deleted): a rebalance that read
+	// before such a loss must not install what it read.
+	validity atomic.Uint64
 	// generation counts the changes of the held set.
 	generation atomic.Uint64
 }
@@ -110,18 +107,21 @@ func New(store registry.Store, cfg Config) *Replica {
 	cfg.Pid = cmp.Or(cfg.Pid, os.Getpid())
 	cfg.Version = cmp.Or(cfg.Version, "dev")
 	return &Replica{
-		store: store,
-		cfg:   cfg,
-		id:    uuid.NewString(),
-		log:   cmp.Or(cfg.Logger, slog.Default()).With("component", "replica"),
-		held:  map[int]registry.Lease{},
-		live:  map[string]bool{},
+		store:   store,
+		cfg:     cfg,
+		id:      uuid.NewString(),
+		log:     cmp.Or(cfg.Logger, slog.Default()).With("component", "replica"),
+		held:    map[int]registry.Lease{},
+		live:    map[string]bool{},
+		started: bap.Now(),
 	}
 }
 
 // Solo returns a Replica that holds every shard without leases and is never
 // registered: for a Manager used alone in tests and tools, where nothing
-// else shares the database. Its leases fence nothing.
+// else shares the database. Its leases fence nothing, and any claim it
+// finds that is not its own counts as a dead replica's; so never give two
+// Managers on one database a Solo replica each.
 func Solo(store registry.Store) *Replica {
 	r := New(store, Config{})
 	r.solo = true
@@ -215,7 +215,6 @@ func (r *Replica) Start(ctx context.Context) error {
 	if err := r.heartbeat(ctx); err != nil {
 		return fmt.Errorf("register replica: %w", err)
 	}
-	r.started = true
 	if err := r.rebalance(ctx); err != nil {
 		return fmt.Errorf("take shards: %w", err)
 	}
@@ -224,23 +223,23 @@ func (r *Replica) Start(ctx context.Context) error {
 	return nil
 }
 
-// Run heartbeats and rebalances until ctx ends, and returns nil. It does
-// not deregister: call Deregister once this process's operations are over.
+// Run heartbeats and rebalances until ctx ends, and returns nil. The two
+// run apart, each call bounded, so a rebalance slowed by a busy database
+// never delays a heartbeat. It does not deregister: call Deregister once
+// this process's operations are over.
 func (r *Replica) Run(ctx context.Context) error {
 	if r.solo {
 		<-ctx.Done()
 		return nil
 	}
-	_ = loop.Run(ctx, loop.Config{Name: "replica rebalance", Every: r.cfg.Tick, MaxBackoff: r.cfg.Tick,
-		Logger: r.log}, func(ctx context.Context) error {
-		if !r.started || time.Since(r.lastBeat) >= r.cfg.Heartbeat || !r.Valid() {
-			if err := r.heartbeat(ctx); err != nil {
-				return err
-			}
-			r.started = true
-		}
-		return r.rebalance(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_ = loop.Run(ctx, loop.Config{Name: "replica heartbeat", Every: r.cfg.Heartbeat,
+			MaxBackoff: r.cfg.Heartbeat, Timeout: r.cfg.Heartbeat, Logger: r.log}, r.heartbeat)
 	})
+	_ = loop.Run(ctx, loop.Config{Name: "replica rebalance", Every: r.cfg.Tick, MaxBackoff: r.cfg.Tick,
+		Timeout: r.cfg.TTL / 2, Logger: r.log}, r.rebalance)
+	wg.Wait()
 	return nil
 }
 
@@ -265,19 +264,22 @@ func (r *Replica) Deregister(ctx context.Context) {
 	r.log.Info("replica deregistered", "replica_id", r.id)
 }
 
-// heartbeat refreshes (or, when the row is gone, re-creates) the replica's
-// row, and extends local validity from the moment it was sent. A heartbeat
-// after validity lapsed forgets every lease: the next rebalance re-reads
-// them.
+// heartbeat refreshes the replica's row and extends local validity from
+// the moment it was sent. A row found gone means others declared this
+// replica dead (and may have taken its work): everything held is dropped
+// before the row is created again. A heartbeat after validity lapsed
+// likewise forgets every lease; the next rebalance re-reads them.
 func (r *Replica) heartbeat(ctx context.Context) error {
 	sent := time.Now()
 	err := r.store.HeartbeatReplica(ctx, r.id)
 	if errors.Is(err, registry.ErrNotFound) {
-		if r.started {
-			r.log.Warn("replica row gone (declared dead): registering again", "replica_id", r.id)
+		if !r.lastBeat.IsZero() {
+			r.log.Warn("replica row gone (declared dead): dropping everything, registering again", "replica_id", r.id)
+			r.invalidate()
 		}
+		sent = time.Now()
 		err = r.store.RegisterReplica(ctx, bap.Replica{ID: r.id, Host: r.cfg.Host, Pid: r.cfg.Pid,
-			Version: r.cfg.Version, StartedAt: processStart})
+			Version: r.cfg.Version, StartedAt: r.started})
 	}
 	if err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
@@ -286,17 +288,34 @@ func (r *Replica) heartbeat(ctx context.Context) error {
 	if !time.Now().Before(r.validUntil) && len(r.held) > 0 {
 		r.log.Warn("heartbeat lapsed: leases forgotten until re-read", "replica_id", r.id, "held", len(r.held))
 		r.held = map[int]registry.Lease{}
+		r.validity.Add(1)
+		r.generation.Add(1)
 	}
 	r.validUntil = sent.Add(r.cfg.TTL * 3 / 4)
-	r.mu.Unlock()
 	r.lastBeat = sent
+	r.mu.Unlock()
 	return nil
+}
+
+// invalidate makes this replica hold nothing and act on nothing until its
+// next successful heartbeat and rebalance.
+func (r *Replica) invalidate() {
+	r.mu.Lock()
+	r.held = map[int]registry.Lease{}
+	r.validUntil = time.Time{}
+	r.validity.Add(1)
+	r.generation.Add(1)
+	r.mu.Unlock()
 }
 
 // rebalance reads liveness and leases, declares provably dead replicas
 // dead, releases the shards this replica should give up and acquires those
 // it should take.
 func (r *Replica) rebalance(ctx context.Context) error {
+	if !r.Valid() {
+		return nil // nothing to do until a heartbeat gets through
+	}
+	validity := r.validity.Load()
 	statuses, err := r.store.Replicas(ctx, r.cfg.TTL)
 	if err != nil {
 		return err
@@ -307,9 +326,15 @@ func (r *Replica) rebalance(ctx context.Context) error {
 			live[st.ID] = true
 			continue
 		}
-		if st.Alive && !r.provablyDead(st.Replica) {
-			live[st.ID] = true
-			continue
+		if st.Alive {
+			dead, err := r.provablyDead(ctx, st.Replica)
+			if err != nil {
+				return err
+			}
+			if !dead {
+				live[st.ID] = true
+				continue
+			}
 		}
 		forgotten := !st.Alive && time.Since(st.HeartbeatAt) > forgetAfter*r.cfg.TTL
 		if st.Alive || r.cfg.Exclusive || forgotten {
@@ -351,7 +376,9 @@ func (r *Replica) rebalance(ctx context.Context) error {
 	}
 	// Give up first, locally then in the database: nobody takes a shard
 	// while this replica may still act on it.
-	r.setHeld(held, live)
+	if !r.setHeld(validity, held, live) {
+		return nil
+	}
 	for _, l := range give {
 		if err := r.store.ReleaseLease(ctx, l); err != nil {
 			return err
@@ -370,12 +397,18 @@ func (r *Replica) rebalance(ctx context.Context) error {
 		r.log.Info("shards rebalanced", "replica_id", r.id, "released", len(give), "acquired", len(want),
 			"held", len(held), "replicas", len(ids))
 	}
-	r.setHeld(held, live)
+	r.setHeld(validity, held, live)
 	return nil
 }
 
-func (r *Replica) setHeld(held map[int]registry.Lease, live map[string]bool) {
+// setHeld installs what a rebalance read, unless this replica's validity
+// was lost since the read began (it reports false then).
+func (r *Replica) setHeld(validity uint64, held map[int]registry.Lease, live map[string]bool) bool {
 	r.mu.Lock()
+	if r.validity.Load() != validity {
+		r.mu.Unlock()
+		return false
+	}
 	changed := len(held) != len(r.held)
 	for s, l := range held {
 		if r.held[s] != l {
@@ -391,6 +424,7 @@ func (r *Replica) setHeld(held map[int]registry.Lease, live map[string]bool) {
 			r.cfg.OnShards(len(held))
 		}
 	}
+	return true
 }
 
 // Generation changes whenever the set of shards this replica holds
@@ -406,29 +440,16 @@ func maps(m map[int]registry.Lease) map[int]registry.Lease {
 }
 
 // provablyDead reports whether another replica's process is known to be
-// gone: it ran on this host under a pid that no longer exists, or under
-// this process's own pid but with another start (a restarted container
-// reusing pid 1), or the database is exclusively this process's. Replicas
-// of this very process (tests run several) are not.
-func (r *Replica) provablyDead(other bap.Replica) bool {
+// gone before its TTL says so: its heartbeat has been quiet for more than a
+// heartbeat period and a half, and its session on the database ended (the
+// connection a process holds until it dies). A replica frozen or cut off
+// keeps its session, and only its TTL ends it. With an exclusive database
+// every other replica is dead.
+func (r *Replica) provablyDead(ctx context.Context, other bap.Replica) (bool, error) {
 	if r.cfg.Exclusive {
-		return true
+		return true, nil
 	}
-	if other.Host != r.cfg.Host || other.Host == "" {
-		return false
-	}
-	if other.Pid == r.cfg.Pid && r.cfg.Pid == os.Getpid() {
-		return !other.StartedAt.Equal(processStart)
-	}
-	return !pidAlive(other.Pid)
-}
-
-func pidAlive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	return r.store.ReplicaGone(ctx, other.ID, r.cfg.Heartbeat*3/2)
 }
 
 // Owner is the replica (of ids, the live set) that should hold shard:

@@ -242,41 +242,66 @@ func TestFrozenReplicaRejoins(t *testing.T) {
 	}
 }
 
-// TestDeadProcessOnThisHostIsDeadAtOnce: a replica row of this host whose
-// process is gone is dead without waiting for its TTL, so a restarted
-// orchestrator takes its predecessor's shards at once.
-func TestDeadProcessOnThisHostIsDeadAtOnce(t *testing.T) {
-	s := openPostgres(t)
-	ctx := t.Context()
-	host, _ := os.Hostname()
-	gone := bap.Replica{ID: uuid.NewString(), Host: host, Pid: deadPid(t), Version: "old", StartedAt: bap.Now()}
-	require.NoError(t, s.RegisterReplica(ctx, gone))
-	elsewhere := bap.Replica{ID: uuid.NewString(), Host: "another-host", Pid: deadPid(t), Version: "old", StartedAt: bap.Now()}
-	require.NoError(t, s.RegisterReplica(ctx, elsewhere))
-	for shard := range replica.Shards {
-		_, _, err := s.AcquireLease(ctx, shard, gone.ID, time.Hour)
+// TestDeadProcessIsDeadBeforeItsTTL: a replica whose process ended (its
+// Store, and so its session on the database, closed) is dead once its
+// heartbeat has been quiet for a heartbeat period and a half, without
+// waiting for its TTL; one whose process is alive but frozen (no heartbeat,
+// session held) waits for its TTL.
+func TestDeadProcessIsDeadBeforeItsTTL(t *testing.T) {
+	url := pgtest.URL(t)
+	openAt := func() registry.Store {
+		st, err := postgres.Open(t.Context(), url)
 		require.NoError(t, err)
+		t.Cleanup(func() { _ = st.Close() })
+		return st
 	}
-	cfg := fast(host)
+	s := openAt()
+	cfg := fast("anywhere")
 	cfg.TTL = time.Hour // only proof can make a replica dead here
+	cfg.Heartbeat = 100 * time.Millisecond
+
+	deadStore, frozenStore := openAt(), openAt()
+	dead := start(t, deadStore, cfg)
+	frozen := start(t, frozenStore, cfg)
+	require.Eventually(t, func() bool { return requireDivided(t, s, dead.Replica, frozen.Replica) }, 5*time.Second, 10*time.Millisecond)
+	deadShards, frozenShards := held(dead.Replica), held(frozen.Replica)
+
+	dead.stop()
+	require.NoError(t, deadStore.Close()) // the process is gone: its session ends
+	frozen.stop()                         // frozen: no heartbeat, session kept
+
 	r := start(t, s, cfg)
-	// The other host's replica cannot be proved dead: it keeps its share of
-	// the split. Every shard of this replica's share is taken from the
-	// dead local process at once.
-	live := []string{r.ID(), elsewhere.ID}
+	// The dead replica's shards are split between the living: r takes its
+	// share of them at once, though the TTL is an hour.
+	live := []string{r.ID(), frozen.ID()}
+	mine := 0
+	require.Eventually(t, func() bool {
+		got := held(r.Replica)
+		mine = 0
+		for shard := range deadShards {
+			if replica.Owner(shard, live) != r.ID() {
+				continue
+			}
+			mine++
+			if _, ok := got[shard]; !ok {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, 10*time.Millisecond, "the dead process's shards are taken within seconds, TTL an hour")
+	require.Positive(t, mine)
 	got := held(r.Replica)
-	for shard := range replica.Shards {
+	for shard := range frozenShards {
 		_, ok := got[shard]
-		require.Equal(t, replica.Owner(shard, live) == r.ID(), ok, "shard %d", shard)
+		require.False(t, ok, "shard %d of the frozen replica: only its TTL frees it", shard)
 	}
-	require.NotEmpty(t, got)
-	list, err := s.Replicas(ctx, time.Hour)
+	list, err := s.Replicas(t.Context(), time.Hour)
 	require.NoError(t, err)
 	ids := []string{}
 	for _, x := range list {
 		ids = append(ids, x.ID)
 	}
-	require.ElementsMatch(t, []string{r.ID(), elsewhere.ID}, ids, "the dead local replica is removed")
+	require.ElementsMatch(t, []string{r.ID(), frozen.ID()}, ids, "the dead replica is removed")
 }
 
 // TestExclusiveReplicaOwnsTheDatabase: with SQLite's file lock there is one
@@ -317,7 +342,8 @@ func (f *failingHeartbeats) HeartbeatReplica(ctx context.Context, id string) err
 
 // TestLeasesLapseWithoutHeartbeat: a replica that cannot reach the database
 // stops trusting its leases after three quarters of a TTL, before anyone may
-// call it dead.
+// call it dead; when it gets through again it re-reads before holding
+// anything.
 func TestLeasesLapseWithoutHeartbeat(t *testing.T) {
 	s := &failingHeartbeats{Store: openSQLite(t), fail: make(chan struct{})}
 	r := start(t, s, fast("host"))
@@ -331,6 +357,25 @@ func TestLeasesLapseWithoutHeartbeat(t *testing.T) {
 	require.False(t, ok)
 	_, ok = r.Leader()
 	require.False(t, ok)
+	require.Empty(t, held(r.Replica))
+}
+
+// TestDeclaredDeadReplicaDropsEverything: a replica that finds its row
+// deleted (others declared it dead) holds nothing until it registered and
+// rebalanced again.
+func TestDeclaredDeadReplicaDropsEverything(t *testing.T) {
+	s := openSQLite(t)
+	r := start(t, s, fast("host"))
+	require.Len(t, held(r.Replica), replica.Shards)
+	gen := r.Generation()
+	require.NoError(t, s.DeregisterReplica(t.Context(), r.ID()))
+	require.Eventually(t, func() bool { return r.Generation() != gen }, 2*time.Second, time.Millisecond,
+		"the held set changed when the row was found gone")
+	require.Eventually(t, func() bool { return len(held(r.Replica)) == replica.Shards }, 5*time.Second, 10*time.Millisecond,
+		"registered again, it takes its shards again")
+	alive, err := s.ReplicaAlive(t.Context(), r.ID(), time.Second)
+	require.NoError(t, err)
+	require.True(t, alive)
 }
 
 func TestSoloHoldsEverythingUnfenced(t *testing.T) {

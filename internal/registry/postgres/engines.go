@@ -70,6 +70,7 @@ func scanEngine(row pgx.CollectableRow) (bap.Engine, error) {
 // (registry.Store.CountRunning).
 const sqlRunningSlots = `(SELECT count(*) FROM engines WHERE product_id = $1::uuid AND (
 	status IN ('running', 'sleeping', 'provisioning')
+	OR (status = 'failed' AND next_restart_at IS NOT NULL)
 	OR (status IN ('stopped', 'failed') AND op IN ('start', 'wake', 'auto-restart'))))`
 
 // sqlInsertEngine inserts unless the product is at its quota ($20, 0 = none)

@@ -331,3 +331,10 @@ func BenchmarkProvisionWrites(b *testing.B) {
 		}
 	}
 }
+
+func TestReplicaGoneAfterItsStoreCloses(t *testing.T) {
+	url := pgtest.URL(t)
+	first, err := postgres.Open(t.Context(), url)
+	require.NoError(t, err)
+	registrytest.GoneAfterItsStoreCloses(t, first, open(t, url))
+}

@@ -2,7 +2,9 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"hash/fnv"
 	"sync"
 	"time"
 
@@ -16,9 +18,17 @@ import (
 // Liveness is judged by the database's clock (now()), so replicas whose
 // clocks disagree still agree on who is alive.
 
-// RegisterReplica records r with a heartbeat of now.
+// A replica's session is a connection of its own holding a session-level
+// advisory lock keyed by the replica's id. PostgreSQL drops the lock when
+// the connection ends, which it does at once when the process dies (the
+// kernel closes its sockets): so a free lock, with a quiet heartbeat, proves
+// the process gone without waiting for the TTL, on any host or container.
+// The heartbeat runs on the same connection, so it never waits for the pool
+// (which queries stuck behind another replica's locks may exhaust).
+
+// RegisterReplica records r with a heartbeat of now, through its session.
 func (s *Store) RegisterReplica(ctx context.Context, r bap.Replica) error {
-	_, err := s.db.Exec(ctx, `INSERT INTO replicas (id, host, pid, version, started_at, heartbeat_at)
+	_, err := s.sessions.get(r.ID).exec(ctx, `INSERT INTO replicas (id, host, pid, version, started_at, heartbeat_at)
 		VALUES ($1, $2, $3, $4, $5, now())
 		ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
 			version = EXCLUDED.version, started_at = EXCLUDED.started_at, heartbeat_at = now()`,
@@ -29,12 +39,9 @@ func (s *Store) RegisterReplica(ctx context.Context, r bap.Replica) error {
 	return nil
 }
 
-// HeartbeatReplica sets the replica's heartbeat to now, on a connection of
-// its own: a pool exhausted by queries waiting for locks (another replica
-// frozen in a transaction holds them until the server ends it) must not
-// make this replica miss its heartbeat and stop acting too.
+// HeartbeatReplica sets the replica's heartbeat to now, through its session.
 func (s *Store) HeartbeatReplica(ctx context.Context, id string) error {
-	tag, err := s.beat.exec(ctx, `UPDATE replicas SET heartbeat_at = now() WHERE id = $1`, id)
+	tag, err := s.sessions.get(id).exec(ctx, `UPDATE replicas SET heartbeat_at = now() WHERE id = $1`, id)
 	if err != nil {
 		return fmt.Errorf("heartbeat replica %s: %w", id, translate(err))
 	}
@@ -45,7 +52,7 @@ func (s *Store) HeartbeatReplica(ctx context.Context, id string) error {
 }
 
 // DeregisterReplica deletes the replica and frees its leases in one
-// statement.
+// statement, then ends its session.
 func (s *Store) DeregisterReplica(ctx context.Context, id string) error {
 	_, err := s.db.Exec(ctx, `WITH freed AS (
 		UPDATE shard_leases SET replica_id = NULL WHERE replica_id = $1
@@ -53,7 +60,22 @@ func (s *Store) DeregisterReplica(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("deregister replica %s: %w", id, translate(err))
 	}
+	s.sessions.end(id)
 	return nil
+}
+
+// sqlReplicaGone: the heartbeat is quiet (or there is no row) and nobody
+// holds the replica's lock. Trying the lock takes it for a moment only.
+const sqlReplicaGone = `SELECT COALESCE((SELECT heartbeat_at < now() - $2::interval FROM replicas WHERE id = $1), true)
+	AND CASE WHEN pg_try_advisory_lock($3) THEN pg_advisory_unlock($3) ELSE false END`
+
+// ReplicaGone reports whether the replica's process is provably gone.
+func (s *Store) ReplicaGone(ctx context.Context, id string, quiet time.Duration) (bool, error) {
+	var gone bool
+	if err := s.db.QueryRow(ctx, sqlReplicaGone, id, quiet, sessionKey(id)).Scan(&gone); err != nil {
+		return false, fmt.Errorf("replica %s gone: %w", id, translate(err))
+	}
+	return gone, nil
 }
 
 // Replicas lists the replicas with their liveness and lease counts.
@@ -123,6 +145,12 @@ func (s *Store) AcquireLease(ctx context.Context, shard int, replicaID string, t
 	var l registry.Lease
 	var took bool
 	err := s.db.QueryRow(ctx, sqlAcquireLease, shard, replicaID, ttl).Scan(&l.Shard, &l.ReplicaID, &l.Epoch, &took)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Another replica created the shard's row while this statement
+		// waited for it: the row is theirs, and this statement's snapshot
+		// cannot see it.
+		return registry.Lease{Shard: shard}, false, nil
+	}
 	if err != nil {
 		return registry.Lease{}, false, fmt.Errorf("acquire lease on shard %d: %w", shard, translate(err))
 	}
@@ -157,39 +185,104 @@ func (s *Store) CheckLease(ctx context.Context, l registry.Lease) error {
 	return nil
 }
 
-// beatConn is a lazily opened connection used only for heartbeats; it is
-// reopened after an error.
-type beatConn struct {
+// sessionKey is the advisory lock key of a replica's session.
+func sessionKey(id string) int64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte("bap-engine replica "))
+	_, _ = h.Write([]byte(id))
+	return int64(h.Sum64())
+}
+
+// sessions are the replica sessions this Store opened, by replica id.
+type sessions struct {
+	cfg *pgx.ConnConfig
+	mu  sync.Mutex
+	by  map[string]*session
+}
+
+func newSessions(cfg *pgx.ConnConfig) *sessions {
+	return &sessions{cfg: cfg, by: map[string]*session{}}
+}
+
+func (ss *sessions) get(id string) *session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	s := ss.by[id]
+	if s == nil {
+		s = &session{cfg: ss.cfg, key: sessionKey(id)}
+		ss.by[id] = s
+	}
+	return s
+}
+
+func (ss *sessions) end(id string) {
+	ss.mu.Lock()
+	s := ss.by[id]
+	delete(ss.by, id)
+	ss.mu.Unlock()
+	if s != nil {
+		s.close()
+	}
+}
+
+func (ss *sessions) closeAll() {
+	ss.mu.Lock()
+	all := ss.by
+	ss.by = map[string]*session{}
+	ss.mu.Unlock()
+	for _, s := range all {
+		s.close()
+	}
+}
+
+// session is a replica's own connection, holding its advisory lock; it is
+// reopened (and the lock taken again) after an error.
+type session struct {
 	cfg  *pgx.ConnConfig
+	key  int64
 	mu   sync.Mutex
 	conn *pgx.Conn
 }
 
-func (b *beatConn) exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.conn == nil || b.conn.IsClosed() {
-		conn, err := pgx.ConnectConfig(ctx, b.cfg)
+// sessionTimeout bounds one statement on a session. The caller's
+// cancellation does not interrupt it: pgx closes a connection whose query
+// is cancelled, and that would end the session, as if the process died.
+const sessionTimeout = 10 * time.Second
+
+func (s *session) exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sessionTimeout)
+	defer cancel()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil || s.conn.IsClosed() {
+		conn, err := pgx.ConnectConfig(ctx, s.cfg)
 		if err != nil {
 			return pgconn.CommandTag{}, err
 		}
-		b.conn = conn
+		if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, s.key); err != nil {
+			_ = conn.Close(context.WithoutCancel(ctx))
+			return pgconn.CommandTag{}, err
+		}
+		s.conn = conn
 	}
-	tag, err := b.conn.Exec(ctx, sql, args...)
+	tag, err := s.conn.Exec(ctx, sql, args...)
 	if err != nil {
-		_ = b.conn.Close(context.WithoutCancel(ctx))
-		b.conn = nil
+		_ = s.conn.Close(context.WithoutCancel(ctx))
+		s.conn = nil
 	}
 	return tag, err
 }
 
-func (b *beatConn) close() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.conn != nil {
+// close releases the lock (at once: closing alone lets the server notice
+// a moment later) and closes the connection.
+func (s *session) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		_ = b.conn.Close(ctx)
-		b.conn = nil
+		_, _ = s.conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, s.key)
+		_ = s.conn.Close(ctx)
+		s.conn = nil
 	}
 }

@@ -45,8 +45,8 @@ type Store struct {
 	// them in a transaction until it ends.
 	hub     *registry.ChangeHub
 	changes *registry.TxChanges
-	// beat is the replica heartbeat's own connection (HeartbeatReplica).
-	beat *beatConn
+	// sessions are the replica sessions opened through this Store.
+	sessions *sessions
 }
 
 // querier is what *pgxpool.Pool and pgx.Tx have in common.
@@ -74,7 +74,7 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", translate(err))
 	}
-	s := &Store{pool: pool, db: pool, hub: &registry.ChangeHub{}, beat: &beatConn{cfg: cfg.ConnConfig}}
+	s := &Store{pool: pool, db: pool, hub: &registry.ChangeHub{}, sessions: newSessions(cfg.ConnConfig)}
 	version, err := s.schemaVersion(ctx)
 	if err != nil {
 		pool.Close()
@@ -127,7 +127,7 @@ func (s *Store) InTx(ctx context.Context, fn func(tx registry.Store) error) erro
 	changes := &registry.TxChanges{}
 	defer changes.Flush(s.hub)
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if err := fn(&Store{pool: s.pool, db: tx, inTx: true, hub: s.hub, changes: changes, beat: s.beat}); err != nil {
+	if err := fn(&Store{pool: s.pool, db: tx, inTx: true, hub: s.hub, changes: changes, sessions: s.sessions}); err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -152,7 +152,7 @@ func (s *Store) Ping(ctx context.Context) error {
 // the transaction belongs to InTx.
 func (s *Store) Close() error {
 	if !s.inTx {
-		s.beat.close()
+		s.sessions.closeAll()
 		s.pool.Close()
 	}
 	return nil

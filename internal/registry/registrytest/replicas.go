@@ -22,7 +22,30 @@ func replicaTests() []test {
 		{"LeaseTakenFromDeadHolder", testLeaseFromDead},
 		{"LeaseConcurrentAcquireOneWinner", testLeaseConcurrent},
 		{"CheckLeaseFences", testCheckLease},
+		{"GoneOnlyWithoutSession", testReplicaGone},
 	}
+}
+
+// GoneAfterItsStoreCloses checks ReplicaGone across two Stores on one
+// database, the second standing for another process: a replica registered
+// through the first is not gone while that Store is open, is gone (with a
+// quiet heartbeat) once it is closed, as when its process dies, and a recent
+// heartbeat alone still keeps it from being gone. Stores' own tests call it.
+func GoneAfterItsStoreCloses(t *testing.T, first, second registry.Store) {
+	ctx := t.Context()
+	r := NewReplica(t, first)
+	gone, err := second.ReplicaGone(ctx, r.ID, 0)
+	require.NoError(t, err)
+	require.False(t, gone, "its process holds its session")
+	require.NoError(t, first.Close())
+	require.Eventually(t, func() bool {
+		gone, err := second.ReplicaGone(ctx, r.ID, 0)
+		require.NoError(t, err)
+		return gone
+	}, 5*time.Second, 10*time.Millisecond, "its session ended with its process")
+	gone, err = second.ReplicaGone(ctx, r.ID, time.Hour)
+	require.NoError(t, err)
+	require.False(t, gone, "a heartbeat younger than quiet is not gone")
 }
 
 func claimTests() []test {
@@ -223,6 +246,27 @@ func testLeaseConcurrent(t *testing.T, s registry.Store) {
 	require.Equal(t, winners, leases)
 }
 
+func testReplicaGone(t *testing.T, s registry.Store) {
+	ctx := t.Context()
+	r := NewReplica(t, s)
+	for _, quiet := range []time.Duration{0, time.Hour} {
+		gone, err := s.ReplicaGone(ctx, r.ID, quiet)
+		require.NoError(t, err)
+		require.False(t, gone, "a registered replica with its session is not gone")
+	}
+	require.NoError(t, s.HeartbeatReplica(ctx, r.ID))
+	gone, err := s.ReplicaGone(ctx, r.ID, 0)
+	require.NoError(t, err)
+	require.False(t, gone, "the heartbeat keeps the session")
+	require.NoError(t, s.DeregisterReplica(ctx, r.ID))
+	gone, err = s.ReplicaGone(ctx, r.ID, 0)
+	require.NoError(t, err)
+	require.True(t, gone, "deregistered: no row, no session")
+	gone, err = s.ReplicaGone(ctx, uuid.NewString(), time.Hour)
+	require.NoError(t, err)
+	require.True(t, gone, "never registered")
+}
+
 func testCheckLease(t *testing.T, s registry.Store) {
 	ctx := t.Context()
 	a, b := NewReplica(t, s), NewReplica(t, s)
@@ -283,15 +327,18 @@ func testCountRunning(t *testing.T, s registry.Store) {
 	NewEngine(t, s, p.ID, "starting", WithStatus(bap.StateStopped), claimed(bap.OpStart, "r", 2))
 	NewEngine(t, s, p.ID, "waking", WithStatus(bap.StateStopped), claimed(bap.OpWake, "r", 2))
 	NewEngine(t, s, p.ID, "failed", WithStatus(bap.StateFailed))
+	NewEngine(t, s, p.ID, "restart-due", WithStatus(bap.StateFailed), func(e *bap.Engine) {
+		e.NextRestartAt = ptr(bap.Now().Add(time.Minute))
+	})
 	NewEngine(t, s, p.ID, "restarting", WithStatus(bap.StateFailed), claimed(bap.OpAutoRestart, "r", 2))
 	NewEngine(t, s, p.ID, "destroying", WithStatus(bap.StateDestroying), claimed(bap.OpDestroy, "r", 2))
 	NewEngine(t, s, other.ID, "elsewhere")
 	n, err := s.CountRunning(ctx, p.ID)
 	require.NoError(t, err)
-	require.Equal(t, 6, n, "running, sleeping, provisioning, and the start, wake and restart in flight")
+	require.Equal(t, 7, n, "running, sleeping, provisioning, a restart due, and the start, wake and restart in flight")
 	require.NoError(t, s.InTx(ctx, func(tx registry.Store) error {
 		n, err := tx.CountRunning(ctx, p.ID)
-		require.Equal(t, 6, n)
+		require.Equal(t, 7, n)
 		return err
 	}))
 	n, err = s.CountRunning(ctx, uuid.NewString())

@@ -371,6 +371,7 @@ func (s *Store) RecordHealth(ctx context.Context, results []registry.HealthResul
 // (registry.Store.CountRunning).
 const sqlRunningSlots = `SELECT COUNT(*) FROM engines WHERE product_id = ? AND (
 	status IN ('running', 'sleeping', 'provisioning')
+	OR (status = 'failed' AND next_restart_at IS NOT NULL)
 	OR (status IN ('stopped', 'failed') AND op IN ('start', 'wake', 'auto-restart')))`
 
 // CountRunning counts the product's engines that hold a running slot. The

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/september/bap-engine/internal/bap"
@@ -12,10 +14,13 @@ import (
 )
 
 // Liveness is judged by this process's clock: with SQLite one process
-// serves the file (ClaimServing), so there is only one clock.
+// serves the file (ClaimServing), so there is only one clock. A replica's
+// session is its registration through this Store (this process): a replica
+// no Store of this process registered is gone.
 
-// RegisterReplica records r with a heartbeat of now.
+// RegisterReplica records r with a heartbeat of now and opens its session.
 func (s *Store) RegisterReplica(ctx context.Context, r bap.Replica) error {
+	s.sessions.open(r.ID)
 	_, err := s.writer().ExecContext(ctx, `INSERT INTO replicas (id, host, pid, version, started_at, heartbeat_at)
 		VALUES (?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,
@@ -30,16 +35,105 @@ func (s *Store) HeartbeatReplica(ctx context.Context, id string) error {
 		`UPDATE replicas SET heartbeat_at = ? WHERE id = ?`, ts(time.Now()), id)
 }
 
-// DeregisterReplica deletes the replica and frees its leases.
+// DeregisterReplica deletes the replica and frees its leases, and ends its
+// session.
 func (s *Store) DeregisterReplica(ctx context.Context, id string) error {
 	op := "deregister replica " + id
-	return s.inTx(ctx, func(tx *Store) error {
+	err := s.inTx(ctx, func(tx *Store) error {
 		if _, err := tx.tx.ExecContext(ctx, `UPDATE shard_leases SET replica_id = NULL WHERE replica_id = ?`, id); err != nil {
 			return translate(op, err)
 		}
 		_, err := tx.tx.ExecContext(ctx, `DELETE FROM replicas WHERE id = ?`, id)
 		return translate(op, err)
 	})
+	if err == nil {
+		s.sessions.end(id)
+	}
+	return err
+}
+
+// ReplicaGone reports whether the replica's heartbeat is quiet (or it has
+// no row) and no Store of this process registered it.
+func (s *Store) ReplicaGone(ctx context.Context, id string, quiet time.Duration) (bool, error) {
+	if s.sessions.holds(id) {
+		return false, nil
+	}
+	var recent bool
+	err := s.reader().QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM replicas
+		WHERE id = ? AND heartbeat_at >= ?)`, id, ts(time.Now().Add(-quiet))).Scan(&recent)
+	if err != nil {
+		return false, translate("replica "+id+" gone", err)
+	}
+	return !recent, nil
+}
+
+// sessions are the replicas registered through a Store (and its
+// transactions' Stores), until deregistered or closed. Every Store of this
+// process on the same file sees them (processSessions): that is the process
+// that serves the file.
+type sessions struct {
+	path string
+	mu   sync.Mutex
+	mine map[string]bool
+}
+
+// processSessions counts, per database file and replica id, the Stores of
+// this process holding the replica's session.
+var processSessions = struct {
+	mu sync.Mutex
+	by map[string]map[string]int
+}{by: map[string]map[string]int{}}
+
+func newSessions(path string) *sessions { return &sessions{path: path, mine: map[string]bool{}} }
+
+func (ss *sessions) open(id string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.mine[id] {
+		return
+	}
+	ss.mine[id] = true
+	processSessions.mu.Lock()
+	defer processSessions.mu.Unlock()
+	if processSessions.by[ss.path] == nil {
+		processSessions.by[ss.path] = map[string]int{}
+	}
+	processSessions.by[ss.path][id]++
+}
+
+func (ss *sessions) end(id string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if !ss.mine[id] {
+		return
+	}
+	delete(ss.mine, id)
+	release(ss.path, id)
+}
+
+func (ss *sessions) holds(id string) bool {
+	processSessions.mu.Lock()
+	defer processSessions.mu.Unlock()
+	return processSessions.by[ss.path][id] > 0
+}
+
+func (ss *sessions) endAll() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for id := range ss.mine {
+		release(ss.path, id)
+	}
+	ss.mine = map[string]bool{}
+}
+
+func release(path, id string) {
+	processSessions.mu.Lock()
+	defer processSessions.mu.Unlock()
+	if n := processSessions.by[path][id] - 1; n > 0 {
+		processSessions.by[path][id] = n
+	} else {
+		delete(processSessions.by[path], id)
+	}
 }
 
 // Replicas lists the replicas with their liveness and lease counts.
@@ -163,4 +257,12 @@ func (s *Store) CheckLease(ctx context.Context, l registry.Lease) error {
 		return fmt.Errorf("shard %d lease of %s at epoch %d: %w", l.Shard, l.ReplicaID, l.Epoch, registry.ErrFenced)
 	}
 	return nil
+}
+
+// absPath names a database file the same way however it was opened.
+func absPath(path string) string {
+	if abs, err := filepath.Abs(path); err == nil {
+		return abs
+	}
+	return path
 }

@@ -53,6 +53,8 @@ type Store struct {
 	// open lock file that makes this the file's only orchestrator.
 	path  string
 	claim *os.File
+	// sessions are the replicas registered through this Store.
+	sessions *sessions
 }
 
 var (
@@ -89,7 +91,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
 
-	s := &Store{w: w, hub: &registry.ChangeHub{}, path: path}
+	s := &Store{w: w, hub: &registry.ChangeHub{}, path: path, sessions: newSessions(absPath(path))}
 	if err := s.Migrate(ctx); err != nil {
 		_ = w.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
@@ -175,6 +177,7 @@ func (s *Store) Close() error {
 	if s.tx != nil {
 		return nil
 	}
+	s.sessions.endAll()
 	var errs []error
 	if s.r != nil {
 		errs = append(errs, s.r.Close())
@@ -235,7 +238,7 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *Store) error) error {
 		return cause
 	}
 
-	if err := fn(&Store{w: s.w, r: s.r, tx: sqlTx, migrations: s.migrations, hub: s.hub, changes: changes}); err != nil {
+	if err := fn(&Store{w: s.w, r: s.r, tx: sqlTx, migrations: s.migrations, hub: s.hub, changes: changes, sessions: s.sessions}); err != nil {
 		return rollback(err)
 	}
 	if err := ctx.Err(); err != nil {

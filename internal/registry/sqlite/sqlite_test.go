@@ -131,3 +131,10 @@ func TestClaimServing(t *testing.T) {
 	require.NoError(t, a.Close())
 	require.NoError(t, b.ClaimServing(), "the claim is free once its holder closed")
 }
+
+func TestReplicaGoneAfterItsStoreCloses(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "registry.db")
+	first, err := sqlite.Open(t.Context(), path)
+	require.NoError(t, err)
+	registrytest.GoneAfterItsStoreCloses(t, first, openStore(t, path))
+}
