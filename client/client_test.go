@@ -8,13 +8,30 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/require"
-
 	"github.com/september/bap-engine/client"
 )
+
+// The client module depends on nothing but the standard library, tests
+// included, so these helpers stand in for an assertion library.
+
+func check(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("unexpected error: %v", err)
+	}
+}
+
+func equal(t *testing.T, got, want any, what string) {
+	t.Helper()
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("%s: got %#v, want %#v", what, got, want)
+	}
+}
 
 // recorded is what the test server saw of one request.
 type recorded struct {
@@ -34,7 +51,9 @@ func server(t *testing.T, status int, body string, hdr map[string]string) (*clie
 		rec.adminKey = r.Header.Get(client.HeaderAdminKey)
 		rec.contentType = r.Header.Get("Content-Type")
 		if b, _ := io.ReadAll(r.Body); len(b) > 0 {
-			require.NoError(t, json.Unmarshal(b, &rec.body))
+			if err := json.Unmarshal(b, &rec.body); err != nil {
+				t.Errorf("request body is not JSON: %v", err)
+			}
 		}
 		for k, v := range hdr {
 			w.Header().Set(k, v)
@@ -54,45 +73,46 @@ func TestRequestsCarryTheRightKeyPathAndBody(t *testing.T) {
 
 	c, rec := server(t, 200, `{"admitted":true,"engine":{"engine_id":"e1","user_id":"u/1","status":"running","url":"http://x","api_key":"sk-sept-a","engine_version":"img:1","created_at":"2026-04-27T12:34:56.000Z","last_health_at":null}}`, nil)
 	res, err := c.Admit(ctx, "u/1", client.AdmitOptions{AutoProvision: true})
-	require.NoError(t, err)
-	require.Equal(t, http.MethodPost, rec.method)
-	require.Equal(t, "/engines/u%2F1/admit", rec.rawPath, "user ids are path-escaped, never path segments")
-	require.Equal(t, "pk-test", rec.platformKey)
-	require.Empty(t, rec.adminKey)
-	require.Equal(t, "application/json", rec.contentType)
-	require.Equal(t, map[string]any{"auto_provision": true, "auto_wake": false}, rec.body)
-	require.True(t, res.Admitted)
-	require.Equal(t, "sk-sept-a", res.Engine.APIKey)
-	require.Equal(t, time.Date(2026, 4, 27, 12, 34, 56, 0, time.UTC), res.Engine.CreatedAt.UTC())
-	require.Nil(t, res.Engine.LastHealthAt)
+	check(t, err)
+	equal(t, rec.method, http.MethodPost, "method")
+	equal(t, rec.rawPath, "/engines/u%2F1/admit", "user ids are path-escaped, never path segments")
+	equal(t, rec.platformKey, "pk-test", "platform key")
+	equal(t, rec.adminKey, "", "admin key on a product route")
+	equal(t, rec.contentType, "application/json", "content type")
+	equal(t, rec.body, map[string]any{"auto_provision": true, "auto_wake": false}, "admit body")
+	equal(t, res.Admitted, true, "admitted")
+	equal(t, res.Engine.APIKey, "sk-sept-a", "engine key")
+	equal(t, res.Engine.CreatedAt.UTC(), time.Date(2026, 4, 27, 12, 34, 56, 0, time.UTC), "created_at")
+	if res.Engine.LastHealthAt != nil {
+		t.Fatalf("last_health_at: got %v, want nil", res.Engine.LastHealthAt)
+	}
 
 	c, rec = server(t, 200, `{"product_id":"p","slug":"s","platform_api_key":"pk-sept-x"}`, nil)
 	p, err := c.RegisterProduct(ctx, client.ProductRequest{Slug: "s", DisplayName: "S", Policy: client.Policy{"max_engines": 3}})
-	require.NoError(t, err)
-	require.Equal(t, "admin-test", rec.adminKey)
-	require.Empty(t, rec.platformKey)
-	require.Equal(t, "/products/register", rec.path)
-	require.Equal(t, map[string]any{"slug": "s", "display_name": "S", "policy": map[string]any{"max_engines": float64(3)}}, rec.body)
-	require.Equal(t, "pk-sept-x", p.PlatformAPIKey)
+	check(t, err)
+	equal(t, rec.adminKey, "admin-test", "admin key")
+	equal(t, rec.platformKey, "", "platform key on an admin route")
+	equal(t, rec.path, "/products/register", "path")
+	equal(t, rec.body, map[string]any{"slug": "s", "display_name": "S", "policy": map[string]any{"max_engines": float64(3)}}, "register body")
+	equal(t, p.PlatformAPIKey, "pk-sept-x", "platform key answer")
 
 	c, rec = server(t, 200, `{"engines":[],"total":0}`, nil)
 	_, err = c.List(ctx, client.ListOptions{Status: "running", Limit: 5, Offset: 10})
-	require.NoError(t, err)
-	require.Equal(t, "limit=5&offset=10&status=running", rec.query)
+	check(t, err)
+	equal(t, rec.query, "limit=5&offset=10&status=running", "list query")
 
 	c, rec = server(t, 200, `{"policy":{}}`, nil)
 	pol, err := c.UpdatePolicy(ctx, "p-1", nil)
-	require.NoError(t, err)
-	require.Equal(t, http.MethodPut, rec.method)
-	require.Equal(t, map[string]any{"policy": map[string]any{}}, rec.body)
-	require.Equal(t, client.Policy{}, pol)
+	check(t, err)
+	equal(t, rec.method, http.MethodPut, "method")
+	equal(t, rec.body, map[string]any{"policy": map[string]any{}}, "a nil policy is sent as {}")
+	equal(t, pol, client.Policy{}, "policy answer")
 
 	c, rec = server(t, 200, `{"status":"ok"}`, nil)
 	h, err := c.Health(ctx)
-	require.NoError(t, err)
-	require.Equal(t, "ok", h.Status)
-	require.Empty(t, rec.platformKey)
-	require.Empty(t, rec.adminKey)
+	check(t, err)
+	equal(t, h.Status, "ok", "health")
+	equal(t, rec.platformKey+rec.adminKey, "", "no key on /health")
 }
 
 func TestErrorEnvelopeIsDecoded(t *testing.T) {
@@ -100,10 +120,14 @@ func TestErrorEnvelopeIsDecoded(t *testing.T) {
 	c, _ := server(t, 429, `{"error":{"code":"RATE_LIMITED","message":"Rate limit exceeded."}}`, map[string]string{"Retry-After": "7"})
 	_, err := c.Admit(context.Background(), "u", client.AdmitOptions{})
 	var e *client.Error
-	require.ErrorAs(t, err, &e)
-	require.Equal(t, client.Error{Status: 429, Code: client.CodeRateLimited, Message: "Rate limit exceeded.", RetryAfter: 7 * time.Second}, *e)
-	require.Equal(t, client.CodeRateLimited, client.ErrorCode(fmt.Errorf("wrapped: %w", err)))
-	require.Contains(t, e.Error(), "RATE_LIMITED")
+	if !errors.As(err, &e) {
+		t.Fatalf("got %T %v, want *client.Error", err, err)
+	}
+	equal(t, *e, client.Error{Status: 429, Code: client.CodeRateLimited, Message: "Rate limit exceeded.", RetryAfter: 7 * time.Second}, "error")
+	equal(t, client.ErrorCode(fmt.Errorf("wrapped: %w", err)), client.CodeRateLimited, "ErrorCode through a wrap")
+	if !strings.Contains(e.Error(), "RATE_LIMITED") {
+		t.Fatalf("Error() = %q does not name the code", e.Error())
+	}
 }
 
 func TestNonEnvelopeErrorKeepsStatus(t *testing.T) {
@@ -111,11 +135,15 @@ func TestNonEnvelopeErrorKeepsStatus(t *testing.T) {
 	c, _ := server(t, 502, "<html>bad gateway</html>", nil)
 	_, err := c.Status(context.Background())
 	var e *client.Error
-	require.ErrorAs(t, err, &e)
-	require.Equal(t, 502, e.Status)
-	require.Empty(t, e.Code)
-	require.Equal(t, "<html>bad gateway</html>", e.Message)
-	require.Contains(t, e.Error(), "HTTP 502")
+	if !errors.As(err, &e) {
+		t.Fatalf("got %T %v, want *client.Error", err, err)
+	}
+	equal(t, e.Status, 502, "status")
+	equal(t, e.Code, "", "code")
+	equal(t, e.Message, "<html>bad gateway</html>", "message")
+	if !strings.Contains(e.Error(), "HTTP 502") {
+		t.Fatalf("Error() = %q does not name the status", e.Error())
+	}
 }
 
 func TestRetryAfterAsHTTPDate(t *testing.T) {
@@ -124,9 +152,12 @@ func TestRetryAfterAsHTTPDate(t *testing.T) {
 	c, _ := server(t, 429, `{"error":{"code":"RATE_LIMITED","message":"x"}}`, map[string]string{"Retry-After": at})
 	_, err := c.Admit(context.Background(), "u", client.AdmitOptions{})
 	var e *client.Error
-	require.ErrorAs(t, err, &e)
-	require.Greater(t, e.RetryAfter, 58*time.Minute)
-	require.LessOrEqual(t, e.RetryAfter, time.Hour)
+	if !errors.As(err, &e) {
+		t.Fatalf("got %T %v, want *client.Error", err, err)
+	}
+	if e.RetryAfter <= 58*time.Minute || e.RetryAfter > time.Hour {
+		t.Fatalf("RetryAfter = %s, want about an hour", e.RetryAfter)
+	}
 }
 
 func TestTransportErrorIsNotAnAPIError(t *testing.T) {
@@ -135,24 +166,32 @@ func TestTransportErrorIsNotAnAPIError(t *testing.T) {
 	url := srv.URL
 	srv.Close()
 	_, err := client.New(url).Health(context.Background())
-	require.Error(t, err)
+	if err == nil {
+		t.Fatal("a closed server answered")
+	}
 	var e *client.Error
-	require.False(t, errors.As(err, &e))
-	require.Empty(t, client.ErrorCode(err))
+	if errors.As(err, &e) {
+		t.Fatalf("a transport error is a *client.Error: %v", e)
+	}
+	equal(t, client.ErrorCode(err), "", "ErrorCode of a transport error")
 }
 
 func TestMalformedSuccessBodyIsAnError(t *testing.T) {
 	t.Parallel()
 	c, _ := server(t, 200, `{"status":`, nil)
 	_, err := c.Stop(context.Background(), "u")
-	require.ErrorContains(t, err, "decode POST /engines/u/stop answer")
+	if err == nil || !strings.Contains(err.Error(), "decode POST /engines/u/stop answer") {
+		t.Fatalf("got %v, want a decode error naming the route", err)
+	}
 }
 
 func TestPrometheusMetricsReturnsText(t *testing.T) {
 	t.Parallel()
 	c, rec := server(t, 200, "bap_engine_engines{product=\"a\",state=\"running\"} 1\n", nil)
 	text, err := c.PrometheusMetrics(context.Background())
-	require.NoError(t, err)
-	require.Contains(t, text, "bap_engine_engines")
-	require.Equal(t, "admin-test", rec.adminKey)
+	check(t, err)
+	if !strings.Contains(text, "bap_engine_engines") {
+		t.Fatalf("got %q", text)
+	}
+	equal(t, rec.adminKey, "admin-test", "admin key")
 }

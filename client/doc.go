@@ -21,4 +21,11 @@
 // Every non-2xx answer is returned as a *Error carrying the HTTP status, the
 // documented error code and message, and Retry-After when the server sent
 // one. A Client is safe for concurrent use.
+//
+// The package is a module of its own (github.com/september/bap-engine/client)
+// that needs nothing but the standard library, so importing it brings none of
+// the orchestrator's dependencies (database drivers, Docker client) and no
+// newer Go than its go.mod names. docs/integrating.md in the repository is the
+// guide for products: when to auto-provision and auto-wake, what to retry,
+// and what each error code means.
 package client

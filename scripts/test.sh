@@ -2,8 +2,12 @@
 # The whole test suite: vet, unit and integration tests with the race detector
 # against SQLite and PostgreSQL (and Docker when a daemon answers; required
 # when CI=true), then a short fixed-time run of every fuzz target.
-# Installs PostgreSQL's server binaries and Python's cryptography (for the
-# Fernet compatibility checks) first if this machine lacks them.
+# Then the Go client module's own tests and examples (it is a module of its
+# own, so `go test ./...` here does not reach it) and the Python client's
+# tests (pytest against a real `bap-engine serve`, and the example product).
+# Installs PostgreSQL's server binaries, Python's cryptography (for the
+# Fernet compatibility checks) and the Debian packages the Python client, its
+# tests and the example product need first if this machine lacks them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +26,18 @@ if ! python3 -c 'import cryptography.fernet' >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-cryptography >/dev/null
 fi
 
+# Debian's python3-* packages install for /usr/bin/python3, which may not be
+# the python3 first on PATH.
+PY=/usr/bin/python3
+PY_DEBS="python3-httpx python3-pytest python3-fastapi python3-uvicorn"
+if ! "$PY" -c 'import httpx, pytest, fastapi, uvicorn' >/dev/null 2>&1; then
+  echo "==> Python client test packages missing: installing $PY_DEBS"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 $PY_DEBS >/dev/null
+  "$PY" -c 'import httpx, pytest, fastapi, uvicorn' || { echo "FAIL: $PY cannot import httpx, pytest, fastapi, uvicorn after installing $PY_DEBS" >&2; exit 1; }
+fi
+
 if [ "${CI:-}" = "true" ] && ! docker info >/dev/null 2>&1; then
   echo "==> Docker daemon not answering: trying to start it"
   (command -v service >/dev/null && service docker start) || (command -v dockerd >/dev/null && (dockerd >/tmp/dockerd.log 2>&1 &) ) || true
@@ -34,6 +50,15 @@ go vet ./...
 
 echo "==> go test -race ./..."
 go test -race -count=1 -timeout 20m ./... 2>&1 | tee /tmp/bap-engine-test.log
+
+echo "==> Go client module (client/): vet, tests and examples"
+(cd client && go vet ./... && go test -race -count=1 ./...)
+
+echo "==> Python client (clients/python/): pytest against a real orchestrator"
+bin_dir="$(mktemp -d)"
+trap 'rm -rf "$bin_dir"' EXIT
+go build -o "$bin_dir/bap-engine" ./cmd/bap-engine
+BAP_ENGINE_BIN="$bin_dir/bap-engine" "$PY" -m pytest -q -p no:cacheprovider clients/python/tests
 
 FUZZTIME=${FUZZTIME:-10s}
 echo "==> fuzz targets (${FUZZTIME} each)"

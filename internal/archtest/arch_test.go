@@ -111,3 +111,30 @@ func TestAPIKnowsNoConcreteStoreOrBackend(t *testing.T) {
 		require.False(t, strings.HasPrefix(d, "internal/backend"), "api imports %s", d)
 	}
 }
+
+// TestClientModuleStandsAlone: the Go client is a module of its own that
+// products import; it must need nothing but the standard library (its tests
+// included), and the orchestrator must build against the copy in ./client
+// so the two never drift.
+func TestClientModuleStandsAlone(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "-test", "-f", `{{if not .Standard}}{{.ImportPath}}{{end}}`, "./...")
+	cmd.Dir = "../../client"
+	out, err := cmd.Output()
+	require.NoError(t, err, "go list in client/")
+	for _, p := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		// The client package itself and its test variants (client_test,
+		// client.test) are the only non-standard packages allowed.
+		require.True(t, strings.HasPrefix(p, module+"/client"),
+			"the client module imports %s: it may use only the standard library", p)
+	}
+
+	cmd = exec.Command("go", "list", "-m", "all")
+	cmd.Dir = "../../client"
+	out, err = cmd.Output()
+	require.NoError(t, err, "go list -m all in client/")
+	require.Equal(t, []string{module + "/client"}, strings.Fields(string(out)), "the client module requires no other module")
+
+	out, err = exec.Command("go", "list", "-m", "-f", "{{with .Replace}}{{.Path}}{{end}}", module+"/client").Output()
+	require.NoError(t, err, "go list -m client")
+	require.Equal(t, "./client", strings.TrimSpace(string(out)), "the orchestrator builds against ./client")
+}

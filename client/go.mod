@@ -1,0 +1,3 @@
+module github.com/september/bap-engine/client
+
+go 1.18
