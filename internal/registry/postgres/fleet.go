@@ -73,11 +73,18 @@ func (s *Store) ListFleet(ctx context.Context, f registry.FleetFilter) ([]regist
 	if len(where) > 0 {
 		cond = " WHERE " + strings.Join(where, " AND ")
 	}
+	inner := "" // the products join, when the order needs it
+	if f.Sort == registry.SortProduct {
+		inner = " JOIN products p ON p.id = e.product_id"
+	}
 	n := len(args)
 	b := &pgx.Batch{}
 	b.Queue(`SELECT count(*) FROM engines e`+cond, args...)
-	b.Queue(`SELECT `+engineCols+`, p.slug FROM engines e JOIN products p ON p.id = e.product_id`+cond+
-		` ORDER BY `+order+` LIMIT NULLIF($`+strconv.Itoa(n+1)+`::int, 0) OFFSET $`+strconv.Itoa(n+2),
+	// The page's ids are chosen on narrow rows first, then only they are
+	// read whole.
+	b.Queue(`SELECT `+engineCols+`, p.slug FROM (SELECT e.id FROM engines e`+inner+cond+
+		` ORDER BY `+order+` LIMIT NULLIF($`+strconv.Itoa(n+1)+`::int, 0) OFFSET $`+strconv.Itoa(n+2)+`) AS page
+		JOIN engines e ON e.id = page.id JOIN products p ON p.id = e.product_id ORDER BY `+order,
 		append(args[:n:n], max(f.Limit, 0), max(f.Offset, 0))...)
 	br := s.db.SendBatch(ctx, b)
 	defer br.Close()
