@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/september/bap-engine/internal/api"
@@ -159,12 +160,12 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request, v *viewer) er
 			bootLabels[i] = seconds(bootBoundsMS[i-1]) + " to " + seconds(bootBoundsMS[i])
 		}
 	}
-	ov.Boot = newBarChart("chart-boot", "Boot time of provisions, last 24 h", "provisions", bootLabels, boot,
+	ov.Boot = newBarChart("chart-boot", "Boot time of provisions, last 24 h (s)", "provisions", bootLabels, boot,
 		func(i int) (string, bool) {
 			if i == len(bootBoundsMS) {
-				return "≥" + seconds(bootBoundsMS[i-1]), true
+				return "≥" + strings.TrimSuffix(seconds(bootBoundsMS[i-1]), " s"), true
 			}
-			return "<" + seconds(bootBoundsMS[i]), true
+			return "<" + strings.TrimSuffix(seconds(bootBoundsMS[i]), " s"), true
 		})
 	h.render(w, r, v, http.StatusOK, "overview", "Overview", ov)
 	return nil

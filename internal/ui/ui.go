@@ -306,7 +306,11 @@ func (h *Handler) render(w http.ResponseWriter, r *http.Request, v *viewer, stat
 	if v != nil {
 		data.Viewer = &viewerView{Name: v.name(), Admin: v.admin}
 		data.CSRF = v.sess.csrf
-		data.Flash = v.sess.takeFlash()
+		if r.Header.Get(liveRefreshHeader) == "" {
+			// A page's own background refresh must not eat the message
+			// meant for the page an action leads to.
+			data.Flash = v.sess.takeFlash()
+		}
 		data.Live = liveOf(page, body)
 	}
 	var buf bytes.Buffer
@@ -343,6 +347,9 @@ func (h *Handler) redirect(w http.ResponseWriter, r *http.Request, v *viewer, to
 	v.sess.setFlash(flash)
 	http.Redirect(w, r, to, http.StatusSeeOther)
 }
+
+// liveRefreshHeader marks the requests with which ui.js refreshes a page.
+const liveRefreshHeader = "X-Live-Refresh"
 
 // states is every engine state, in the order pages list them.
 var states = bap.States

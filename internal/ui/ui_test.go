@@ -378,6 +378,12 @@ func TestEngineActions(t *testing.T) {
 	require.Equal(t, http.StatusSeeOther, p.status)
 	require.Equal(t, ui.Path+"/engines/"+f.alice.ID, p.header.Get("Location"))
 	require.Equal(t, bap.StateStopped, state(f.alice))
+	// A page's own live refresh leaves the message to the page the action
+	// leads to.
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, h.srv.URL+p.header.Get("Location"), nil)
+	require.NoError(t, err)
+	req.Header.Set("X-Live-Refresh", "1")
+	require.NotContains(t, b.do(req).body, "Engine stopped.")
 	shown := b.get(p.header.Get("Location"))
 	require.Contains(t, shown.body, "Engine stopped.")
 	require.Contains(t, shown.body, `<td class="audit-action">stop</td>`)

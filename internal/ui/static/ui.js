@@ -6,7 +6,9 @@
   'use strict';
 
   var body = document.body;
-  var live = body.getAttribute('data-live') || '';
+  // What the page refreshes on; an action that leads to another page
+  // changes it.
+  function live() { return body.getAttribute('data-live') || ''; }
   var status = document.getElementById('live-status');
 
   function say(text) {
@@ -40,7 +42,7 @@
     if (wait > 0) { busy = true; setTimeout(function () { busy = false; refresh(); }, wait); return; }
     busy = true;
     last = Date.now();
-    fetch(location.href, { credentials: 'same-origin', headers: { 'X-Requested-With': 'fetch' } })
+    fetch(location.href, { credentials: 'same-origin', headers: { 'X-Live-Refresh': '1' } })
       .then(function (r) {
         if (r.redirected && new URL(r.url).pathname.indexOf('/ui/signin') === 0) {
           location.assign(r.url);
@@ -62,22 +64,23 @@
   }
 
   var events = body.getAttribute('data-events');
-  if (live && events && window.EventSource) {
+  if (live() && events && window.EventSource) {
     var es = new EventSource(events);
     es.addEventListener('hello', function () { say('Live updates on.'); });
     es.addEventListener('engine', function (ev) {
       var d = {};
       try { d = JSON.parse(ev.data); } catch (e) { return; }
-      if (live === 'any' || live === 'engine:' + d.id) { refresh(); }
+      if (live() === 'any' || live() === 'engine:' + d.id) { refresh(); }
     });
     es.addEventListener('fleet', function () {
-      if (live === 'any') { refresh(); }
+      if (live() === 'any') { refresh(); }
     });
     es.onerror = function () { say('Live updates interrupted; retrying.'); };
   }
 
-  // Action forms post in the background and show the answer in place.
-  // A POST that leads to another page (a destroy) goes there.
+  // Action forms post in the background and show the answer in place. The
+  // answer to a POST that leads to another page (a destroy) is that page:
+  // it replaces this one, and the address follows.
   document.addEventListener('submit', function (ev) {
     var form = ev.target;
     if (!form.hasAttribute('data-enhance') || !window.fetch) { return; }
@@ -86,28 +89,29 @@
     buttons.forEach(function (b) { b.disabled = true; });
     form.setAttribute('aria-busy', 'true');
     say('Working…');
+    var moved = null;
     fetch(form.action, {
       method: 'POST',
       credentials: 'same-origin',
       headers: { 'X-Requested-With': 'fetch' },
       body: new URLSearchParams(new FormData(form))
     }).then(function (r) {
-      var there = new URL(r.url);
-      if (r.redirected && there.pathname !== location.pathname) {
-        location.assign(r.url);
-        return null;
+      if (r.redirected && new URL(r.url).pathname !== location.pathname) {
+        moved = r.url;
       }
       return r.text();
     }).then(function (html) {
-      if (html === null) { return; }
       var doc = new DOMParser().parseFromString(html, 'text/html');
       var main = document.getElementById('main');
       var fresh = doc.getElementById('main');
-      if (main && fresh) {
-        main.innerHTML = fresh.innerHTML;
-        document.title = doc.title;
-        main.focus();
+      if (!main || !fresh) { return; }
+      if (moved) {
+        history.pushState(null, '', moved);
+        body.setAttribute('data-live', doc.body.getAttribute('data-live') || '');
       }
+      main.innerHTML = fresh.innerHTML;
+      document.title = doc.title;
+      main.focus();
       say('Done at ' + new Date().toLocaleTimeString());
     }).catch(function () {
       // The network failed: fall back to an ordinary post.
@@ -118,4 +122,7 @@
       form.removeAttribute('aria-busy');
     });
   });
+
+  // Back and forward after such a move load the page they name.
+  window.addEventListener('popstate', function () { location.reload(); });
 })();
