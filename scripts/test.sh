@@ -2,8 +2,9 @@
 # The whole test suite: vet, unit and integration tests with the race detector
 # against SQLite and PostgreSQL (and Docker when a daemon answers; required
 # when CI=true), then a short fixed-time run of every fuzz target.
-# Installs PostgreSQL's server binaries and Python's cryptography (for the
-# Fernet compatibility checks) first if this machine lacks them.
+# Installs PostgreSQL's server binaries, Python's cryptography (for the
+# Fernet compatibility checks) and Chromium (for the dashboard's browser
+# tests) first if this machine lacks them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,13 @@ if ! python3 -c 'import cryptography.fernet' >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-cryptography >/dev/null
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "==> chromium missing (the dashboard's browser tests): installing it"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
 fi
 
 if [ "${CI:-}" = "true" ] && ! docker info >/dev/null 2>&1; then

@@ -249,7 +249,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	require.Equal(t, 4, eval[int](main, `document.querySelectorAll('#live-charts svg').length`))
 	main.waitFor(`document.getElementById('live-status').textContent.includes('Live')`, "the live stream")
 	noKeys(main, "the overview")
-	main.screenshot(shots, "ui-overview")
+	main.screenshot(shots, "overview")
 
 	// Open an engine from the table and stop it from its page: the page
 	// changes in place, and a table open in another tab follows live.
@@ -262,7 +262,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	main.do(chromedp.Navigate(o.url + "/ui/engines"))
 	main.waitFor(`!!document.querySelector('tr[data-engine-id]')`, "the engines table")
 	noKeys(main, "the engines table")
-	main.screenshot(shots, "ui-engines")
+	main.screenshot(shots, "engines")
 	main.do(chromedp.Click(chromedp.CSS(`tr[data-engine-id="` + ids["alice"] + `"] th a`)))
 	main.waitFor(`location.pathname === '/ui/engines/`+ids["alice"]+`' && !!document.getElementById('engine-state')`, "alice's page")
 	require.Contains(t, main.text("#engine-state"), "running")
@@ -279,7 +279,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "stopped", got.Status)
 	noKeys(main, "the engine page")
-	main.screenshot(shots, "ui-engine")
+	main.screenshot(shots, "engine")
 
 	// A POST without the CSRF token is refused, from the signed-in page.
 	status := runIn(main, chromedp.Evaluate[int](`fetch('/ui/engines/`+ids["carol"]+`/stop', {method: 'POST', credentials: 'same-origin',
@@ -314,11 +314,11 @@ func TestDashboardInBrowser(t *testing.T) {
 	main.do(chromedp.Navigate(o.url + "/ui/products/" + acme.ProductID))
 	main.waitFor(`!!document.getElementById('policy')`, "the policy editor")
 	noKeys(main, "the product page")
-	main.screenshot(shots, "ui-product")
+	main.screenshot(shots, "product")
 	main.do(chromedp.Navigate(o.url + "/ui/"))
 	main.waitFor(`document.getElementById('live-status').textContent.includes('Live')`, "the overview")
 	main.do(chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))
-	main.screenshot(shots, "ui-overview-phone")
+	main.screenshot(shots, "overview-phone")
 	main.do(chromedp.EmulateReset())
 
 	// A product's operator sees its product only, even by typing a URL.
