@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/september/bap-engine/internal/api"
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/policy"
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/registrytest"
 	"github.com/september/bap-engine/internal/secret"
@@ -600,4 +602,18 @@ var regexpKey = regexp.MustCompile(`<output class="mono key" id="new-key">([^<]+
 func htmlEscape(s string) string {
 	r := strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&#34;", "'", "&#39;")
 	return r.Replace(s)
+}
+
+func TestSignInAttemptsAreLimitedPerAddress(t *testing.T) {
+	h := newHarness(t, options{})
+	b := h.browser()
+	for i := range 20 {
+		require.Equal(t, http.StatusUnauthorized, b.signIn("wrong-key-"+strconv.Itoa(i)).status)
+	}
+	p := b.signIn(h.adminKey)
+	require.Equal(t, http.StatusTooManyRequests, p.status, "even the right key waits once the window is full")
+	require.Contains(t, p.body, "Too many sign-in attempts")
+	require.Empty(t, b.sessionCookie())
+	h.clock.Advance(policy.Window)
+	require.Equal(t, http.StatusSeeOther, b.signIn(h.adminKey).status)
 }
