@@ -247,6 +247,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	require.Equal(t, "Crashes per hour (1)", main.text(`#chart-crashes-title`))
 	require.Equal(t, "Auto-restarts per hour (1)", main.text(`#chart-restarts-title`))
 	require.Equal(t, 4, eval[int](main, `document.querySelectorAll('#live-charts svg').length`))
+	require.Equal(t, 1, eval[int](main, `document.querySelectorAll('tr[data-replica]').length`), "this orchestrator, as GET /replicas")
+	require.Contains(t, main.text(`tr[data-replica]`), "alive")
 	main.waitFor(`document.getElementById('live-status').textContent.includes('Live')`, "the live stream")
 	noKeys(main, "the overview")
 	main.screenshot(shots, "overview")

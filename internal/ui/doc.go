@@ -3,9 +3,10 @@
 // SVG charts drawn on the server, and every template and asset embedded in
 // the binary, so nothing is fetched from anywhere else.
 //
-// What belongs here: the pages (overview, engines, engine, products), their
-// forms and the actions they post, the sign-in and its sessions, and the
-// live stream (server-sent events) that tells open pages to refresh.
+// What belongs here: the pages (overview with the replicas, engines, engine,
+// products), their forms and the actions they post, the sign-in and its
+// sessions, and the live stream (server-sent events) that tells open pages
+// to refresh.
 // What does not: any rule of the fleet itself. The dashboard calls the same
 // services as the HTTP API — lifecycle for engine actions, the registry for
 // reads and product administration, discovery to drop cached products, and

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"sync"
@@ -369,6 +371,23 @@ func (s *stream) next(t *testing.T, name string) sse {
 			}
 		case <-timeout:
 			t.Fatalf("no %q event", name)
+		}
+	}
+}
+
+// until returns the events named name up to the first whose data is data
+// (JSON-equal), or fails after a generous wait.
+func (s *stream) until(t *testing.T, name, data string) []sse {
+	t.Helper()
+	var seen []sse
+	for {
+		ev := s.next(t, name)
+		seen = append(seen, ev)
+		var got, want any
+		require.NoError(t, json.Unmarshal([]byte(ev.data), &got))
+		require.NoError(t, json.Unmarshal([]byte(data), &want))
+		if reflect.DeepEqual(got, want) {
+			return seen
 		}
 	}
 }

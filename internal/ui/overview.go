@@ -10,6 +10,7 @@ import (
 	"github.com/september/bap-engine/internal/api"
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/registry"
 )
 
 // chartHours is how far back the activity charts reach.
@@ -44,6 +45,11 @@ type overviewView struct {
 	Activity []barChart // provisions, crashes and restarts per hour
 	Boot     barChart
 	Since    time.Time
+	// Replicas are the orchestrator processes sharing the database (admins
+	// only, as GET /replicas).
+	Replicas []registry.ReplicaStatus
+	// ReplicaID is the process that served the page.
+	ReplicaID string
 }
 
 // counted returns one stateCount per state from a map.
@@ -167,6 +173,13 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request, v *viewer) er
 			}
 			return "<" + strings.TrimSuffix(seconds(bootBoundsMS[i]), " s"), true
 		})
+	if v.admin {
+		rep := h.lm.Replica()
+		if ov.Replicas, err = h.store.Replicas(ctx, rep.TTL()); err != nil {
+			return fmt.Errorf("list replicas: %w", err)
+		}
+		ov.ReplicaID = rep.ID()
+	}
 	h.render(w, r, v, http.StatusOK, "overview", "Overview", ov)
 	return nil
 }
