@@ -1,13 +1,10 @@
 package ui_test
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,17 +14,12 @@ import (
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
-	"github.com/september/bap-engine/internal/backend/backendtest"
 	"github.com/september/bap-engine/internal/bap"
-	"github.com/september/bap-engine/internal/discovery"
-	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/pgtest"
-	"github.com/september/bap-engine/internal/policy"
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/postgres"
 	"github.com/september/bap-engine/internal/registry/registrytest"
 	"github.com/september/bap-engine/internal/registry/sqlite"
-	"github.com/september/bap-engine/internal/secret"
 	"github.com/september/bap-engine/internal/ui"
 )
 
@@ -66,43 +58,6 @@ func seedFleet(b *testing.B, s registry.Store, n int) {
 	require.NoError(b, err)
 }
 
-// benchDashboard is the dashboard alone over a seeded store, and the
-// cookie of an admin session.
-func benchDashboard(b *testing.B, s registry.Store) (http.Handler, *http.Cookie) {
-	b.Helper()
-	fake := backendtest.NewFake()
-	b.Cleanup(fake.Close)
-	fkey, err := secret.NewFernetKey()
-	require.NoError(b, err)
-	sealer, err := secret.NewSealer(fkey)
-	require.NoError(b, err)
-	lm := lifecycle.New(s, fake, sealer, lifecycle.Config{})
-	disc := discovery.New(s, lm, policy.NewLimiter(nil), discovery.Config{})
-	ctx, cancel := context.WithCancel(context.Background())
-	b.Cleanup(cancel)
-	h := ui.New(ui.Deps{Store: s, Lifecycle: lm, Discovery: disc, AdminKey: "bench-admin-key", Context: ctx})
-
-	form := httptest.NewRecorder()
-	h.ServeHTTP(form, httptest.NewRequest(http.MethodGet, ui.Path+"/signin", nil))
-	token := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(form.Body.String())[1]
-	req := httptest.NewRequest(http.MethodPost, ui.Path+"/signin",
-		strings.NewReader(url.Values{"csrf": {token}, "key": {"bench-admin-key"}}.Encode()))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	for _, c := range form.Result().Cookies() {
-		req.AddCookie(c)
-	}
-	signed := httptest.NewRecorder()
-	h.ServeHTTP(signed, req)
-	require.Equal(b, http.StatusSeeOther, signed.Code)
-	for _, c := range signed.Result().Cookies() {
-		if c.Name == "bap_ui_session" && c.Value != "" {
-			return h, c
-		}
-	}
-	b.Fatal("no session cookie")
-	return nil, nil
-}
-
 // BenchmarkEnginesPage renders the engines page of a 10,000-engine fleet:
 // the server's whole work for one page (session, count and page queries,
 // template), reported as the median and 95th percentile per page besides
@@ -137,7 +92,8 @@ func BenchmarkEnginesPage(b *testing.B) {
 		b.Run(st.name, func(b *testing.B) {
 			s := st.open(b)
 			seedFleet(b, s, benchEngines)
-			h, cookie := benchDashboard(b, s)
+			h := newHarnessOn(b, s, options{})
+			cookie := &http.Cookie{Name: "bap_ui_session", Value: h.signedIn(h.adminKey).sessionCookie()}
 			for _, pg := range pages {
 				b.Run(pg.name, func(b *testing.B) {
 					var took []time.Duration
@@ -146,7 +102,7 @@ func BenchmarkEnginesPage(b *testing.B) {
 						req.AddCookie(cookie)
 						rec := httptest.NewRecorder()
 						began := time.Now()
-						h.ServeHTTP(rec, req)
+						h.dash.ServeHTTP(rec, req)
 						took = append(took, time.Since(began))
 						if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "data-engine-id=") {
 							b.Fatalf("status %d", rec.Code)

@@ -96,11 +96,12 @@ type product struct {
 // mounted) over a real SQLite store, a real lifecycle on the fake backend
 // and real discovery.
 type harness struct {
-	t        *testing.T
+	t        testing.TB
 	store    registry.Store
 	lm       *lifecycle.Manager
 	clock    *clock
 	srv      *httptest.Server
+	dash     http.Handler // the dashboard alone, as mounted in srv
 	adminKey string
 	grace    time.Duration
 	logs     *syncBuffer
@@ -124,7 +125,7 @@ func newHarness(t *testing.T, o options) *harness {
 	return newHarnessOn(t, store, o)
 }
 
-func newHarnessOn(t *testing.T, store registry.Store, o options) *harness {
+func newHarnessOn(t testing.TB, store registry.Store, o options) *harness {
 	t.Helper()
 	fake := backendtest.NewFake()
 	t.Cleanup(fake.Close)
@@ -149,6 +150,7 @@ func newHarnessOn(t *testing.T, store registry.Store, o options) *harness {
 		PlatformKeyGrace: o.grace, Logs: o.logs, Logger: log, Now: clk.Now,
 		SessionTTL: o.ttl, PollInterval: 100 * time.Millisecond, Context: ctx,
 	})
+	h.dash = dash
 	h.srv = httptest.NewServer(api.New(api.Deps{
 		Store: store, Lifecycle: lm, Discovery: disc, AdminKey: adminKey,
 		PlatformKeyGrace: o.grace, Logger: log, Now: clk.Now, UI: dash,
@@ -268,7 +270,7 @@ func (b *browser) post(path string, form url.Values) page {
 var csrfPattern = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 
 // csrfOf returns the CSRF token of the first form of a page.
-func csrfOf(t *testing.T, p page) string {
+func csrfOf(t testing.TB, p page) string {
 	t.Helper()
 	m := csrfPattern.FindStringSubmatch(p.body)
 	require.NotNil(t, m, "no CSRF field in the page")

@@ -35,8 +35,9 @@ type liveEvent struct {
 	name string // "engine" or "fleet"
 	data string // JSON
 	// productID or slug names the product it concerns; neither set: only
-	// admins receive it.
+	// admins receive it, unless everyone does.
 	productID, slug string
+	everyone        bool
 }
 
 // subscriber is one open stream.
@@ -46,7 +47,7 @@ type subscriber struct {
 }
 
 func (s *subscriber) wants(ev liveEvent) bool {
-	if s.productID == "" {
+	if s.productID == "" || ev.everyone {
 		return true
 	}
 	return (ev.productID != "" && ev.productID == s.productID) || (ev.slug != "" && ev.slug == s.slug)
@@ -63,9 +64,18 @@ type feed struct {
 
 	mu   sync.Mutex
 	subs map[*subscriber]struct{}
+	// live: every change is reported from now on (the store's watch is
+	// delivering); a stream is greeted with "hello" only then, so that a
+	// page which saw it misses no change after it.
+	live bool
 	stop context.CancelFunc
 	done chan struct{}
 }
+
+// helloEvent greets a stream once the feed is live, and again after the
+// store's feed was lost and came back (changes in between may have gone
+// unreported, so pages refresh).
+var helloEvent = liveEvent{name: "hello", data: "{}", everyone: true}
 
 func newFeed(base context.Context, store registry.Store, poll time.Duration, log *slog.Logger) *feed {
 	return &feed{base: base, store: store, poll: poll, log: log, subs: map[*subscriber]struct{}{}}
@@ -77,6 +87,9 @@ func (f *feed) subscribe(productID, slug string) (*subscriber, func()) {
 	s := &subscriber{productID: productID, slug: slug, ch: make(chan liveEvent, subscriberBuffer)}
 	f.mu.Lock()
 	f.subs[s] = struct{}{}
+	if f.live {
+		s.ch <- helloEvent
+	}
 	if f.stop == nil {
 		ctx, cancel := context.WithCancel(f.base)
 		f.stop, f.done = cancel, make(chan struct{})
@@ -90,12 +103,24 @@ func (f *feed) subscribe(productID, slug string) (*subscriber, func()) {
 		if len(f.subs) == 0 && f.stop != nil {
 			f.stop()
 			done = f.done
-			f.stop, f.done = nil, nil
+			f.stop, f.done, f.live = nil, nil, false
 		}
 		f.mu.Unlock()
 		if done != nil {
 			<-done
 		}
+	}
+}
+
+// setLive records whether the feed reports every change; turning live
+// greets every stream.
+func (f *feed) setLive(live bool) {
+	f.mu.Lock()
+	was := f.live
+	f.live = live
+	f.mu.Unlock()
+	if live && !was {
+		f.broadcast(helloEvent)
 	}
 }
 
@@ -117,10 +142,10 @@ func (f *feed) broadcast(ev liveEvent) {
 // pending collects the ids of changed engines between two passes of run;
 // the watch callback only records, since it must not call the store.
 type pending struct {
-	mu     sync.Mutex
-	ids    map[string]struct{}
-	resync bool
-	wake   chan struct{}
+	mu   sync.Mutex
+	ids  map[string]struct{}
+	live *bool // the last ChangesLive (true) or ChangesLost (false) not yet taken
+	wake chan struct{}
 }
 
 func (p *pending) add(c registry.Change) {
@@ -129,7 +154,8 @@ func (p *pending) add(c registry.Change) {
 	case registry.ChangeEngine:
 		p.ids[c.ID] = struct{}{}
 	case registry.ChangesLive, registry.ChangesLost:
-		p.resync = true
+		live := c.Kind == registry.ChangesLive
+		p.live = &live
 	default:
 		p.mu.Unlock()
 		return
@@ -141,15 +167,15 @@ func (p *pending) add(c registry.Change) {
 	}
 }
 
-func (p *pending) take() (ids []string, resync bool) {
+func (p *pending) take() (ids []string, live *bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for id := range p.ids {
 		ids = append(ids, id)
 	}
 	clear(p.ids)
-	resync, p.resync = p.resync, false
-	return ids, resync
+	live, p.live = p.live, nil
+	return ids, live
 }
 
 // run watches the store's change feed (when it has one) and polls the
@@ -161,6 +187,8 @@ func (f *feed) run(ctx context.Context, done chan struct{}) {
 	defer wg.Wait()
 	if w, ok := f.store.(registry.Watcher); ok {
 		wg.Go(func() { _ = w.WatchChanges(ctx, p.add) })
+	} else {
+		f.setLive(true) // the poll is all there is
 	}
 	t := time.NewTicker(f.poll)
 	defer t.Stop()
@@ -170,11 +198,12 @@ func (f *feed) run(ctx context.Context, done chan struct{}) {
 		case <-ctx.Done():
 			return
 		case <-p.wake:
-			ids, resync := p.take()
+			ids, live := p.take()
 			for _, id := range ids {
 				f.engineChanged(ctx, id)
 			}
-			if resync {
+			if live != nil {
+				f.setLive(*live)
 				last = f.pollCounts(ctx, last)
 			}
 		case <-t.C:
@@ -278,7 +307,7 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 
 	sub, unsubscribe := h.feed.subscribe(v.scope(), v.product.Slug)
 	defer unsubscribe()
-	if _, err := fmt.Fprintf(w, "retry: %d\nevent: hello\ndata: {}\n\n", retryMS); err != nil {
+	if _, err := fmt.Fprintf(w, "retry: %d\n\n", retryMS); err != nil {
 		return
 	}
 	if rc.Flush() != nil {

@@ -66,7 +66,13 @@
   var events = body.getAttribute('data-events');
   if (live() && events && window.EventSource) {
     var es = new EventSource(events);
-    es.addEventListener('hello', function () { say('Live updates on.'); });
+    var greeted = false;
+    es.addEventListener('hello', function () {
+      // A second greeting follows a gap in the feed: catch up.
+      if (greeted) { refresh(); }
+      greeted = true;
+      say('Live updates on.');
+    });
     es.addEventListener('engine', function (ev) {
       var d = {};
       try { d = JSON.parse(ev.data); } catch (e) { return; }
