@@ -291,7 +291,11 @@ func TestDashboardInBrowser(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "running", got.Status, "a tokenless POST changes nothing")
 
-	// Destroy asks for the user id, and refuses anything else.
+	// Destroy asks for the user id, and refuses anything else. carol's page
+	// stays open in the other tab meanwhile.
+	list.do(chromedp.Navigate(o.url + "/ui/engines/" + ids["carol"]))
+	list.waitFor(`document.getElementById('live-status').textContent.includes('Live')`, "carol's page live")
+	eval[chromedp.Void](list, `window.__notReloaded = true`)
 	main.do(chromedp.Navigate(o.url + "/ui/engines/" + ids["carol"]))
 	main.do(
 		chromedp.Click(chromedp.CSS(`details:has(form[action$="/destroy"]) > summary`)),
@@ -312,6 +316,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	_, err = acmeC.Get(ctx, "carol")
 	var apiErr *client.Error
 	require.True(t, errors.As(err, &apiErr) && apiErr.Status == http.StatusNotFound, "carol is destroyed: %v", err)
+	list.waitFor(`document.querySelector('h1').textContent === '404 Not Found'`, "carol's open page saying she is gone")
+	require.True(t, eval[bool](list, `window.__notReloaded === true`), "the page changed without a reload")
 
 	main.do(chromedp.Navigate(o.url + "/ui/products/" + acme.ProductID))
 	main.waitFor(`!!document.getElementById('policy')`, "the policy editor")

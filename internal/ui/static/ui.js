@@ -22,6 +22,14 @@
   // fetched again). A region holding the focus or an open confirmation is
   // left alone, so nobody loses what they are typing.
   function swap(doc) {
+    if (!doc.querySelector('[data-live-region]')) {
+      // The page is gone (an engine destroyed elsewhere): show what the
+      // server says now.
+      var main = document.getElementById('main');
+      var fresh = doc.getElementById('main');
+      if (main && fresh) { main.innerHTML = fresh.innerHTML; }
+      return;
+    }
     document.querySelectorAll('[data-live-region]').forEach(function (el) {
       if (el.contains(document.activeElement) || el.querySelector('details[open]')) {
         return;
@@ -48,7 +56,7 @@
           location.assign(r.url);
           return null;
         }
-        return r.ok ? r.text() : null;
+        return (r.ok || r.status === 404) ? r.text() : null;
       })
       .then(function (html) {
         if (html) {
