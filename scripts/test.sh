@@ -6,8 +6,9 @@
 # own, so `go test ./...` here does not reach it) and the Python client's
 # tests (pytest against a real `bap-engine serve`, and the example product).
 # Installs PostgreSQL's server binaries, Python's cryptography (for the
-# Fernet compatibility checks) and the Debian packages the Python client, its
-# tests and the example product need first if this machine lacks them.
+# Fernet compatibility checks), the Debian packages the Python client, its
+# tests and the example product need, and Chromium (for the dashboard's
+# browser tests) first if this machine lacks them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,13 @@ if ! "$PY" -c 'import httpx, pytest, fastapi, uvicorn' >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 $PY_DEBS >/dev/null
   "$PY" -c 'import httpx, pytest, fastapi, uvicorn' || { echo "FAIL: $PY cannot import httpx, pytest, fastapi, uvicorn after installing $PY_DEBS" >&2; exit 1; }
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "==> chromium missing (the dashboard's browser tests): installing it"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
 fi
 
 if [ "${CI:-}" = "true" ] && ! docker info >/dev/null 2>&1; then

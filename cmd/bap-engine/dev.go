@@ -113,6 +113,7 @@ func runDev(ctx context.Context, dir string, getenv func(string) string, stdout,
 	}
 	base := "http://" + displayAddr(ln.Addr())
 	fmt.Fprintf(stdout, `bap-engine dev is running at %s
+  dashboard:    %s/ui/ (sign in with the admin key, or the demo platform key)
   state:        %s (keys in dev.env, mode 0600)
   admin key:    %s
   demo product: demo, platform key %s
@@ -123,7 +124,7 @@ Try:
   curl -s %s/status -H 'X-Platform-Key: %s'
 
 Stop with Ctrl-C (engines keep running and are adopted on the next start).
-`, base, abs, kept["ORCH_ADMIN_KEY"], demoKey, base, base, demoKey, base, demoKey)
+`, base, base, abs, kept["ORCH_ADMIN_KEY"], demoKey, base, base, demoKey, base, demoKey)
 	return srv.serve(ctx, ln)
 }
 

@@ -401,6 +401,15 @@ func TestDevCurlLinesWork(t *testing.T) {
 		require.NoError(t, err, c)
 		require.Contains(t, string(got), wants[i], c)
 	}
+	// The printed dashboard address answers with its sign-in.
+	dash := regexp.MustCompile(`dashboard:\s+(http://\S+/ui/)`).FindStringSubmatch(out)
+	require.NotNil(t, dash, out)
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := noFollow.Get(dash[1])
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	require.Equal(t, "/ui/signin", resp.Header.Get("Location"))
 	info, err := os.Stat(filepath.Join(dir, "dev.env"))
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())

@@ -29,6 +29,7 @@ import (
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/replica"
 	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/ui"
 )
 
 // Intervals of the maintenance loops that have no ORCH_* variable.
@@ -261,6 +262,10 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		AdminKey:         cfg.AdminKey,
 		PlatformKeyGrace: cfg.PlatformKeyGrace,
 		Logger:           log,
+		UI: ui.New(ui.Deps{
+			Store: store, Lifecycle: lm, Discovery: disc, AdminKey: cfg.AdminKey,
+			PlatformKeyGrace: cfg.PlatformKeyGrace, Logger: log, Context: ctx,
+		}),
 	})
 	return &server{
 		cfg: cfg, log: log, store: store, backend: be, replica: rep, lifecycle: lm,

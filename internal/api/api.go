@@ -12,6 +12,9 @@ import (
 	"github.com/september/bap-engine/internal/registry"
 )
 
+// UIPath is where Deps.UI is served.
+const UIPath = "/ui"
+
 // DefaultMaxBodyBytes bounds request bodies when Deps.MaxBodyBytes is 0.
 const DefaultMaxBodyBytes int64 = 1 << 20
 
@@ -38,6 +41,10 @@ type Deps struct {
 	// Now is the clock for key grace and /metrics windows (default
 	// time.Now).
 	Now func() time.Time
+	// UI, when set, serves /ui and everything under it (the dashboard)
+	// behind the same request id, access log, metrics and panic recovery
+	// as the API; its answers are its own (HTML), not the error envelope.
+	UI http.Handler
 }
 
 // server holds the dependencies the handlers share.
@@ -86,6 +93,11 @@ func New(d Deps) http.Handler {
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
 		mux.Handle(rt.pattern(), s.handle(rt))
+	}
+	if d.UI != nil {
+		ui := s.mount(d.UI)
+		mux.Handle(UIPath, ui)
+		mux.Handle(UIPath+"/", ui)
 	}
 	return s.middleware(mux)
 }

@@ -57,10 +57,11 @@ type errorDetail struct {
 	Message string `json:"message"`
 }
 
-// publicError returns what the caller may see of err: its *bap.Error, a
-// DATABASE_UNAVAILABLE for an unreachable registry, else INTERNAL. internal
-// reports whether err had to be hidden.
-func publicError(err error) (e *bap.Error, status int, internal bool) {
+// PublicError returns what a caller may see of err and the HTTP status the
+// API answers it with: its *bap.Error, a DATABASE_UNAVAILABLE for an
+// unreachable registry, else INTERNAL. internal reports whether err had to
+// be hidden (and should be logged).
+func PublicError(err error) (e *bap.Error, status int, internal bool) {
 	if be, ok := bap.AsError(err); ok {
 		if st, known := statusOf[be.Code]; known {
 			return be, st, be.Code == bap.CodeInternal
@@ -79,7 +80,7 @@ func publicError(err error) (e *bap.Error, status int, internal bool) {
 // the request id; so are 5xx answers whose cause is wrapped behind a public
 // error (a backend or database failure), so operators see the cause.
 func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	e, status, internal := publicError(err)
+	e, status, internal := PublicError(err)
 	log := loggerFrom(r.Context(), s.log)
 	switch {
 	case internal && r.Context().Err() != nil && errors.Is(err, context.Canceled):

@@ -23,9 +23,10 @@ type statusResponse struct {
 	UnhealthyCount int            `json:"unhealthy_count"`
 }
 
-// fleetHealth is critical when at least a quarter of the engines failed,
-// degraded when any did, else ok.
-func fleetHealth(total, failed int) string {
+// FleetHealth is the health GET /status reports for total engines of which
+// failed are failed: critical when at least a quarter failed, degraded when
+// any did, else ok.
+func FleetHealth(total, failed int) string {
 	switch {
 	case failed == 0:
 		return healthOK
@@ -52,7 +53,7 @@ func (s *server) status(w http.ResponseWriter, r *http.Request, p bap.Product) e
 		out.Total += n
 	}
 	out.UnhealthyCount = counts[bap.StateFailed]
-	out.Health = fleetHealth(out.Total, out.UnhealthyCount)
+	out.Health = FleetHealth(out.Total, out.UnhealthyCount)
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }

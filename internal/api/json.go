@@ -231,11 +231,28 @@ func decodePolicyUpdate(b []byte) (bap.Policy, error) {
 	if err != nil {
 		return bap.Policy{}, err
 	}
+	return policyField(f)
+}
+
+// policyField validates the required "policy" member of f.
+func policyField(f fields) (bap.Policy, error) {
 	raw, err := f.object("policy", true)
 	if err != nil {
 		return bap.Policy{}, err
 	}
 	return parsePolicy(raw)
+}
+
+// DecodePolicy validates raw as the "policy" member of a
+// PUT /products/{product_id}/policy body, with that route's checks and error
+// messages (VALIDATION_ERROR), so that other editors of a policy refuse what
+// the API refuses, in the same words. Blank raw is an absent policy.
+func DecodePolicy(raw []byte) (bap.Policy, error) {
+	f := fields{}
+	if t := bytes.TrimSpace(raw); len(t) > 0 {
+		f["policy"] = t
+	}
+	return policyField(f)
 }
 
 // parsePolicy is bap.ParsePolicy, also refusing values that the policy's

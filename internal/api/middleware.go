@@ -77,6 +77,17 @@ func (s *server) handle(rt route) http.Handler {
 	})
 }
 
+// mount adapts a handler that answers for itself (the dashboard): the
+// envelope writer leaves its answers alone.
+func (s *server) mount(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rw, ok := w.(*responseWriter); ok {
+			rw.routed = true
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
 // middleware wraps the mux: request id, panic recovery, the error envelope
 // on the mux's own 404/405 answers, the access log and request metrics.
 func (s *server) middleware(mux *http.ServeMux) http.Handler {

@@ -60,6 +60,7 @@ func TestAllowedInternalImports(t *testing.T) {
 		"internal/policy":            {"internal/bap"},
 		"internal/discovery":         {"internal/bap", "internal/registry", "internal/policy", "internal/lifecycle", "internal/audit", "internal/secret"},
 		"internal/health":            {"internal/bap", "internal/registry", "internal/lifecycle", "internal/metrics", "internal/audit", "internal/loop"},
+		"internal/ui":                {"internal/api", "internal/bap", "internal/audit", "internal/registry", "internal/lifecycle", "internal/discovery", "internal/policy", "internal/secret"},
 	}
 	pkgs := imports(t)
 	for pkg, ok := range allowed {
@@ -104,11 +105,15 @@ func TestDriversStayInTheirPackages(t *testing.T) {
 	}
 }
 
-// TestAPIKnowsNoConcreteStoreOrBackend keeps the HTTP layer on interfaces.
+// TestAPIKnowsNoConcreteStoreOrBackend keeps the HTTP layer (the API and
+// the dashboard) on interfaces.
 func TestAPIKnowsNoConcreteStoreOrBackend(t *testing.T) {
-	for _, d := range internalImports(imports(t)["internal/api"]) {
-		require.NotContains(t, []string{"internal/registry/postgres", "internal/registry/sqlite"}, d)
-		require.False(t, strings.HasPrefix(d, "internal/backend"), "api imports %s", d)
+	pkgs := imports(t)
+	for _, pkg := range []string{"internal/api", "internal/ui"} {
+		for _, d := range internalImports(pkgs[pkg]) {
+			require.NotContains(t, []string{"internal/registry/postgres", "internal/registry/sqlite"}, d, "%s imports %s", pkg, d)
+			require.False(t, strings.HasPrefix(d, "internal/backend"), "%s imports %s", pkg, d)
+		}
 	}
 }
 

@@ -189,6 +189,10 @@ type Store interface {
 	// ListEngines returns a page of a product's engines ordered by
 	// (created_at, id) and the total matching the filter.
 	ListEngines(ctx context.Context, f EngineFilter) ([]bap.Engine, int, error)
+	// ListFleet returns a page of engines of every product (or of
+	// f.ProductID) with their product's slug, in f's order, and the total
+	// matching the filter.
+	ListFleet(ctx context.Context, f FleetFilter) ([]FleetEngine, int, error)
 	// EnginesByStatus returns every engine (all products) in one of states,
 	// ordered by id.
 	EnginesByStatus(ctx context.Context, states ...bap.State) ([]bap.Engine, error)
@@ -258,6 +262,16 @@ type Store interface {
 	ListAudit(ctx context.Context, f AuditFilter) ([]audit.Entry, int, error)
 	// AuditStats computes /metrics aggregates for a product since a time.
 	AuditStats(ctx context.Context, productID string, since time.Time) (AuditStats, error)
+	// AuditHourly counts the entries of actions since a time per hour and
+	// action, for one product (all when productID is empty), ordered by
+	// hour then action. Hours and actions without entries are absent.
+	AuditHourly(ctx context.Context, productID string, since time.Time, actions []audit.Action) ([]AuditHour, error)
+	// AuditDurations counts the entries of action since a time by
+	// duration_ms, for one product (all when productID is empty): counts[i]
+	// holds durations below boundsMS[i] and at or above boundsMS[i-1], and
+	// counts[len(boundsMS)] those at or above the last bound. boundsMS
+	// ascends. Entries without a duration are not counted.
+	AuditDurations(ctx context.Context, productID string, action audit.Action, since time.Time, boundsMS []int64) ([]int, error)
 	// PruneAudit deletes entries older than before and returns how many.
 	PruneAudit(ctx context.Context, before time.Time) (int64, error)
 }

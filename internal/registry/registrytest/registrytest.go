@@ -51,6 +51,7 @@ func Run(t *testing.T, newStore func(t *testing.T) registry.Store) {
 		{"Engine", engineTests()},
 		{"Port", portTests()},
 		{"Audit", auditTests()},
+		{"Fleet", fleetTests()},
 		{"Changes", changeTests()},
 		{"Replica", replicaTests()},
 		{"Claim", claimTests()},

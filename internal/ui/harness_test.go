@@ -1,0 +1,395 @@
+package ui_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/september/bap-engine/internal/api"
+	"github.com/september/bap-engine/internal/audit"
+	"github.com/september/bap-engine/internal/backend/backendtest"
+	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/discovery"
+	"github.com/september/bap-engine/internal/lifecycle"
+	"github.com/september/bap-engine/internal/pgtest"
+	"github.com/september/bap-engine/internal/policy"
+	"github.com/september/bap-engine/internal/registry"
+	"github.com/september/bap-engine/internal/registry/registrytest"
+	"github.com/september/bap-engine/internal/registry/sqlite"
+	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/ui"
+)
+
+func TestMain(m *testing.M) {
+	code := pgtest.Main(m)
+	if code == 0 {
+		if err := goleak.Find(pgtest.GoleakOptions()...); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// clock is a settable time for session expiry and key grace.
+type clock struct {
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.offset += d
+	c.mu.Unlock()
+}
+
+// syncBuffer collects the logs of concurrent requests.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// product is a registered product and its platform key.
+type product struct {
+	bap.Product
+	key string
+}
+
+// harness is the orchestrator's HTTP handler (the API with the dashboard
+// mounted) over a real SQLite store, a real lifecycle on the fake backend
+// and real discovery.
+type harness struct {
+	t        testing.TB
+	store    registry.Store
+	lm       *lifecycle.Manager
+	clock    *clock
+	srv      *httptest.Server
+	dash     http.Handler // the dashboard alone, as mounted in srv
+	adminKey string
+	grace    time.Duration
+	logs     *syncBuffer
+
+	secretsMu sync.Mutex
+	secrets   []string
+}
+
+// options tune a harness.
+type options struct {
+	grace time.Duration
+	logs  func(ctx context.Context, engineID string, lines int) (string, error)
+	ttl   time.Duration
+}
+
+func newHarness(t *testing.T, o options) *harness {
+	t.Helper()
+	store, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "registry.db"))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = store.Close() })
+	return newHarnessOn(t, store, o)
+}
+
+func newHarnessOn(t testing.TB, store registry.Store, o options) *harness {
+	t.Helper()
+	fake := backendtest.NewFake()
+	t.Cleanup(fake.Close)
+	fkey, err := secret.NewFernetKey()
+	require.NoError(t, err)
+	sealer, err := secret.NewSealer(fkey)
+	require.NoError(t, err)
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	portMin, portMax := backendtest.PortRange(t, 60)
+	lm := lifecycle.New(store, fake, sealer, lifecycle.Config{
+		PortMin: portMin, PortMax: portMax, BootTimeout: 10 * time.Second, StopGrace: time.Second,
+		DefaultImage: "september-engine:test", Logger: log,
+	})
+	clk := &clock{}
+	disc := discovery.New(store, lm, policy.NewLimiter(clk.Now), discovery.Config{Logger: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	adminKey := "admin-" + fkey[:20]
+	h := &harness{t: t, store: store, lm: lm, clock: clk, adminKey: adminKey, grace: o.grace, logs: logs}
+	dash := ui.New(ui.Deps{
+		Store: store, Lifecycle: lm, Discovery: disc, AdminKey: adminKey,
+		PlatformKeyGrace: o.grace, Logs: o.logs, Logger: log, Now: clk.Now,
+		SessionTTL: o.ttl, PollInterval: 100 * time.Millisecond, Context: ctx,
+	})
+	h.dash = dash
+	h.srv = httptest.NewServer(api.New(api.Deps{
+		Store: store, Lifecycle: lm, Discovery: disc, AdminKey: adminKey,
+		PlatformKeyGrace: o.grace, Logger: log, Now: clk.Now, UI: dash,
+	}))
+	// Streams end with ctx (as at server shutdown) before the server closes.
+	t.Cleanup(h.srv.Close)
+	t.Cleanup(cancel)
+	h.remember(adminKey)
+	t.Cleanup(h.checkLogs)
+	return h
+}
+
+func (h *harness) remember(keys ...string) {
+	h.secretsMu.Lock()
+	h.secrets = append(h.secrets, keys...)
+	h.secretsMu.Unlock()
+}
+
+// requireNoSecret fails when text holds any key the harness has seen, or
+// anything shaped like a platform or engine key.
+func (h *harness) requireNoSecret(text, where string) {
+	h.t.Helper()
+	h.secretsMu.Lock()
+	defer h.secretsMu.Unlock()
+	for _, k := range h.secrets {
+		require.NotContains(h.t, text, k, "a key appeared in %s", where)
+	}
+	require.NotContains(h.t, text, secret.PlatformKeyPrefix, "a platform key appeared in %s", where)
+	require.NotContains(h.t, text, secret.EngineKeyPrefix, "an engine key appeared in %s", where)
+}
+
+// checkLogs fails the test when a key reached the logs.
+func (h *harness) checkLogs() { h.requireNoSecret(h.logs.String(), "the logs") }
+
+// product registers a product with a platform key.
+func (h *harness) product(slug string) product {
+	h.t.Helper()
+	key, err := secret.NewPlatformKey()
+	require.NoError(h.t, err)
+	h.remember(key)
+	p := registrytest.NewProduct(h.t, h.store, func(p *bap.Product) {
+		p.Slug, p.DisplayName, p.APIKeyHash = slug, "Product "+slug, secret.Hash(key)
+	})
+	return product{Product: p, key: key}
+}
+
+// provision provisions userID's engine through lifecycle.
+func (h *harness) provision(p product, userID string) bap.Engine {
+	h.t.Helper()
+	res, err := h.lm.Provision(h.t.Context(), p.Product, userID, "", p.Slug)
+	require.NoError(h.t, err)
+	h.remember(res.APIKey)
+	return res.Engine
+}
+
+// engine reads an engine back.
+func (h *harness) engine(id string) (bap.Engine, error) {
+	return h.store.GetEngine(h.t.Context(), id)
+}
+
+// auditCount counts an engine's audit rows with action.
+func (h *harness) auditCount(engineID string, action audit.Action) int {
+	h.t.Helper()
+	_, n, err := h.store.ListAudit(h.t.Context(), registry.AuditFilter{EngineID: engineID, Actions: []audit.Action{action}})
+	require.NoError(h.t, err)
+	return n
+}
+
+// browser is an HTTP client with its own cookies that does not follow
+// redirects, so tests see each answer.
+type browser struct {
+	h      *harness
+	client *http.Client
+}
+
+func (h *harness) browser() *browser {
+	jar, err := cookiejar.New(nil)
+	require.NoError(h.t, err)
+	return &browser{h: h, client: &http.Client{
+		Jar:           jar,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
+}
+
+// page is one answer.
+type page struct {
+	status int
+	header http.Header
+	body   string
+}
+
+func (b *browser) do(req *http.Request) page {
+	b.h.t.Helper()
+	resp, err := b.client.Do(req)
+	require.NoError(b.h.t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(b.h.t, err)
+	return page{status: resp.StatusCode, header: resp.Header, body: string(body)}
+}
+
+func (b *browser) get(path string) page {
+	b.h.t.Helper()
+	req, err := http.NewRequestWithContext(b.h.t.Context(), http.MethodGet, b.h.srv.URL+path, nil)
+	require.NoError(b.h.t, err)
+	return b.do(req)
+}
+
+func (b *browser) post(path string, form url.Values) page {
+	b.h.t.Helper()
+	req, err := http.NewRequestWithContext(b.h.t.Context(), http.MethodPost, b.h.srv.URL+path, strings.NewReader(form.Encode()))
+	require.NoError(b.h.t, err)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	return b.do(req)
+}
+
+var csrfPattern = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// csrfOf returns the CSRF token of the first form of a page.
+func csrfOf(t testing.TB, p page) string {
+	t.Helper()
+	m := csrfPattern.FindStringSubmatch(p.body)
+	require.NotNil(t, m, "no CSRF field in the page")
+	return m[1]
+}
+
+// signIn signs in with key and returns the answer to the sign-in POST.
+func (b *browser) signIn(key string) page {
+	b.h.t.Helper()
+	form := b.get(ui.Path + "/signin")
+	require.Equal(b.h.t, http.StatusOK, form.status)
+	return b.post(ui.Path+"/signin", url.Values{"csrf": {csrfOf(b.h.t, form)}, "key": {key}, "next": {ui.Path + "/"}})
+}
+
+// signedIn is a browser signed in with key.
+func (h *harness) signedIn(key string) *browser {
+	h.t.Helper()
+	b := h.browser()
+	p := b.signIn(key)
+	require.Equal(h.t, http.StatusSeeOther, p.status, "sign-in: %s", p.body)
+	return b
+}
+
+// csrf is the CSRF token of the browser's session (from the overview).
+func (b *browser) csrf() string {
+	b.h.t.Helper()
+	p := b.get(ui.Path + "/")
+	require.Equal(b.h.t, http.StatusOK, p.status)
+	return csrfOf(b.h.t, p)
+}
+
+// sessionCookie returns the browser's session cookie value ("" if none).
+func (b *browser) sessionCookie() string {
+	u, _ := url.Parse(b.h.srv.URL + ui.Path + "/")
+	for _, c := range b.client.Jar.Cookies(u) {
+		if c.Name == "bap_ui_session" {
+			return c.Value
+		}
+	}
+	return ""
+}
+
+// stream is an open GET /ui/events.
+type stream struct {
+	resp   *http.Response
+	events chan sse
+}
+
+// sse is one server-sent event.
+type sse struct{ name, data string }
+
+func (b *browser) events(t *testing.T) *stream {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.h.srv.URL+ui.Path+"/events", nil)
+	require.NoError(t, err)
+	resp, err := b.client.Do(req)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "text/event-stream", resp.Header.Get("Content-Type"))
+	s := &stream{resp: resp, events: make(chan sse, 100)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(s.events)
+		sc := bufio.NewScanner(resp.Body)
+		var ev sse
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case strings.HasPrefix(line, "event: "):
+				ev.name = strings.TrimPrefix(line, "event: ")
+			case strings.HasPrefix(line, "data: "):
+				ev.data = strings.TrimPrefix(line, "data: ")
+			case line == "" && ev.name != "":
+				s.events <- ev
+				ev = sse{}
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		resp.Body.Close()
+		<-done
+	})
+	return s
+}
+
+// next returns the next event named name, skipping others, or fails after
+// a generous wait.
+func (s *stream) next(t *testing.T, name string) sse {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case ev, ok := <-s.events:
+			require.True(t, ok, "the stream ended while waiting for %q", name)
+			if ev.name == name {
+				return ev
+			}
+		case <-timeout:
+			t.Fatalf("no %q event", name)
+		}
+	}
+}
+
+// until returns the events named name up to the first whose data is data
+// (JSON-equal), or fails after a generous wait.
+func (s *stream) until(t *testing.T, name, data string) []sse {
+	t.Helper()
+	var seen []sse
+	for {
+		ev := s.next(t, name)
+		seen = append(seen, ev)
+		var got, want any
+		require.NoError(t, json.Unmarshal([]byte(ev.data), &got))
+		require.NoError(t, json.Unmarshal([]byte(data), &want))
+		if reflect.DeepEqual(got, want) {
+			return seen
+		}
+	}
+}
