@@ -20,6 +20,7 @@ import (
 	"github.com/september/bap-engine/client"
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/loop"
 	"github.com/september/bap-engine/internal/registry"
 )
 
@@ -232,7 +233,7 @@ func (c *cluster) killer(ctx context.Context, stats *chaosStats) {
 	rng := rand.New(rand.NewPCG(7, uint64(time.Now().UnixNano())))
 	generation := 0
 	for {
-		if !sleepCtx(ctx, time.Duration(3000+rng.IntN(3000))*time.Millisecond) {
+		if !loop.Sleep(ctx, time.Duration(3000+rng.IntN(3000))*time.Millisecond) {
 			return
 		}
 		p := c.live(rng)
@@ -243,7 +244,7 @@ func (c *cluster) killer(ctx context.Context, stats *chaosStats) {
 		stats.mu.Lock()
 		stats.kills++
 		stats.mu.Unlock()
-		if !sleepCtx(ctx, time.Duration(500+rng.IntN(1500))*time.Millisecond) {
+		if !loop.Sleep(ctx, time.Duration(500+rng.IntN(1500))*time.Millisecond) {
 			return
 		}
 		generation++
@@ -489,16 +490,4 @@ func auditTarget(a audit.Action, cur bap.State) (bap.State, bool) {
 		return "", true
 	}
 	return cur, false
-}
-
-// sleepCtx waits d or until ctx ends; false when ctx ended.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -225,6 +225,20 @@ func (m *Manager) APIKey(e bap.Engine) (string, error) {
 	return k, nil
 }
 
+// newKey generates an engine key and seals it: the plaintext (for the
+// caller, once) and the Fernet token (for the row).
+func (m *Manager) newKey() (plain, token string, err error) {
+	plain, err = secret.NewEngineKey()
+	if err != nil {
+		return "", "", fmt.Errorf("generate engine key: %w", err)
+	}
+	token, err = m.sealer.Seal(plain)
+	if err != nil {
+		return "", "", fmt.Errorf("seal engine key: %w", err)
+	}
+	return plain, token, nil
+}
+
 // spec is the backend description of an engine.
 func (m *Manager) spec(e bap.Engine, p bap.Product) backend.Spec {
 	s := backend.Spec{

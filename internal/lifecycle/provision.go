@@ -3,7 +3,6 @@ package lifecycle
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/google/uuid"
@@ -84,13 +83,9 @@ func (m *Manager) provision(ctx context.Context, p bap.Product, userID, image, a
 	began := time.Now()
 	defer func() { m.obs.Operation(p.ID, "provision", time.Since(began), err) }()
 
-	plain, err := secret.NewEngineKey()
+	plain, token, err := m.newKey()
 	if err != nil {
-		return Result{}, fmt.Errorf("generate engine key: %w", err)
-	}
-	token, err := m.sealer.Seal(plain)
-	if err != nil {
-		return Result{}, fmt.Errorf("seal engine key: %w", err)
+		return Result{}, err
 	}
 	now := bap.Now()
 	e := bap.Engine{

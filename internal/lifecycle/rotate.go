@@ -2,7 +2,6 @@ package lifecycle
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/september/bap-engine/internal/audit"
@@ -58,13 +57,9 @@ func (m *Manager) RotateKey(ctx context.Context, engineID, actor string) (Result
 			if err != nil {
 				return Result{}, productErr("read product", err)
 			}
-			plain, err := secret.NewEngineKey()
+			plain, token, err := m.newKey()
 			if err != nil {
-				return Result{}, fmt.Errorf("generate engine key: %w", err)
-			}
-			token, err := m.sealer.Seal(plain)
-			if err != nil {
-				return Result{}, fmt.Errorf("seal engine key: %w", err)
+				return Result{}, err
 			}
 			next := e
 			next.KeyHash = secret.Hash(plain)
