@@ -183,3 +183,34 @@ func exitCodeOf(ps *os.ProcessState) int {
 	}
 	return ps.ExitCode()
 }
+
+// engineProcs finds, by their environment, the live processes of engines
+// under dataRoot: the ones the pid files may not name, because the
+// orchestrator that spawned them died before it could record them. It maps
+// engine ids to pids.
+func engineProcs(dataRoot string) map[string][]int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	prefix := []byte(envDBPath + "=" + dataRoot + "/")
+	idKey := []byte(envEngineID + "=")
+	out := map[string][]int{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil || !bytes.Contains(data, prefix) {
+			continue
+		}
+		for _, entry := range bytes.Split(data, []byte{0}) {
+			if id, ok := bytes.CutPrefix(entry, idKey); ok {
+				out[string(id)] = append(out[string(id)], pid)
+				break
+			}
+		}
+	}
+	return out
+}

@@ -94,6 +94,11 @@ type Backend struct {
 	// fileMu orders pid file writes between operations and reapers.
 	fileMu sync.Mutex
 
+	// scanned caches one /proc scan for unrecorded engine processes.
+	scanMu    sync.Mutex
+	scanned   map[string][]int
+	scannedAt time.Time
+
 	mu      sync.Mutex
 	locks   map[string]*engineLock
 	procs   map[string]*proc
@@ -271,11 +276,9 @@ func (b *Backend) current(engineID string) *proc {
 		}
 	}
 	var pf pidFile
-	if err := readJSON(filepath.Join(b.dir(engineID), pidFileName), &pf); err != nil || pf.Exited {
-		return nil
-	}
-	if !isEngine(pf.Pid, pf.StartTicks, engineID) {
-		return nil
+	if err := readJSON(filepath.Join(b.dir(engineID), pidFileName), &pf); err != nil || pf.Exited ||
+		!isEngine(pf.Pid, pf.StartTicks, engineID) {
+		return b.adoptStray(engineID)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -286,6 +289,49 @@ func (b *Backend) current(engineID string) *proc {
 	b.procs[engineID] = p
 	b.startPollerLocked()
 	return p
+}
+
+// strayScanAge is how long one scan of /proc for unrecorded engine
+// processes is reused (List looks at every engine at once).
+const strayScanAge = time.Second
+
+// adoptStray adopts a live process of the engine that no pid file names (its
+// orchestrator died between spawning it and recording it) and records it,
+// so that stopping or destroying the engine ends it too. Extra ones, which
+// nothing should ever leave, are killed. It returns nil when there is none.
+func (b *Backend) adoptStray(engineID string) *proc {
+	b.scanMu.Lock()
+	if time.Since(b.scannedAt) > strayScanAge {
+		b.scanned, b.scannedAt = engineProcs(b.cfg.DataRoot), time.Now()
+	}
+	pids := b.scanned[engineID]
+	b.scanMu.Unlock()
+	var found *proc
+	for _, pid := range pids {
+		st, err := readProcStat(pid)
+		if err != nil || st.state == 'Z' || st.state == 'X' || !isEngine(pid, st.startTicks, engineID) {
+			continue
+		}
+		if found != nil {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+			continue
+		}
+		found = newProc(engineID, pid, st.startTicks, false, b.hub.Publish)
+	}
+	if found == nil {
+		return nil
+	}
+	// Without a data dir (destroyed under it) there is nothing to record it
+	// in; the process is still returned, for the destroy to end it.
+	b.fileMu.Lock()
+	_ = writeJSON(filepath.Join(b.dir(engineID), pidFileName),
+		pidFile{Pid: found.pid, StartTicks: found.startTicks, StartedAt: time.Now().UTC()})
+	b.fileMu.Unlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.procs[engineID] = found
+	b.startPollerLocked()
+	return found
 }
 
 // forget drops p from the table if it is still the engine's entry.

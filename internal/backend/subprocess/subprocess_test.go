@@ -505,3 +505,38 @@ func TestOverlapBetweenProcessesIsDetected(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEqual(t, backend.StatusRunning, inst.Status)
 }
+
+// TestUnrecordedProcessIsAdoptedAndDestroyed: an orchestrator that dies
+// between spawning an engine and writing its pid file leaves a process no
+// file names. Another one finds it by its environment: it reports the
+// engine running, and destroying the engine ends the process, even when its
+// data dir is already gone.
+func TestUnrecordedProcessIsAdoptedAndDestroyed(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	cfg := config(t, root, "default")
+	first, err := New(cfg)
+	require.NoError(t, err)
+	spec, _, url := started(t, first)
+	before, err := first.Inspect(context.Background(), spec.EngineID)
+	require.NoError(t, err)
+	require.NoError(t, first.Close())
+	require.NoError(t, os.Remove(filepath.Join(root, spec.EngineID, pidFileName)))
+
+	second := newBackend(t, cfg)
+	ctx := context.Background()
+	inst, err := second.Inspect(ctx, spec.EngineID)
+	require.NoError(t, err)
+	require.Equal(t, backend.StatusRunning, inst.Status, "found by its environment")
+	require.Equal(t, before.Pid, inst.Pid)
+
+	// Unrecorded again, and now its data dir is gone too.
+	require.NoError(t, os.RemoveAll(filepath.Join(root, spec.EngineID)))
+	third := newBackend(t, cfg)
+	require.NoError(t, third.Destroy(ctx, spec.EngineID))
+	require.Error(t, probeHealth(url), "the process is gone")
+	require.Eventually(t, func() bool {
+		st, err := readProcStat(before.Pid)
+		return err != nil || st.state == 'Z'
+	}, 5*time.Second, 10*time.Millisecond)
+}
