@@ -645,3 +645,28 @@ func TestRekeyMovesEngineKeysToTheNewMasterKey(t *testing.T) {
 	_, err = client.New(o2.url, client.WithPlatformKey(prod.PlatformAPIKey)).Destroy(ctx, "alice")
 	require.NoError(t, err)
 }
+
+// TestProfilesOnlyOnTheLoopbackListener: ORCH_PPROF_ADDR serves Go's
+// profiles (block profiling on) on its own loopback listener; the API's
+// listener has none.
+func TestProfilesOnlyOnTheLoopbackListener(t *testing.T) {
+	env := baseEnv(t, "sqlite:///"+strings.TrimPrefix(filepath.Join(t.TempDir(), "bap.db"), "/"))
+	addr := fmt.Sprintf("127.0.0.1:%d", backendtest.FreePort(t))
+	env["ORCH_PPROF_ADDR"] = addr
+	o := startServe(t, env)
+	var resp *http.Response
+	require.Eventually(t, func() bool {
+		var err error
+		resp, err = http.Get("http://" + addr + "/debug/pprof/block?debug=1")
+		return err == nil
+	}, 5*time.Second, 20*time.Millisecond)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, string(body), "--- contention:", "a block profile")
+	resp, err = http.Get(o.url + "/debug/pprof/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+}

@@ -281,6 +281,14 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 // and only then deregisters, so that no other replica takes over work this
 // one still does. It never stops engines.
 func (s *server) serve(ctx context.Context, ln net.Listener) error {
+	var pprofLn net.Listener
+	if s.cfg.PprofAddr != "" {
+		var err error
+		if pprofLn, err = net.Listen("tcp", s.cfg.PprofAddr); err != nil {
+			return fmt.Errorf("ORCH_PPROF_ADDR %s: %w", s.cfg.PprofAddr, err)
+		}
+		defer pprofLn.Close()
+	}
 	if err := s.replica.Start(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped before it started
@@ -310,6 +318,9 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 	g.Go(func() error { return s.checker.RunCrashWatch(gctx) })
 	g.Go(func() error { return ignoreCanceled(s.idle.Run(gctx)) })
 	g.Go(func() error { return reconciler.Run(gctx) })
+	if pprofLn != nil {
+		g.Go(func() error { servePprof(gctx, pprofLn, s.log); return nil })
+	}
 	if s.cfg.AuditRetentionDays > 0 {
 		pruner := registry.NewPruner(s.store, registry.PrunerConfig{
 			Retention: time.Duration(s.cfg.AuditRetentionDays) * 24 * time.Hour,

@@ -112,6 +112,8 @@ type Config struct {
 	ReconcileGrace time.Duration
 	// ReplicaTTL is how long a replica without heartbeat stays alive.
 	ReplicaTTL time.Duration
+	// PprofAddr is the loopback address serving /debug/pprof; empty: off.
+	PprofAddr string
 	// AdmitCache is how long an admit keeps a running engine in memory; 0
 	// turns the engine cache off.
 	AdmitCache time.Duration
@@ -270,6 +272,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("platform_key_grace", c.PlatformKeyGrace),
 		slog.Duration("reconcile_grace", c.ReconcileGrace),
 		slog.Duration("replica_ttl", c.ReplicaTTL),
+		slog.String("pprof_addr", c.PprofAddr),
 		slog.Int("audit_retention_days", c.AuditRetentionDays),
 		slog.String("log_level", c.LogLevel.String()),
 		slog.String("log_format", c.LogFormat),

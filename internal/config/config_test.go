@@ -112,6 +112,7 @@ var getters = map[string]func(Config) any{
 	"ORCH_PLATFORM_KEY_GRACE_S":    func(c Config) any { return c.PlatformKeyGrace },
 	"ORCH_RECONCILE_GRACE_S":       func(c Config) any { return c.ReconcileGrace },
 	"ORCH_REPLICA_TTL_S":           func(c Config) any { return c.ReplicaTTL },
+	"ORCH_PPROF_ADDR":              func(c Config) any { return c.PprofAddr },
 	"ORCH_ADMIT_CACHE_S":           func(c Config) any { return c.AdmitCache },
 	"ORCH_AUDIT_RETENTION_DAYS":    func(c Config) any { return c.AuditRetentionDays },
 	"ORCH_LOG_LEVEL":               func(c Config) any { return c.LogLevel },
@@ -195,6 +196,7 @@ var goodCases = map[string][]goodCase{
 	"ORCH_PLATFORM_KEY_GRACE_S": {{"0", time.Duration(0)}, {"1.5", 1500 * time.Millisecond}},
 	"ORCH_RECONCILE_GRACE_S":    {{"0", time.Duration(0)}, {"0.5", 500 * time.Millisecond}},
 	"ORCH_REPLICA_TTL_S":        {{"10", 10 * time.Second}, {"2.5", 2500 * time.Millisecond}},
+	"ORCH_PPROF_ADDR":           {{"127.0.0.1:6060", "127.0.0.1:6060"}, {"[::1]:0", "[::1]:0"}},
 	"ORCH_ADMIT_CACHE_S":        {{"0", time.Duration(0)}, {"30", 30 * time.Second}},
 	"ORCH_AUDIT_RETENTION_DAYS": {{"0", 0}, {"90", 90}, {"36500", 36500}},
 	"ORCH_LOG_LEVEL": {
@@ -273,6 +275,7 @@ var badCases = map[string][]badCase{
 	"ORCH_PLATFORM_KEY_GRACE_S":    {{"-300", "negative"}, {"five", "not a number"}},
 	"ORCH_RECONCILE_GRACE_S":       {{"-1", "negative"}, {"soon", "not a number"}},
 	"ORCH_REPLICA_TTL_S":           {{"0", "greater than 0"}, {"-3", "negative"}, {"ever", "not a number"}},
+	"ORCH_PPROF_ADDR":              {{":6060", "loopback"}, {"0.0.0.0:6060", "loopback"}, {"localhost", "not host:port"}},
 	"ORCH_ADMIT_CACHE_S":           {{"-5", "negative"}, {"long", "not a number"}},
 	"ORCH_AUDIT_RETENTION_DAYS":    {{"-1", "between 0 and 36500"}, {"36501", "between 0 and 36500"}, {"7.5", "not a whole number"}},
 	"ORCH_LOG_LEVEL":               {{"verbose", "not one of debug, info, warn, error"}},

@@ -255,6 +255,24 @@ func parseListenAddr(c *Config, v string) error {
 	return nil
 }
 
+// parsePprofAddr accepts a loopback host:port only: profiles show the
+// process's insides and must not be reachable from the network.
+func parsePprofAddr(c *Config, v string) error {
+	if v == "" {
+		c.PprofAddr = ""
+		return nil
+	}
+	host, port, err := net.SplitHostPort(v)
+	if err != nil || port == "" {
+		return fmt.Errorf("%q is not host:port, e.g. 127.0.0.1:6060", v)
+	}
+	if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q must be a loopback address (127.0.0.1 or ::1): profiles are not for the network", v)
+	}
+	c.PprofAddr = v
+	return nil
+}
+
 var deploymentRE = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 
 func parseDeploymentID(c *Config, v string) error {

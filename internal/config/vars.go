@@ -153,6 +153,11 @@ var table = []Var{
 		parse: parseListenAddr,
 	},
 	{
+		Name:  "ORCH_PPROF_ADDR",
+		Help:  "Loopback address (127.0.0.1:port or [::1]:port) serving Go's /debug/pprof profiles, with block and mutex profiling on; empty: off.",
+		parse: parsePprofAddr,
+	},
+	{
 		Name: "ORCH_DATA_ROOT", Default: "/data/engine-data",
 		Help:  "Directory holding each subprocess engine's data directory (dev uses ./.bap-engine/engine-data).",
 		parse: func(c *Config, v string) error { c.DataRoot = v; return nil },
