@@ -113,15 +113,14 @@ func (m *Manager) provision(ctx context.Context, p bap.Product, userID, image, a
 			return Result{}, bap.Errorf(bap.CodeQuotaExceeded, "Product at max_running limit (0).")
 		}
 	}
-	err = m.store.InTx(ctx, func(tx registry.Store) error {
-		port, err := tx.AllocatePort(ctx, e.ID, m.cfg.PortMin, m.cfg.PortMax)
-		if err != nil {
-			return err
-		}
+	// The row is inserted without an address: the backend gives it once
+	// the instance exists (for a pod, only then), and the running commit
+	// records it.
+	port, err := m.store.ProvisionEngine(ctx, e, quota, m.cfg.PortMin, m.cfg.PortMax)
+	if err == nil {
 		e.Port = port
 		e.URL = m.backend.URL(e.ID, port)
-		return tx.InsertEngine(ctx, e, quota)
-	})
+	}
 	switch {
 	case errors.Is(err, registry.ErrQuotaExceeded):
 		return Result{}, m.quotaErr(ctx, p, quota)
@@ -183,6 +182,9 @@ func (m *Manager) commitProvisioned(ctx context.Context, c *opClaim, inst backen
 		cur.Status = bap.StateRunning
 		if inst.ID != "" {
 			cur.InstanceID = inst.ID
+		}
+		if cur.URL == "" {
+			cur.URL = m.backend.URL(cur.ID, cur.Port)
 		}
 		meta := map[string]any{"image": cur.Image, "port": cur.Port, "backend": m.backend.Name()}
 		entry := &audit.Entry{Action: audit.Provision, Actor: actor, Metadata: meta}

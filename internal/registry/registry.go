@@ -151,6 +151,14 @@ type Store interface {
 	// under q; the check and insert are atomic against concurrent inserts.
 	// ErrQuotaExceeded, ErrConflict (engine for that user exists).
 	InsertEngine(ctx context.Context, e bap.Engine, q Quota) error
+	// ProvisionEngine allocates the lowest free port in [portMin, portMax]
+	// for e and inserts e on it (e.Port is ignored), only if the product is
+	// under q: one atomic step, which also holds the port allocation's
+	// serialization for as short a time as the database allows (PostgreSQL:
+	// one round trip). It returns the port. ErrQuotaExceeded, ErrConflict
+	// (engine for that user exists), ErrPortExhausted; nothing is left
+	// behind on an error.
+	ProvisionEngine(ctx context.Context, e bap.Engine, q Quota, portMin, portMax int) (int, error)
 	// CountRunning counts the product's engines that hold a running slot
 	// for max_running: those running, sleeping or provisioning, those failed
 	// with a restart scheduled (they keep their slot on the restart path),

@@ -123,6 +123,89 @@ func (s *Store) InsertEngine(ctx context.Context, e bap.Engine, q registry.Quota
 	return nil
 }
 
+// sqlProvisionEngine checks the quota ($19 max_engines, $24 max_running;
+// an existing engine of the user passes, to fail on the unique key), picks
+// the lowest free port of [$25, $26] (as sqlAllocatePort does), allocates it
+// and inserts the engine on it, in one statement: it returns whether the
+// quota allowed it and the port (NULL: none free). It must run right after
+// the port lock is taken, in a statement of its own, so that its snapshot
+// sees every allocation committed before.
+var sqlProvisionEngine = `WITH q AS (
+	SELECT EXISTS (SELECT 1 FROM engines WHERE product_id = $2::uuid AND user_id = $3::text)
+		OR (($19::int = 0 OR (SELECT count(*) FROM engines WHERE product_id = $2::uuid) < $19::int)
+		AND ($24::int = 0 OR ` + strings.ReplaceAll(sqlRunningSlots, "$1", "$2") + ` < $24::int)) AS ok
+), p AS (
+	INSERT INTO port_allocations (port, engine_id, created_at)
+	SELECT c.p, $1::uuid, $27 FROM q, (
+		SELECT $25::int AS p WHERE NOT EXISTS (SELECT 1 FROM port_allocations WHERE port = $25::int)
+		UNION ALL
+		SELECT a.port + 1 FROM port_allocations a
+		WHERE a.port >= $25::int AND a.port < $26::int
+			AND NOT EXISTS (SELECT 1 FROM port_allocations b WHERE b.port = a.port + 1)
+	) AS c
+	WHERE q.ok AND c.p <= $26::int
+	ORDER BY c.p LIMIT 1
+	RETURNING port
+), e AS (
+	INSERT INTO engines (id, product_id, user_id, status, port, engine_key_hash, engine_key_enc,
+		image, url, instance_id, boot_duration_ms, health_failures, restart_attempts, next_restart_at,
+		last_health_at, last_active_at, failure_reason, op, op_owner, op_epoch, op_started_at, created_at, updated_at)
+	SELECT $1::uuid, $2::uuid, $3::text, $4::text, p.port, NULLIF($5::text, ''), NULLIF($6::text, ''),
+		NULLIF($7::text, ''), NULLIF($8::text, ''), NULLIF($9::text, ''), $10::bigint, $11::int, $12::int,
+		$13::timestamptz, $14::timestamptz, $15::timestamptz, NULLIF($16::text, ''),
+		NULLIF($20::text, ''), NULLIF($21::text, ''), $22::bigint, $23::timestamptz, $17::timestamptz, $18::timestamptz
+	FROM p
+	RETURNING 1
+)
+SELECT (SELECT ok FROM q), (SELECT port FROM p), (SELECT count(*) FROM e)`
+
+// ProvisionEngine allocates the lowest free port and inserts e on it in one
+// round trip: a batch (one implicit transaction) that locks the product's
+// row when there is a quota, takes the port lock, then runs
+// sqlProvisionEngine. The port lock is held for that statement's time on
+// the server only, never across a round trip, so a burst of provisions does
+// not queue behind one another's network and scheduling delays.
+func (s *Store) ProvisionEngine(ctx context.Context, e bap.Engine, q registry.Quota, portMin, portMax int) (int, error) {
+	b := &pgx.Batch{}
+	quota := q.MaxEngines > 0 || q.MaxRunning > 0
+	if quota {
+		b.Queue(`SELECT 1 FROM products WHERE id = $1::uuid FOR UPDATE`, e.ProductID)
+	}
+	b.Queue(`SELECT pg_advisory_xact_lock($1)`, portLockKey)
+	b.Queue(sqlProvisionEngine, e.ID, e.ProductID, e.UserID, string(e.Status),
+		e.KeyHash, e.KeyEnc, e.Image, e.URL, e.InstanceID, e.BootDurationMS,
+		e.HealthFailures, e.RestartAttempts, timePtr(e.NextRestartAt),
+		timePtr(e.LastHealthAt), timePtr(e.LastActiveAt), e.FailureReason,
+		bap.Timestamp(e.CreatedAt), bap.Timestamp(e.UpdatedAt), max(q.MaxEngines, 0),
+		string(e.Claim.Op), e.Claim.Owner, e.Claim.Epoch, timePtr(e.Claim.StartedAt), max(q.MaxRunning, 0),
+		portMin, portMax, bap.Now())
+	var (
+		ok   bool
+		port *int
+	)
+	err := s.savepointed(ctx, b, func(br pgx.BatchResults) error {
+		if quota {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+		var n int
+		return br.QueryRow().Scan(&ok, &port, &n)
+	})
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("provision engine for %s: %w", e.UserID, translate(err))
+	case !ok:
+		return 0, fmt.Errorf("provision engine for %s: %w", e.UserID, registry.ErrQuotaExceeded)
+	case port == nil:
+		return 0, fmt.Errorf("provision engine for %s: allocate port in %d-%d: %w", e.UserID, portMin, portMax, registry.ErrPortExhausted)
+	}
+	return *port, nil
+}
+
 // GetEngine returns an engine by id.
 func (s *Store) GetEngine(ctx context.Context, id string) (bap.Engine, error) {
 	return s.oneEngine(ctx, "get engine "+id, `SELECT `+engineCols+` FROM engines e WHERE e.id = $1::uuid`, id)

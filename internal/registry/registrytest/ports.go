@@ -1,6 +1,8 @@
 package registrytest
 
 import (
+	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -19,6 +21,8 @@ func portTests() []test {
 		{"Concurrent100NeverDuplicate", testPortConcurrent},
 		{"InTxRollbackFreesPort", testPortRollback},
 		{"FreeOrphanPorts", testPortOrphans},
+		{"ProvisionEngineOnLowestPort", testProvisionEngine},
+		{"ProvisionEngineConcurrent50Max20", testProvisionEngineConcurrent},
 	}
 }
 
@@ -152,4 +156,73 @@ func testPortOrphans(t *testing.T, s registry.Store) {
 	n, err = s.FreeOrphanPorts(ctx)
 	require.NoError(t, err)
 	require.Zero(t, n)
+}
+
+// provisioning is an unsaved provisioning engine of productID for userID.
+func provisioning(productID, userID string) bap.Engine {
+	now := bap.Now()
+	return bap.Engine{ID: uuid.NewString(), ProductID: productID, UserID: userID, Status: bap.StateProvisioning,
+		Claim: bap.Claim{Op: bap.OpProvision, Owner: "r", Epoch: 1, StartedAt: &now}, CreatedAt: now, UpdatedAt: now}
+}
+
+func testProvisionEngine(t *testing.T, s registry.Store) {
+	ctx := t.Context()
+	p := NewProduct(t, s)
+	allocate(t, s, uuid.NewString(), 31000, 31000) // 31000 taken
+	e := provisioning(p.ID, "alice")
+	port, err := s.ProvisionEngine(ctx, e, registry.Quota{}, 31000, 31002)
+	require.NoError(t, err)
+	require.Equal(t, 31001, port, "the lowest free port")
+	got, err := s.GetEngine(ctx, e.ID)
+	require.NoError(t, err)
+	require.Equal(t, 31001, got.Port)
+	require.Equal(t, e.Claim.Op, got.Claim.Op)
+	require.Equal(t, bap.StateProvisioning, got.Status)
+
+	before := allocatedPorts(t, s)
+	_, err = s.ProvisionEngine(ctx, provisioning(p.ID, "alice"), registry.Quota{}, 31000, 31002)
+	require.ErrorIs(t, err, registry.ErrConflict, "the user has an engine")
+	_, err = s.ProvisionEngine(ctx, provisioning(p.ID, "bob"), registry.Quota{MaxEngines: 1}, 31000, 31002)
+	require.ErrorIs(t, err, registry.ErrQuotaExceeded)
+	_, err = s.ProvisionEngine(ctx, provisioning(p.ID, "carol"), registry.Quota{}, 31000, 31001)
+	require.ErrorIs(t, err, registry.ErrPortExhausted)
+	require.Equal(t, before, allocatedPorts(t, s), "a refused provision allocates nothing")
+	_, err = s.GetEngineByUser(ctx, p.ID, "carol")
+	require.ErrorIs(t, err, registry.ErrNotFound, "and inserts nothing")
+}
+
+// testProvisionEngineConcurrent races 50 provisions of one product with
+// max_engines 20 over 30 ports: exactly 20 engines, on 20 distinct ports,
+// the lowest ones.
+func testProvisionEngineConcurrent(t *testing.T, s registry.Store) {
+	ctx := t.Context()
+	p := NewProduct(t, s)
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		ports []int
+		quota int
+	)
+	for i := range 50 {
+		wg.Go(func() {
+			port, err := s.ProvisionEngine(ctx, provisioning(p.ID, fmt.Sprintf("u%d", i)), registry.Quota{MaxEngines: 20}, 32000, 32029)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				ports = append(ports, port)
+			case errors.Is(err, registry.ErrQuotaExceeded):
+				quota++
+			default:
+				t.Errorf("provision %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	require.Len(t, ports, 20)
+	require.Equal(t, 30, quota)
+	slices.Sort(ports)
+	for i, port := range ports {
+		require.Equal(t, 32000+i, port, "distinct and lowest")
+	}
 }

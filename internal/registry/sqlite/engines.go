@@ -65,35 +65,8 @@ func (s *Store) queryEngines(ctx context.Context, q querier, op, query string, a
 func (s *Store) InsertEngine(ctx context.Context, e bap.Engine, q registry.Quota) error {
 	op := "insert engine " + e.ID
 	return s.inTx(ctx, func(tx *Store) error {
-		var exists bool
-		if err := tx.tx.QueryRowContext(ctx,
-			`SELECT EXISTS (SELECT 1 FROM engines WHERE product_id = ? AND user_id = ?)`,
-			e.ProductID, e.UserID).Scan(&exists); err != nil {
-			return translate(op, err)
-		}
-		if exists {
-			return fmt.Errorf("%s: the user already has an engine: %w", op, registry.ErrConflict)
-		}
-		if q.MaxEngines > 0 {
-			var n int
-			if err := tx.tx.QueryRowContext(ctx,
-				`SELECT COUNT(*) FROM engines WHERE product_id = ?`, e.ProductID).Scan(&n); err != nil {
-				return translate(op, err)
-			}
-			if n >= q.MaxEngines {
-				return fmt.Errorf("%s: product has %d engines, max_engines is %d: %w",
-					op, n, q.MaxEngines, registry.ErrQuotaExceeded)
-			}
-		}
-		if q.MaxRunning > 0 {
-			n, err := tx.CountRunning(ctx, e.ProductID)
-			if err != nil {
-				return err
-			}
-			if n >= q.MaxRunning {
-				return fmt.Errorf("%s: product has %d engines running, max_running is %d: %w",
-					op, n, q.MaxRunning, registry.ErrQuotaExceeded)
-			}
+		if err := tx.insertChecks(ctx, e, q); err != nil {
+			return err
 		}
 		created := e.CreatedAt
 		if created.IsZero() {
@@ -117,6 +90,66 @@ func (s *Store) InsertEngine(ctx context.Context, e bap.Engine, q registry.Quota
 			e.Claim.Epoch, nullTS(e.Claim.StartedAt), ts(created), ts(updated))
 		return translate(op, err)
 	})
+}
+
+// insertChecks refuses e when its user has an engine (ErrConflict) or the
+// product is at q (ErrQuotaExceeded). It runs in the IMMEDIATE transaction
+// of the insert, so nothing can change between the checks and the insert.
+func (s *Store) insertChecks(ctx context.Context, e bap.Engine, q registry.Quota) error {
+	op := "insert engine " + e.ID
+	var exists bool
+	if err := s.tx.QueryRowContext(ctx,
+		`SELECT EXISTS (SELECT 1 FROM engines WHERE product_id = ? AND user_id = ?)`,
+		e.ProductID, e.UserID).Scan(&exists); err != nil {
+		return translate(op, err)
+	}
+	if exists {
+		return fmt.Errorf("%s: the user already has an engine: %w", op, registry.ErrConflict)
+	}
+	if q.MaxEngines > 0 {
+		var n int
+		if err := s.tx.QueryRowContext(ctx,
+			`SELECT COUNT(*) FROM engines WHERE product_id = ?`, e.ProductID).Scan(&n); err != nil {
+			return translate(op, err)
+		}
+		if n >= q.MaxEngines {
+			return fmt.Errorf("%s: product has %d engines, max_engines is %d: %w",
+				op, n, q.MaxEngines, registry.ErrQuotaExceeded)
+		}
+	}
+	if q.MaxRunning > 0 {
+		n, err := s.CountRunning(ctx, e.ProductID)
+		if err != nil {
+			return err
+		}
+		if n >= q.MaxRunning {
+			return fmt.Errorf("%s: product has %d engines running, max_running is %d: %w",
+				op, n, q.MaxRunning, registry.ErrQuotaExceeded)
+		}
+	}
+	return nil
+}
+
+// ProvisionEngine allocates the lowest free port and inserts e on it in one
+// IMMEDIATE transaction.
+func (s *Store) ProvisionEngine(ctx context.Context, e bap.Engine, q registry.Quota, portMin, portMax int) (int, error) {
+	var port int
+	err := s.inTx(ctx, func(tx *Store) error {
+		// The checks first, so that a refused insert allocates nothing.
+		if err := tx.insertChecks(ctx, e, q); err != nil {
+			return err
+		}
+		var err error
+		if port, err = tx.AllocatePort(ctx, e.ID, portMin, portMax); err != nil {
+			return err
+		}
+		e.Port = port
+		return tx.InsertEngine(ctx, e, q)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return port, nil
 }
 
 // GetEngine returns an engine by id. ErrNotFound.
