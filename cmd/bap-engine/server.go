@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -43,6 +44,23 @@ const (
 // process operating on an engine this one is about to operate: the replicas'
 // claims should make that impossible.
 const overlapMessage = "backend operations of two orchestrator processes overlapped on one engine"
+
+// provisionLimit is ORCH_MAX_CONCURRENT_PROVISIONS, or, when it is 0, a
+// limit sized to the engine backend: how many engines it can start at once
+// before starting more only slows every one of them down.
+func provisionLimit(cfg config.Config) int {
+	if cfg.MaxConcurrentProvisions > 0 {
+		return cfg.MaxConcurrentProvisions
+	}
+	switch cfg.EngineBackend {
+	case config.BackendSubprocess:
+		// Engines are processes of this machine, booting on its cores.
+		return 32 * runtime.NumCPU()
+	default:
+		// The Docker daemon creates and starts containers one by one.
+		return 32
+	}
+}
 
 // version names this build (set with -ldflags "-X main.version=…").
 var version = "dev"
@@ -223,10 +241,11 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 			BackoffBase: cfg.RestartBackoffBase,
 			BackoffMax:  cfg.RestartBackoffMax,
 		},
-		OrphanGrace: cfg.ReconcileGrace,
-		Replica:     rep,
-		Logger:      log,
-		Observer:    met,
+		OrphanGrace:             cfg.ReconcileGrace,
+		MaxConcurrentProvisions: provisionLimit(cfg),
+		Replica:                 rep,
+		Logger:                  log,
+		Observer:                met,
 	})
 	limiter := policy.NewLimiter(time.Now)
 	// last_active_at is written at most once per engine per TouchInterval;

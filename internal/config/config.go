@@ -114,6 +114,9 @@ type Config struct {
 	ReplicaTTL time.Duration
 	// PprofAddr is the loopback address serving /debug/pprof; empty: off.
 	PprofAddr string
+	// MaxConcurrentProvisions bounds the provisions in flight; 0 sizes it
+	// to the engine backend.
+	MaxConcurrentProvisions int
 	// AdmitCache is how long an admit keeps a running engine in memory; 0
 	// turns the engine cache off.
 	AdmitCache time.Duration
@@ -273,6 +276,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("reconcile_grace", c.ReconcileGrace),
 		slog.Duration("replica_ttl", c.ReplicaTTL),
 		slog.String("pprof_addr", c.PprofAddr),
+		slog.Int("max_concurrent_provisions", c.MaxConcurrentProvisions),
 		slog.Int("audit_retention_days", c.AuditRetentionDays),
 		slog.String("log_level", c.LogLevel.String()),
 		slog.String("log_format", c.LogFormat),

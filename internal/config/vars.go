@@ -208,6 +208,11 @@ var table = []Var{
 		parse: duration(func(c *Config) *time.Duration { return &c.ReplicaTTL }, positive),
 	},
 	{
+		Name: "ORCH_MAX_CONCURRENT_PROVISIONS", Default: "0",
+		Help:  "Provisions in flight at once in this process; the others wait their turn first come, first served (up to ORCH_BOOT_TIMEOUT_S, then 429 with Retry-After). 0 sizes it to the engine backend.",
+		parse: integer(func(c *Config) *int { return &c.MaxConcurrentProvisions }, 0, 100000),
+	},
+	{
 		Name: "ORCH_ADMIT_CACHE_S", Default: "5",
 		Help:  "Seconds a running engine found by an admit is kept in memory, dropped at once when any process changes it (PostgreSQL LISTEN/NOTIFY); 0 makes every admit read the database.",
 		parse: duration(func(c *Config) *time.Duration { return &c.AdmitCache }, zeroAllowed),

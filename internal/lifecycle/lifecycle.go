@@ -62,6 +62,13 @@ type Config struct {
 	OpTimeout time.Duration
 	// Restart is the automatic restart policy.
 	Restart RestartPolicy
+	// MaxConcurrentProvisions bounds the provisions in flight in this
+	// process (ORCH_MAX_CONCURRENT_PROVISIONS); the others wait their turn,
+	// first come, first served, before anything of them exists. 0: no bound.
+	MaxConcurrentProvisions int
+	// ProvisionQueueWait bounds that wait (default BootTimeout); past it the
+	// provision is refused with RATE_LIMITED and a Retry-After.
+	ProvisionQueueWait time.Duration
 	// OrphanGrace is the age before an instance without any row, made by a
 	// replica that is alive (or by an orchestrator older than replicas), is
 	// removed (ORCH_RECONCILE_GRACE_S; zero: at once). One made by a dead
@@ -112,6 +119,7 @@ type Manager struct {
 	// hold; a claim of this replica not in it is a leftover to end.
 	active      sync.Map
 	takeoverSem chan struct{}
+	provisions  *provisionQueue
 	closing     chan struct{}
 	closeOne    sync.Once
 }
@@ -129,10 +137,11 @@ func New(store registry.Store, be backend.Backend, sealer *secret.Sealer, cfg Co
 	cfg.SleepMode = cmp.Or(cfg.SleepMode, SleepMark)
 	cfg.ProbeTimeout = cmp.Or(cfg.ProbeTimeout, 2*time.Second)
 	cfg.OpTimeout = cmp.Or(cfg.OpTimeout, cfg.BootTimeout+2*cfg.StopGrace+60*time.Second)
+	cfg.ProvisionQueueWait = cmp.Or(cfg.ProvisionQueueWait, cfg.BootTimeout)
 	cfg.Restart.MaxAttempts = cmp.Or(cfg.Restart.MaxAttempts, 8)
 	cfg.Restart.BackoffBase = cmp.Or(cfg.Restart.BackoffBase, 5*time.Second)
 	cfg.Restart.BackoffMax = cmp.Or(cfg.Restart.BackoffMax, 300*time.Second)
-	if cfg.OrphanGrace < 0 || cfg.Restart.MaxAttempts < 0 || cfg.Restart.BackoffBase < 0 || cfg.Restart.BackoffMax < 0 {
+	if cfg.OrphanGrace < 0 || cfg.MaxConcurrentProvisions < 0 || cfg.Restart.MaxAttempts < 0 || cfg.Restart.BackoffBase < 0 || cfg.Restart.BackoffMax < 0 {
 		panic("lifecycle.New: negative setting")
 	}
 	switch cfg.SleepMode {
@@ -162,6 +171,7 @@ func New(store registry.Store, be backend.Backend, sealer *secret.Sealer, cfg Co
 		closing: make(chan struct{}),
 
 		takeoverSem: make(chan struct{}, maxTakeovers),
+		provisions:  newProvisionQueue(cfg.MaxConcurrentProvisions),
 	}
 	m.backend = guarded{Backend: be, rep: cfg.Replica, store: store}
 	m.flights = newFlights(cfg.OpTimeout)

@@ -113,6 +113,12 @@ func (m *Manager) provision(ctx context.Context, p bap.Product, userID, image, a
 			return Result{}, bap.Errorf(bap.CodeQuotaExceeded, "Product at max_running limit (0).")
 		}
 	}
+	// Wait for a provision slot before anything of the engine exists.
+	release, err := m.provisions.acquire(ctx, m.cfg.ProvisionQueueWait)
+	if err != nil {
+		return Result{}, err
+	}
+	defer release()
 	// The row is inserted without an address: the backend gives it once
 	// the instance exists (for a pod, only then), and the running commit
 	// records it.

@@ -13,6 +13,7 @@ import (
 	"github.com/september/bap-engine/internal/backend/backendtest"
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/lifecycle"
+	"github.com/september/bap-engine/internal/registry"
 )
 
 // TestReconcilerRepairsOnItsSchedule runs the Reconciler loop: its quick
@@ -76,4 +77,54 @@ func TestReconcilerRepairsOnItsSchedule(t *testing.T) {
 	require.Equal(t, 1, lostSeen, "the vanished engine is failed once")
 	require.Equal(t, []audit.Action{audit.Provision, audit.Stop}, auditActions(t, en.store, stopping.Engine.ID))
 	require.Equal(t, []audit.Action{audit.Provision, audit.ReconcileFailed}, auditActions(t, en.store, lost.Engine.ID))
+}
+
+// TestProvisionsBeyondTheLimitWaitThenAreRefusedWhole: with one provision
+// slot, a second provision waits for the first; one that waits longer than
+// the queue allows is refused with RATE_LIMITED and a Retry-After, having
+// created nothing.
+func TestProvisionsBeyondTheLimitWaitThenAreRefusedWhole(t *testing.T) {
+	fake := backendtest.NewFake()
+	t.Cleanup(fake.Close)
+	fake.SetBootDelay(300 * time.Millisecond)
+	en := newEnv(t, fake, envOptions{})
+	lm := en.manager(func(c *lifecycle.Config) {
+		c.MaxConcurrentProvisions = 1
+		c.ProvisionQueueWait = 5 * time.Second
+	})
+	ctx := context.Background()
+	first := make(chan error, 1)
+	go func() {
+		_, err := lm.Provision(ctx, en.product, "first", "", "test")
+		first <- err
+	}()
+	require.Eventually(t, func() bool {
+		_, err := en.store.GetEngineByUser(ctx, en.product.ID, "first")
+		return err == nil
+	}, 5*time.Second, time.Millisecond)
+	began := time.Now()
+	_, err := lm.Provision(ctx, en.product, "second", "", "test")
+	require.NoError(t, err, "the second waits its turn")
+	require.NoError(t, <-first)
+	require.Greater(t, time.Since(began), 100*time.Millisecond, "it waited for the first")
+
+	impatient := en.manager(func(c *lifecycle.Config) {
+		c.MaxConcurrentProvisions = 1
+		c.ProvisionQueueWait = 50 * time.Millisecond
+	})
+	go func() { _, _ = impatient.Provision(ctx, en.product, "third", "", "test") }()
+	require.Eventually(t, func() bool {
+		_, err := en.store.GetEngineByUser(ctx, en.product.ID, "third")
+		return err == nil
+	}, 5*time.Second, time.Millisecond)
+	_, err = impatient.Provision(ctx, en.product, "fourth", "", "test")
+	require.Equal(t, bap.CodeRateLimited, errCode(err))
+	e, _ := bap.AsError(err)
+	require.GreaterOrEqual(t, e.RetryAfter, time.Second)
+	_, err = en.store.GetEngineByUser(ctx, en.product.ID, "fourth")
+	require.ErrorIs(t, err, registry.ErrNotFound, "nothing of the refused provision exists")
+	_, n, err := en.store.ListAudit(ctx, registry.AuditFilter{ProductID: en.product.ID, UserID: "fourth"})
+	require.NoError(t, err)
+	require.Zero(t, n, "nor any audit row")
+	require.NoError(t, impatient.Close(ctx))
 }
