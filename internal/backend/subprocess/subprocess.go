@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"net"
 	"os"
@@ -91,8 +92,11 @@ type Backend struct {
 	once   sync.Once
 	poller sync.WaitGroup
 
-	// fileMu orders pid file writes between operations and reapers.
-	fileMu sync.Mutex
+	// fileMus order an engine's pid file writes between its operations and
+	// its reaper (fileMu picks the engine's); one mutex per engine would
+	// need cleaning up, one for all would serialize every engine's spawn
+	// behind one another's fsync.
+	fileMus [64]sync.Mutex
 
 	// scanned caches one /proc scan for unrecorded engine processes.
 	scanMu    sync.Mutex
@@ -291,6 +295,13 @@ func (b *Backend) current(engineID string) *proc {
 	return p
 }
 
+// fileMu is the mutex ordering the engine's pid file writes.
+func (b *Backend) fileMu(engineID string) *sync.Mutex {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(engineID))
+	return &b.fileMus[h.Sum32()%uint32(len(b.fileMus))]
+}
+
 // strayScanAge is how long one scan of /proc for unrecorded engine
 // processes is reused (List looks at every engine at once).
 const strayScanAge = time.Second
@@ -323,10 +334,10 @@ func (b *Backend) adoptStray(engineID string) *proc {
 	}
 	// Without a data dir (destroyed under it) there is nothing to record it
 	// in; the process is still returned, for the destroy to end it.
-	b.fileMu.Lock()
+	b.fileMu(engineID).Lock()
 	_ = writeJSON(filepath.Join(b.dir(engineID), pidFileName),
 		pidFile{Pid: found.pid, StartTicks: found.startTicks, StartedAt: time.Now().UTC()})
-	b.fileMu.Unlock()
+	b.fileMu(engineID).Unlock()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.procs[engineID] = found
@@ -396,8 +407,8 @@ func (b *Backend) markExited(engineID string, p *proc, code int) {
 		return
 	default:
 	}
-	b.fileMu.Lock()
-	defer b.fileMu.Unlock()
+	b.fileMu(engineID).Lock()
+	defer b.fileMu(engineID).Unlock()
 	path := filepath.Join(b.dir(engineID), pidFileName)
 	var pf pidFile
 	if err := readJSON(path, &pf); err != nil || pf.Pid != p.pid || pf.StartTicks != p.startTicks || pf.Exited {
@@ -559,9 +570,9 @@ func (b *Backend) spawn(spec specFile) error {
 		return fmt.Errorf("engine %s: read process start time: %w", spec.EngineID, err)
 	}
 	p := newProc(spec.EngineID, pid, st.startTicks, true, b.hub.Publish)
-	b.fileMu.Lock()
+	b.fileMu(spec.EngineID).Lock()
 	err = writeJSON(filepath.Join(dir, pidFileName), pidFile{Pid: pid, StartTicks: st.startTicks, StartedAt: time.Now().UTC()})
-	b.fileMu.Unlock()
+	b.fileMu(spec.EngineID).Unlock()
 	if err != nil {
 		p.expected.Store(true)
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
@@ -734,8 +745,8 @@ func (b *Backend) Destroy(ctx context.Context, engineID string) error {
 		}
 	}
 	b.forget(engineID, b.procOf(engineID))
-	b.fileMu.Lock()
-	defer b.fileMu.Unlock()
+	b.fileMu(engineID).Lock()
+	defer b.fileMu(engineID).Unlock()
 	if err := removeDir(ctx, b.dir(engineID)); err != nil {
 		return fmt.Errorf("destroy engine %s: remove data dir: %w", engineID, err)
 	}
