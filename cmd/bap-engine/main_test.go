@@ -57,7 +57,7 @@ func baseEnv(t *testing.T, dbURL string) map[string]string {
 	require.NoError(t, err)
 	portMin, portMax := backendtest.PortRange(t, 40)
 	dataRoot := filepath.Join(t.TempDir(), "engines")
-	killEnginesAtCleanup(t, dataRoot)
+	killEnginesUnder(t, dataRoot)
 	return map[string]string{
 		"ORCH_DATABASE_URL":            dbURL,
 		"ORCH_MASTER_KEY":              master,
@@ -152,32 +152,6 @@ func engineAnswers(t *testing.T, url, key string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
-}
-
-// killEnginesAtCleanup kills, when the test ends, every engine process the
-// subprocess backend started under dataRoot: orchestrators never stop
-// engines, so a test must.
-func killEnginesAtCleanup(t *testing.T, dataRoot string) {
-	t.Cleanup(func() {
-		dirs, _ := os.ReadDir(dataRoot)
-		for _, d := range dirs {
-			b, err := os.ReadFile(filepath.Join(dataRoot, d.Name(), "engine.pid"))
-			if err != nil {
-				continue
-			}
-			var pf struct {
-				Pid int `json:"pid"`
-			}
-			if json.Unmarshal(b, &pf) == nil && pf.Pid > 0 {
-				_ = syscall.Kill(-pf.Pid, syscall.SIGKILL)
-				// Wait until it is gone, so nothing writes into the data
-				// dir while the test's temporary directory is removed.
-				for i := 0; i < 100 && syscall.Kill(pf.Pid, 0) == nil && !zombie(pf.Pid); i++ {
-					time.Sleep(20 * time.Millisecond)
-				}
-			}
-		}
-	})
 }
 
 // zombie reports whether pid has exited and waits to be reaped.
@@ -374,7 +348,7 @@ func TestDevCurlLinesWork(t *testing.T) {
 	self, err := os.Executable()
 	require.NoError(t, err)
 	dir := filepath.Join(t.TempDir(), ".bap-engine")
-	killEnginesAtCleanup(t, filepath.Join(dir, "engine-data"))
+	killEnginesUnder(t, filepath.Join(dir, "engine-data"))
 	portMin, portMax := backendtest.PortRange(t, 10)
 	env := map[string]string{
 		"ORCH_PORT_MIN":               fmt.Sprint(portMin),
