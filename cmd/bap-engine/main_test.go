@@ -25,6 +25,7 @@ import (
 	"github.com/september/bap-engine/internal/backend/backendtest"
 	"github.com/september/bap-engine/internal/pgtest"
 	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/testmain"
 )
 
 // mainEnv makes the test binary behave as the bap-engine binary itself: the
@@ -37,7 +38,7 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(pgtest.Main(m))
+	os.Exit(testmain.Run(m))
 }
 
 // orchestrator is one run of `bap-engine serve` inside the test process.

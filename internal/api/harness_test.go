@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -17,7 +16,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/september/bap-engine/client"
 	"github.com/september/bap-engine/internal/api"
@@ -33,17 +31,11 @@ import (
 	"github.com/september/bap-engine/internal/registry/postgres"
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/testmain"
 )
 
 func TestMain(m *testing.M) {
-	code := pgtest.Main(m)
-	if code == 0 {
-		if err := goleak.Find(pgtest.GoleakOptions()...); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m, testmain.Goroutines()))
 }
 
 // runBoth runs fn against a fresh SQLite store and a fresh PostgreSQL store

@@ -16,7 +16,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/backend"
@@ -32,22 +31,11 @@ import (
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/replica"
 	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/testmain"
 )
 
 func TestMain(m *testing.M) {
-	code := pgtest.Main(m)
-	if code == 0 {
-		if err := goleak.Find(
-			// Idle keep-alive client connections (the tests' engine calls,
-			// lifecycle's probes) wind down on their own timers.
-			goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
-			goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
-		); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m, testmain.Goroutines(testmain.IdleHTTP()...)))
 }
 
 // stores are the registry implementations every test runs against.

@@ -16,7 +16,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/backend"
@@ -31,6 +30,7 @@ import (
 	"github.com/september/bap-engine/internal/registry/postgres"
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/testmain"
 )
 
 // engineEnv makes the test binary run the reference engine instead of the
@@ -54,14 +54,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(benchReplicaEnv) != "" {
 		os.Exit(runBenchReplica())
 	}
-	code := pgtest.Main(m)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m, testmain.Goroutines()))
 }
 
 // stores are the registry implementations the key scenarios run on.

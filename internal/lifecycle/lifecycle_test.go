@@ -28,6 +28,7 @@ import (
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/testmain"
 )
 
 // engineEnv makes the test binary run the reference engine instead of the
@@ -44,7 +45,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	os.Exit(testmain.Run(m))
 }
 
 // env is one test's world: a registry, a backend, a manager and a product.

@@ -26,7 +26,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/september/bap-engine/internal/api"
 	"github.com/september/bap-engine/internal/backend/backendtest"
@@ -42,22 +41,11 @@ import (
 	"github.com/september/bap-engine/internal/registry/registrytest"
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/testmain"
 )
 
 func TestMain(m *testing.M) {
-	code := pgtest.Main(m)
-	if code == 0 {
-		if err := goleak.Find(
-			// Keep-alive connections of the load clients wind down on their
-			// own after CloseIdleConnections.
-			goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
-			goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
-		); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m, testmain.Goroutines(testmain.IdleHTTP()...)))
 }
 
 // Environment of the full run.
@@ -361,9 +349,7 @@ func newHarness(t *testing.T, store registry.Store, p params) *harness {
 		loops = append(loops, stop)
 		t.Cleanup(stop)
 		if engineTTL > 0 {
-			if _, ok := store.(registry.Watcher); ok {
-				require.Eventually(t, disc.EngineCacheLive, 10*time.Second, 5*time.Millisecond, "the engine cache never came on")
-			}
+			require.Eventually(t, disc.EngineCacheLive, 10*time.Second, 5*time.Millisecond, "the engine cache never came on")
 		}
 
 		srv := &http.Server{

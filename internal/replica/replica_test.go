@@ -17,9 +17,10 @@ import (
 	"github.com/september/bap-engine/internal/registry/postgres"
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/replica"
+	"github.com/september/bap-engine/internal/testmain"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(testmain.Run(m)) }
 
 func openPostgres(t *testing.T) registry.Store {
 	t.Helper()

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -22,7 +21,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/september/bap-engine/internal/api"
 	"github.com/september/bap-engine/internal/audit"
@@ -30,24 +28,17 @@ import (
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/discovery"
 	"github.com/september/bap-engine/internal/lifecycle"
-	"github.com/september/bap-engine/internal/pgtest"
 	"github.com/september/bap-engine/internal/policy"
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/registrytest"
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/testmain"
 	"github.com/september/bap-engine/internal/ui"
 )
 
 func TestMain(m *testing.M) {
-	code := pgtest.Main(m)
-	if code == 0 {
-		if err := goleak.Find(pgtest.GoleakOptions()...); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m, testmain.Goroutines()))
 }
 
 // clock is a settable time for session expiry and key grace.

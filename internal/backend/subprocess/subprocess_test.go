@@ -19,11 +19,11 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/september/bap-engine/internal/backend"
 	"github.com/september/bap-engine/internal/backend/backendtest"
 	"github.com/september/bap-engine/internal/engine"
+	"github.com/september/bap-engine/internal/testmain"
 )
 
 // envTestEngine makes the test binary run as the reference engine.
@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	goleak.VerifyTestMain(m)
+	os.Exit(testmain.Run(m, testmain.Goroutines()))
 }
 
 // orchestratorEnv is what the orchestrator's environment looks like to the

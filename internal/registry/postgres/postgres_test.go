@@ -2,7 +2,6 @@ package postgres_test
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -13,7 +12,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/bap"
@@ -21,17 +19,13 @@ import (
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/postgres"
 	"github.com/september/bap-engine/internal/registry/registrytest"
+	"github.com/september/bap-engine/internal/testmain"
 )
 
 // TestMain also checks that nothing is left running once the servers are
 // stopped.
 func TestMain(m *testing.M) {
-	code := pgtest.Main(m)
-	if err := goleak.Find(); err != nil && code == 0 {
-		fmt.Fprintln(os.Stderr, err)
-		code = 1
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m, testmain.Goroutines()))
 }
 
 func open(t *testing.T, url string) *postgres.Store {
