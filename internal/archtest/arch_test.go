@@ -43,7 +43,7 @@ func internalImports(deps []string) []string {
 
 func TestLeavesImportNothingInternal(t *testing.T) {
 	pkgs := imports(t)
-	for _, leaf := range []string{"internal/bap", "internal/config", "internal/secret", "internal/backend", "internal/metrics", "internal/loop"} {
+	for _, leaf := range []string{"internal/bap", "internal/config", "internal/secret", "internal/backend", "internal/metrics", "internal/loop", "internal/hub"} {
 		require.Contains(t, pkgs, leaf)
 		require.Empty(t, internalImports(pkgs[leaf]), "%s is a leaf", leaf)
 	}
@@ -52,7 +52,7 @@ func TestLeavesImportNothingInternal(t *testing.T) {
 func TestAllowedInternalImports(t *testing.T) {
 	allowed := map[string][]string{
 		"internal/audit":             {},
-		"internal/registry":          {"internal/bap", "internal/audit", "internal/loop"},
+		"internal/registry":          {"internal/bap", "internal/audit", "internal/loop", "internal/hub"},
 		"internal/replica":           {"internal/bap", "internal/registry", "internal/loop"},
 		"internal/registry/postgres": {"internal/bap", "internal/audit", "internal/registry"},
 		"internal/registry/sqlite":   {"internal/bap", "internal/audit", "internal/registry"},

@@ -34,7 +34,7 @@ func (w *watchingStore) WatchChanges(ctx context.Context, fn func(registry.Chang
 	w.mu.Lock()
 	w.report = fn
 	w.mu.Unlock()
-	return w.Store.(registry.Watcher).WatchChanges(ctx, func(c registry.Change) {
+	return w.Store.WatchChanges(ctx, func(c registry.Change) {
 		w.mu.Lock()
 		if w.seen == nil {
 			w.seen = map[registry.Change]int{}

@@ -38,8 +38,8 @@ type Config struct {
 	// ProductTTL is how long an authenticated product is kept in memory, so
 	// an admit of a known product is one point-select of its engine (default
 	// 1 s; negative disables). A change to the product's policy or keys
-	// drops it at once when the store reports changes (registry.Watcher)
-	// and Run is running; ForgetProduct does so for a store that does not.
+	// drops it at once while Run watches the store's changes
+	// (registry.Watcher); ForgetProduct does so when Run is not running.
 	// Otherwise changes made by another process apply within ProductTTL.
 	ProductTTL time.Duration
 	// EngineTTL is how long a running engine an admit found is kept in

@@ -14,15 +14,15 @@ const flushTimeout = 10 * time.Second
 // Run writes recorded admits to last_active_at every TouchInterval and
 // prunes the denial samples, until ctx ends; then it flushes what is left
 // (bounded by its own timeout) and returns nil. A failed flush is logged
-// and retried on the next tick. When the store reports changes
-// (registry.Watcher) and EngineTTL is positive, Run also watches them, which
-// turns the engine cache on while the watch is live.
+// and retried on the next tick. When EngineTTL is positive, Run also
+// watches the store's changes (registry.Watcher), which turns the engine
+// cache on while the watch is live.
 func (s *Service) Run(ctx context.Context) error {
-	if w, ok := s.store.(registry.Watcher); ok && s.cfg.EngineTTL > 0 {
+	if s.cfg.EngineTTL > 0 {
 		wctx, cancel := context.WithCancel(ctx)
 		var wg sync.WaitGroup
 		wg.Go(func() {
-			_ = w.WatchChanges(wctx, func(ch registry.Change) { s.onChange(wctx, ch) })
+			_ = s.store.WatchChanges(wctx, func(ch registry.Change) { s.onChange(wctx, ch) })
 		})
 		defer wg.Wait()
 		defer cancel()

@@ -3,6 +3,8 @@ package registry
 import (
 	"context"
 	"sync"
+
+	"github.com/september/bap-engine/internal/hub"
 )
 
 // ChangeKind says what a Change reports.
@@ -30,7 +32,7 @@ type Change struct {
 	ID   string
 }
 
-// Watcher is a Store that reports committed changes to what an admit reads
+// Watcher reports committed changes to what an admit reads
 // (engines' status, port, url, keys and image; products' policy and keys),
 // so that a reader can cache rows and drop them when they change.
 type Watcher interface {
@@ -46,49 +48,14 @@ type Watcher interface {
 }
 
 // ChangeHub fans changes out to the functions watching one Store. A Store
-// holds one and calls Emit after every write that changes what Watcher
-// reports. The zero value is ready to use.
-type ChangeHub struct {
-	mu   sync.RWMutex
-	next int
-	subs map[int]func(Change)
-}
-
-// Subscribe adds fn; the returned function removes it.
-func (h *ChangeHub) Subscribe(fn func(Change)) (unsubscribe func()) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.subs == nil {
-		h.subs = map[int]func(Change){}
-	}
-	id := h.next
-	h.next++
-	h.subs[id] = fn
-	return func() {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		delete(h.subs, id)
-	}
-}
-
-// Emit calls every subscribed function with each change, in order.
-func (h *ChangeHub) Emit(changes ...Change) {
-	if len(changes) == 0 {
-		return
-	}
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	for _, fn := range h.subs {
-		for _, c := range changes {
-			fn(c)
-		}
-	}
-}
+// holds one and publishes after every write that changes what Watcher
+// reports.
+type ChangeHub = hub.Hub[Change]
 
 // WatchLocal is WatchChanges for a Store that only learns of its own
 // changes (one process owns the database): it reports ChangesLive, then
-// what h emits, then ChangesLost when ctx ends.
-func (h *ChangeHub) WatchLocal(ctx context.Context, fn func(Change)) error {
+// what h publishes, then ChangesLost when ctx ends.
+func WatchLocal(ctx context.Context, h *ChangeHub, fn func(Change)) error {
 	var mu sync.Mutex
 	live := true
 	deliver := func(c Change) {
@@ -129,5 +96,5 @@ func (t *TxChanges) Flush(h *ChangeHub) {
 	pending := t.pending
 	t.pending = nil
 	t.mu.Unlock()
-	h.Emit(pending...)
+	h.Publish(pending...)
 }

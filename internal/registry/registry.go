@@ -124,6 +124,9 @@ type Store interface {
 	Ping(ctx context.Context) error
 	// Close releases the connections.
 	Close() error
+	// Watcher: every store reports its changes, for caches that drop rows
+	// when they change (WatchChanges).
+	Watcher
 
 	// CreateProduct inserts p (ID and CreatedAt set by the caller) and the
 	// audit entry. ErrConflict when the slug exists.

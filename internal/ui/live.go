@@ -185,11 +185,7 @@ func (f *feed) run(ctx context.Context, done chan struct{}) {
 	p := &pending{ids: map[string]struct{}{}, wake: make(chan struct{}, 1)}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	if w, ok := f.store.(registry.Watcher); ok {
-		wg.Go(func() { _ = w.WatchChanges(ctx, p.add) })
-	} else {
-		f.setLive(true) // the poll is all there is
-	}
+	wg.Go(func() { _ = f.store.WatchChanges(ctx, p.add) })
 	t := time.NewTicker(f.poll)
 	defer t.Stop()
 	var last map[string]map[bap.State]int

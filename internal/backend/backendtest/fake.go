@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/september/bap-engine/internal/backend"
+	"github.com/september/bap-engine/internal/hub"
 )
 
 // Method names, for Fake's call counters and error knobs.
@@ -54,7 +55,7 @@ const CrashExitCode = 137
 // Observation: Calls, Probes. A crash closes the server, marks the instance
 // exited and emits an Event. Safe for concurrent use. Close it at the end.
 type Fake struct {
-	hub    *backend.Hub
+	hub    *hub.Hub[backend.Event]
 	closed chan struct{}
 	once   sync.Once
 
@@ -97,7 +98,7 @@ type fakeRun struct {
 // NewFake returns an empty Fake with no faults.
 func NewFake() *Fake {
 	return &Fake{
-		hub:       backend.NewHub(),
+		hub:       &hub.Hub[backend.Event]{},
 		closed:    make(chan struct{}),
 		engines:   map[string]*fakeEngine{},
 		brains:    map[string]int{},
@@ -248,7 +249,7 @@ func (f *Fake) URL(engineID string, port int) string {
 
 // Events delivers crashes until ctx ends or the Fake is closed.
 func (f *Fake) Events(ctx context.Context) <-chan backend.Event {
-	return f.hub.Subscribe(ctx, f.closed)
+	return f.hub.Stream(ctx, f.closed)
 }
 
 // Create records the instance; same spec adopts, a different one replaces.

@@ -93,10 +93,10 @@ type proc struct {
 	doneOnce sync.Once
 	exitCode int
 	// report publishes an exit nobody asked for.
-	report func(backend.Event)
+	report func(...backend.Event)
 }
 
-func newProc(engineID string, pid int, startTicks uint64, child bool, report func(backend.Event)) *proc {
+func newProc(engineID string, pid int, startTicks uint64, child bool, report func(...backend.Event)) *proc {
 	return &proc{engineID: engineID, pid: pid, startTicks: startTicks, child: child, done: make(chan struct{}), report: report}
 }
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/september/bap-engine/internal/backend"
+	"github.com/september/bap-engine/internal/hub"
 )
 
 // Environment variables the backend itself sets for an engine.
@@ -87,7 +88,7 @@ type Backend struct {
 	cfg     Config
 	command string // resolved Command[0]
 
-	hub    *backend.Hub
+	hub    *hub.Hub[backend.Event]
 	closed chan struct{}
 	once   sync.Once
 	poller sync.WaitGroup
@@ -149,7 +150,7 @@ func New(cfg Config) (*Backend, error) {
 	return &Backend{
 		cfg:     cfg,
 		command: command,
-		hub:     backend.NewHub(),
+		hub:     &hub.Hub[backend.Event]{},
 		closed:  make(chan struct{}),
 		locks:   map[string]*engineLock{},
 		procs:   map[string]*proc{},
@@ -179,7 +180,7 @@ func (b *Backend) URL(_ string, port int) string {
 // Events delivers exits the orchestrator did not ask for until ctx ends or
 // the backend is closed.
 func (b *Backend) Events(ctx context.Context) <-chan backend.Event {
-	return b.hub.Subscribe(ctx, b.closed)
+	return b.hub.Stream(ctx, b.closed)
 }
 
 // dir is the engine's data dir.

@@ -57,10 +57,7 @@ type querier interface {
 	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
-var (
-	_ registry.Store   = (*Store)(nil)
-	_ registry.Watcher = (*Store)(nil)
-)
+var _ registry.Store = (*Store)(nil)
 
 // Open connects to the database at url (postgres:// or postgresql://),
 // applies pending migrations and returns the Store. An unreachable database is

@@ -173,5 +173,5 @@ func (s *Store) changed(changes ...registry.Change) {
 		s.changes.Add(changes...)
 		return
 	}
-	s.hub.Emit(changes...)
+	s.hub.Publish(changes...)
 }

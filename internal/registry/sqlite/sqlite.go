@@ -57,10 +57,7 @@ type Store struct {
 	sessions *sessions
 }
 
-var (
-	_ registry.Store   = (*Store)(nil)
-	_ registry.Watcher = (*Store)(nil)
-)
+var _ registry.Store = (*Store)(nil)
 
 // querier is what *sql.DB and *sql.Tx have in common.
 type querier interface {
@@ -321,7 +318,7 @@ func translate(op string, err error) error {
 // make to the same file go unreported, so an orchestrator claims the file
 // first (ClaimServing).
 func (s *Store) WatchChanges(ctx context.Context, fn func(registry.Change)) error {
-	return s.hub.WatchLocal(ctx, fn)
+	return registry.WatchLocal(ctx, s.hub, fn)
 }
 
 // changed records changes made in the transaction s runs in (every write
