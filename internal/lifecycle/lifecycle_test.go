@@ -477,6 +477,28 @@ func lifecycleSuite(t *testing.T, newBackend func(t testing.TB) backend.Backend,
 		require.Empty(t, ports)
 	})
 
+	t.Run("StartAfterFailedProvision", func(t *testing.T) {
+		// A provision that failed before its running commit recorded an
+		// address; starting the engine later must find it at its port and
+		// record the address with the running state.
+		fb := &faultyBackend{failStart: errors.New("injected start failure")}
+		en := newEnv(t, newBackend(t), envOptions{wrap: func(b backend.Backend) backend.Backend {
+			fb.Backend = b
+			return fb
+		}})
+		_, err := en.lm.Provision(ctx, en.product, "fay", "", "test")
+		require.Equal(t, bap.CodeBackendError, errCode(err))
+		e, err := en.store.GetEngineByUser(ctx, en.product.ID, "fay")
+		require.NoError(t, err)
+		require.Equal(t, bap.StateFailed, e.Status)
+		fb.failStart = nil
+		res, err := en.lm.Start(ctx, e.ID, "test")
+		require.NoError(t, err)
+		require.Equal(t, bap.StateRunning, res.Engine.Status)
+		require.Equal(t, en.backend.URL(e.ID, e.Port), res.Engine.URL)
+		require.True(t, answers(res.Engine.URL))
+	})
+
 	t.Run("BootTimeout", func(t *testing.T) {
 		en := newEnv(t, newBackend(t), envOptions{bootTimeout: 300 * time.Millisecond, wrap: func(b backend.Backend) backend.Backend {
 			return &faultyBackend{Backend: b, hideStart: true}

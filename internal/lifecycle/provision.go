@@ -189,9 +189,7 @@ func (m *Manager) commitProvisioned(ctx context.Context, c *opClaim, inst backen
 		if inst.ID != "" {
 			cur.InstanceID = inst.ID
 		}
-		if cur.URL == "" {
-			cur.URL = m.backend.URL(cur.ID, cur.Port)
-		}
+		cur.URL = m.addr(*cur)
 		meta := map[string]any{"image": cur.Image, "port": cur.Port, "backend": m.backend.Name()}
 		entry := &audit.Entry{Action: audit.Provision, Actor: actor, Metadata: meta}
 		if boot > 0 {

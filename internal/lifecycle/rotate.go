@@ -103,5 +103,5 @@ func (m *Manager) recreate(ctx context.Context, e bap.Engine, p bap.Product) (ba
 	if err != nil {
 		return backend.Instance{}, err
 	}
-	return inst, m.waitHealthy(ctx, e.URL, m.cfg.BootTimeout)
+	return inst, m.waitHealthy(ctx, m.addr(e), m.cfg.BootTimeout)
 }

@@ -106,6 +106,7 @@ func (m *Manager) commitRunning(ctx context.Context, c *opClaim, from bap.State,
 		if inst.ID != "" {
 			cur.InstanceID = inst.ID
 		}
+		cur.URL = m.addr(*cur)
 		cur.HealthFailures = 0
 		cur.RestartAttempts = 0
 		cur.NextRestartAt = nil
@@ -147,6 +148,16 @@ func (m *Manager) failBringUp(ctx context.Context, c *opClaim, e bap.Engine, act
 	return opErr(cause, m.cfg.BootTimeout)
 }
 
+// addr is the engine's address: the one recorded, or, for an engine that
+// never ran (its provision failed before the running commit recorded one),
+// the one its port gives.
+func (m *Manager) addr(e bap.Engine) string {
+	if e.URL != "" {
+		return e.URL
+	}
+	return m.backend.URL(e.ID, e.Port)
+}
+
 // ensureRunning makes the engine's instance run and answer /health: it is
 // unpaused, started, or recreated on the same data when gone.
 func (m *Manager) ensureRunning(ctx context.Context, e bap.Engine) (backend.Instance, time.Duration, error) {
@@ -174,7 +185,7 @@ func (m *Manager) ensureRunning(ctx context.Context, e bap.Engine) (backend.Inst
 	if err != nil {
 		return backend.Instance{}, 0, err
 	}
-	if err := m.waitHealthy(ctx, e.URL, m.cfg.BootTimeout); err != nil {
+	if err := m.waitHealthy(ctx, m.addr(e), m.cfg.BootTimeout); err != nil {
 		return backend.Instance{}, 0, err
 	}
 	if inst.ID == "" {

@@ -144,9 +144,7 @@ func (m *Manager) repair(ctx context.Context, c *opClaim, e bap.Engine, op bap.O
 // answer yet is waited for the rest of its boot time; otherwise whatever
 // exists is removed and the engine is failed with its row and port kept.
 func (m *Manager) repairProvision(ctx context.Context, c *opClaim, e bap.Engine, meta map[string]any) error {
-	if e.URL == "" {
-		e.URL = m.backend.URL(e.ID, e.Port)
-	}
+	e.URL = m.addr(e)
 	inst, err := m.backend.Inspect(ctx, e.ID)
 	exists := err == nil
 	if err != nil && !errors.Is(err, backend.ErrNotFound) {
