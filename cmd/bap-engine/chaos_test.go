@@ -142,7 +142,7 @@ func TestChaosSoak(t *testing.T) {
 				}
 				outcome := chaosCall(soakCtx, c, p, op, user)
 				stats.record(op, outcome)
-				if outcome == "INTERNAL" || outcome == "unexpected" {
+				if outcome == "INTERNAL" || strings.HasPrefix(outcome, "unexpected") {
 					failures.Store(fmt.Sprintf("%s %s through %s", op, user, p.name), outcome)
 				}
 			}
@@ -203,7 +203,7 @@ func chaosCall(ctx context.Context, c *cluster, p *replicaProc, op, user string)
 		if expectedCodes[ce.Code] || ce.Code == client.CodeInternal {
 			return ce.Code
 		}
-		return "unexpected"
+		return "unexpected:" + ce.Code
 	}
 	return "unreachable" // the replica died under the call, or the soak ended
 }

@@ -123,17 +123,21 @@ func (s *Store) InsertEngine(ctx context.Context, e bap.Engine, q registry.Quota
 	return nil
 }
 
-// sqlProvisionEngine checks the quota ($19 max_engines, $24 max_running;
-// an existing engine of the user passes, to fail on the unique key), picks
-// the lowest free port of [$25, $26] (as sqlAllocatePort does), allocates it
-// and inserts the engine on it, in one statement: it returns whether the
-// quota allowed it and the port (NULL: none free). It must run right after
+// sqlProvisionEngine checks that the user has no engine and the quota ($19
+// max_engines, $24 max_running), picks the lowest free port of [$25, $26]
+// (as sqlAllocatePort does), allocates it and inserts the engine on it, in
+// one statement: it returns whether the user had an engine, whether the
+// quota allowed it and the port (NULL: none free). A concurrent insert for
+// the same user that it could not see fails it on the unique key. It must run right after
 // the port lock is taken, in a statement of its own, so that its snapshot
 // sees every allocation committed before.
-var sqlProvisionEngine = `WITH q AS (
-	SELECT EXISTS (SELECT 1 FROM engines WHERE product_id = $2::uuid AND user_id = $3::text)
-		OR (($19::int = 0 OR (SELECT count(*) FROM engines WHERE product_id = $2::uuid) < $19::int)
-		AND ($24::int = 0 OR ` + strings.ReplaceAll(sqlRunningSlots, "$1", "$2") + ` < $24::int)) AS ok
+var sqlProvisionEngine = `WITH t AS (
+	SELECT EXISTS (SELECT 1 FROM engines WHERE product_id = $2::uuid AND user_id = $3::text) AS taken
+), q AS (
+	SELECT NOT t.taken
+		AND ($19::int = 0 OR (SELECT count(*) FROM engines WHERE product_id = $2::uuid) < $19::int)
+		AND ($24::int = 0 OR ` + strings.ReplaceAll(sqlRunningSlots, "$1", "$2") + ` < $24::int) AS ok
+	FROM t
 ), p AS (
 	INSERT INTO port_allocations (port, engine_id, created_at)
 	SELECT c.p, $1::uuid, $27 FROM q, (
@@ -157,7 +161,7 @@ var sqlProvisionEngine = `WITH q AS (
 	FROM p
 	RETURNING 1
 )
-SELECT (SELECT ok FROM q), (SELECT port FROM p), (SELECT count(*) FROM e)`
+SELECT (SELECT taken FROM t), (SELECT ok FROM q), (SELECT port FROM p), (SELECT count(*) FROM e)`
 
 // ProvisionEngine allocates the lowest free port and inserts e on it in one
 // round trip: a batch (one implicit transaction) that locks the product's
@@ -180,8 +184,8 @@ func (s *Store) ProvisionEngine(ctx context.Context, e bap.Engine, q registry.Qu
 		string(e.Claim.Op), e.Claim.Owner, e.Claim.Epoch, timePtr(e.Claim.StartedAt), max(q.MaxRunning, 0),
 		portMin, portMax, bap.Now())
 	var (
-		ok   bool
-		port *int
+		taken, ok bool
+		port      *int
 	)
 	err := s.savepointed(ctx, b, func(br pgx.BatchResults) error {
 		if quota {
@@ -193,11 +197,13 @@ func (s *Store) ProvisionEngine(ctx context.Context, e bap.Engine, q registry.Qu
 			return err
 		}
 		var n int
-		return br.QueryRow().Scan(&ok, &port, &n)
+		return br.QueryRow().Scan(&taken, &ok, &port, &n)
 	})
 	switch {
 	case err != nil:
 		return 0, fmt.Errorf("provision engine for %s: %w", e.UserID, translate(err))
+	case taken:
+		return 0, fmt.Errorf("provision engine for %s: the user already has an engine: %w", e.UserID, registry.ErrConflict)
 	case !ok:
 		return 0, fmt.Errorf("provision engine for %s: %w", e.UserID, registry.ErrQuotaExceeded)
 	case port == nil:

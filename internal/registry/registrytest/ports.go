@@ -182,6 +182,8 @@ func testProvisionEngine(t *testing.T, s registry.Store) {
 	before := allocatedPorts(t, s)
 	_, err = s.ProvisionEngine(ctx, provisioning(p.ID, "alice"), registry.Quota{}, 31000, 31002)
 	require.ErrorIs(t, err, registry.ErrConflict, "the user has an engine")
+	_, err = s.ProvisionEngine(ctx, provisioning(p.ID, "alice"), registry.Quota{MaxEngines: 1}, 31000, 31001)
+	require.ErrorIs(t, err, registry.ErrConflict, "the user has an engine, also when the quota and every port are used")
 	_, err = s.ProvisionEngine(ctx, provisioning(p.ID, "bob"), registry.Quota{MaxEngines: 1}, 31000, 31002)
 	require.ErrorIs(t, err, registry.ErrQuotaExceeded)
 	_, err = s.ProvisionEngine(ctx, provisioning(p.ID, "carol"), registry.Quota{}, 31000, 31001)
