@@ -266,6 +266,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 			Store: store, Lifecycle: lm, Discovery: disc, AdminKey: cfg.AdminKey,
 			PlatformKeyGrace: cfg.PlatformKeyGrace, Logger: log, Context: ctx,
 		}),
+		WriteTimeout:     cfg.HTTPReadTimeout,
 	})
 	return &server{
 		cfg: cfg, log: log, store: store, backend: be, replica: rep, lifecycle: lm,
@@ -320,13 +321,9 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 		g.Go(func() error { return pruner.Run(gctx) })
 	}
 
-	srv := &http.Server{
-		Handler:           s.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
+	srv := newHTTPServer(s.cfg, s.handler, s.log)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- srv.Serve(limitConns(ln, s.cfg)) }()
 	s.log.Info("bap-engine listening", "addr", ln.Addr().String(), "backend", s.backend.Name(),
 		"database", s.cfg.DatabaseDriver, "sleep_mode", s.cfg.SleepMode, "replica_id", s.replica.ID())
 

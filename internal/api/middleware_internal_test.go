@@ -5,9 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -119,4 +123,77 @@ func TestRequestIDAcceptsOnlyPlainIDs(t *testing.T) {
 func TestNewPanicsOnMissingDependencies(t *testing.T) {
 	t.Parallel()
 	require.Panics(t, func() { New(Deps{}) })
+}
+
+// windowed serves mux through the middleware with an answer window of
+// window, on a real connection (deadlines need one).
+func windowed(t *testing.T, window time.Duration, mux *http.ServeMux) string {
+	t.Helper()
+	s, _ := bare(t)
+	s.writeTimeout = window
+	srv := httptest.NewServer(s.middleware(mux))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// TestAnswerWindowCutsClientThatStopsReading: a client that stops reading
+// an answer does not hold its handler past the window.
+func TestAnswerWindowCutsClientThatStopsReading(t *testing.T) {
+	t.Parallel()
+	ended := make(chan error, 1)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /big", func(w http.ResponseWriter, _ *http.Request) {
+		piece := make([]byte, 256<<10)
+		for {
+			if _, err := w.Write(piece); err != nil {
+				ended <- err
+				return
+			}
+		}
+	})
+	c, err := net.Dial("tcp", windowed(t, 200*time.Millisecond, mux))
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = io.WriteString(c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.NoError(t, err)
+	select { // never read
+	case err := <-ended:
+		require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	case <-time.After(60 * time.Second):
+		t.Fatal("an answer to a client that stopped reading was not cut")
+	}
+}
+
+// TestAnswerWindowStartsWithTheAnswer: the window bounds the delivery of
+// an answer, not the handler before it; and the deadline of an answer does
+// not reach the next request on a keep-alive connection (here net/http's
+// 100 Continue, written before the handler answers).
+func TestAnswerWindowStartsWithTheAnswer(t *testing.T) {
+	t.Parallel()
+	const window = 100 * time.Millisecond
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /slow", func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		time.Sleep(3 * window) // an operation longer than the window
+		_, _ = fmt.Fprintf(w, "got %s", b)
+	})
+	hc := &http.Client{Transport: &http.Transport{ExpectContinueTimeout: time.Minute}}
+	t.Cleanup(hc.CloseIdleConnections)
+	url := "http://" + windowed(t, window, mux) + "/slow"
+	for i := range 3 {
+		req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(fmt.Sprint(i)))
+		require.NoError(t, err)
+		req.Header.Set("Expect", "100-continue")
+		resp, err := hc.Do(req)
+		require.NoError(t, err)
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		require.Equal(t, fmt.Sprintf("got %d", i), string(b))
+		time.Sleep(2 * window) // the last answer's deadline passes
+	}
 }
