@@ -245,6 +245,12 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		st := disc.CacheStats()
 		return metrics.AdmitCacheStats{Live: st.Live, Engines: st.Engines, Hits: st.Hits, Reads: st.Reads}
 	})
+	if p, ok := store.(registry.Pooled); ok {
+		met.DBPool(func() metrics.DBPoolStats {
+			st := p.PoolStats()
+			return metrics.DBPoolStats{InUse: st.InUse, Idle: st.Idle, Max: st.Max}
+		})
+	}
 	checker := health.New(store, lm, health.Config{
 		Interval:    cfg.HealthCheckInterval,
 		Timeout:     cfg.HealthCheckTimeout,
