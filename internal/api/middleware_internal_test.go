@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -196,4 +197,24 @@ func TestAnswerWindowStartsWithTheAnswer(t *testing.T) {
 		require.Equal(t, fmt.Sprintf("got %d", i), string(b))
 		time.Sleep(2 * window) // the last answer's deadline passes
 	}
+}
+
+// TestAbandonedRequestIsNoServerError: a request whose client left (its
+// context cancelled) is logged and counted as 499, not as a 500.
+func TestAbandonedRequestIsNoServerError(t *testing.T) {
+	t.Parallel()
+	s, logs := bare(t)
+	mux := http.NewServeMux()
+	mux.Handle("GET /slow", s.handle(route{method: http.MethodGet, path: "/slow", h: func(_ http.ResponseWriter, r *http.Request, _ bap.Product) error {
+		<-r.Context().Done()
+		return fmt.Errorf("list engines: %w", r.Context().Err())
+	}}))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the client has gone
+	rec := httptest.NewRecorder()
+	s.middleware(mux).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/slow", nil).WithContext(ctx))
+	require.Equal(t, statusClientClosedRequest, rec.Code)
+	require.Contains(t, logs.String(), "request cancelled by the client")
+	require.Contains(t, logs.String(), `"status":499`)
+	require.NotContains(t, logs.String(), "internal error")
 }
