@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -102,12 +103,15 @@ type sample struct {
 	poolMax    int
 	pgConns    int     // the database's server-side connections from the orchestrator
 	cpu        float64 // the orchestrator's CPU seconds so far
+	gcs        int     // its garbage collections so far
+	clientCPU  float64 // this process's (the clients') CPU seconds so far
 	load       string  // the machine's load average over 1 minute
 }
 
 func (s sample) String() string {
-	return fmt.Sprintf("%+6.0fs\t%s\t%.1f MiB\t%d\t%d\t%d/%d (max %d)\t%d\t%.1f s\t%s",
-		s.at.Seconds(), s.phase, s.rss/(1<<20), s.goroutines, s.fds, s.poolInUse, s.poolIdle, s.poolMax, s.pgConns, s.cpu, s.load)
+	return fmt.Sprintf("%+6.0fs\t%s\t%.1f MiB\t%d\t%d\t%d/%d (max %d)\t%d\t%.1f s\t%d\t%.1f s\t%s",
+		s.at.Seconds(), s.phase, s.rss/(1<<20), s.goroutines, s.fds, s.poolInUse, s.poolIdle, s.poolMax, s.pgConns,
+		s.cpu, s.gcs, s.clientCPU, s.load)
 }
 
 // sampler reads the admin-only Prometheus scrape of the orchestrator and
@@ -171,6 +175,11 @@ func (s *sampler) read(ctx context.Context) (sample, error) {
 		poolIdle:   int(get(`bap_engine_db_connections{state="idle"}`)),
 		poolMax:    int(get("bap_engine_db_max_connections")),
 		cpu:        get("process_cpu_seconds_total"),
+		gcs:        int(get("go_gc_duration_seconds_count")),
+	}
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		smp.clientCPU = time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 	}
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		smp.load, _, _ = strings.Cut(string(b), " ")
@@ -210,6 +219,54 @@ func (s *sampler) http5xx(ctx context.Context) (map[string]float64, error) {
 	return out, nil
 }
 
+// admitHistogram returns the orchestrator's admit latency histogram
+// (bap_engine_admit_duration_seconds, every series summed): cumulative
+// counts by upper bound.
+func (s *sampler) admitHistogram(ctx context.Context) (map[float64]float64, error) {
+	m, err := s.scrape(ctx)
+	if err != nil {
+		return nil, err
+	}
+	le := regexp.MustCompile(`le="([^"]+)"`)
+	out := map[float64]float64{}
+	for series, v := range m {
+		if !strings.HasPrefix(series, "bap_engine_admit_duration_seconds_bucket{") {
+			continue
+		}
+		bound, err := strconv.ParseFloat(le.FindStringSubmatch(series)[1], 64)
+		if err != nil {
+			return nil, fmt.Errorf("bucket %s: %w", series, err)
+		}
+		out[bound] += v
+	}
+	return out, nil
+}
+
+// histogram is a latency histogram: counts by upper bound, cumulative.
+type histogram map[float64]float64
+
+// add adds the counts of b minus those of a (two scrapes of one histogram).
+func (h histogram) add(a, b map[float64]float64) {
+	for bound, n := range b {
+		h[bound] += n - a[bound]
+	}
+}
+
+// quantile returns the upper bound of the bucket that holds quantile q.
+func (h histogram) quantile(q float64) float64 {
+	bounds := slices.Sorted(maps.Keys(h))
+	if len(bounds) == 0 {
+		return 0
+	}
+	total := h[bounds[len(bounds)-1]]
+	for _, b := range bounds {
+		if h[b] >= q*total {
+			return b
+		}
+	}
+	return bounds[len(bounds)-1]
+}
+
 // TestSoakSamplerReadsServe checks, on every test run, what TestSoak reads
 // of a real orchestrator: the scrape has every figure it samples.
 func TestSoakSamplerReadsServe(t *testing.T) {
@@ -225,6 +282,20 @@ func TestSoakSamplerReadsServe(t *testing.T) {
 	require.Positive(t, smp.poolIdle+smp.poolInUse, "the registry has used the pool")
 	_, err = s.http5xx(context.Background())
 	require.NoError(t, err)
+	prod, err := adminClient(o.url, env).RegisterProduct(context.Background(), client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
+	require.NoError(t, err)
+	before, err := s.admitHistogram(context.Background())
+	require.NoError(t, err)
+	for range 3 {
+		_, err := client.New(o.url, client.WithPlatformKey(prod.PlatformAPIKey)).Admit(context.Background(), "alice", client.AdmitOptions{})
+		require.NoError(t, err)
+	}
+	after, err := s.admitHistogram(context.Background())
+	require.NoError(t, err)
+	h := histogram{}
+	h.add(before, after)
+	require.Equal(t, 3.0, h[math.Inf(1)], "three admits counted")
+	require.Positive(t, h.quantile(.99))
 }
 
 // soakRun is the state of one TestSoak run shared by its workers.
@@ -458,11 +529,17 @@ func TestSoak(t *testing.T) {
 	})
 
 	var clean, hostile []loadtest.Result
+	serverClean, serverHostile := histogram{}, histogram{}
 	for n := 0; time.Since(loadStart) < dur; n++ {
 		slice := min(soakSlice, dur-time.Since(loadStart))
+		hBefore, err := smp.admitHistogram(ctx)
+		require.NoError(t, err)
 		if n%2 == 0 {
 			phaseName.Store("clean")
 			clean = append(clean, loadtest.Run(ctx, loadtest.Config{Clients: soakAdmitConns, Duration: slice, Rate: soakAdmitRate}, admit))
+			hAfter, err := smp.admitHistogram(ctx)
+			require.NoError(t, err)
+			serverClean.add(hBefore, hAfter)
 			continue
 		}
 		phaseName.Store("hostile")
@@ -475,6 +552,9 @@ func TestSoak(t *testing.T) {
 			hostiles.Go(func() { r.malformed(hctx) })
 		}
 		hostile = append(hostile, loadtest.Run(ctx, loadtest.Config{Clients: soakAdmitConns, Duration: slice, Rate: soakAdmitRate}, admit))
+		hAfter, err := smp.admitHistogram(ctx)
+		require.NoError(t, err)
+		serverHostile.add(hBefore, hAfter)
 		stopHostile()
 		hostiles.Wait()
 	}
@@ -508,6 +588,10 @@ func TestSoak(t *testing.T) {
 	require.NoError(t, err)
 
 	r.report(samples, low, base, end, clean, hostile, loadEnd, fiveXX)
+	t.Logf("admit latency inside the orchestrator (its histogram; a bucket's upper bound):\n"+
+		"  clean:   %.0f admits, p50 <= %gs, p99 <= %gs\n  hostile: %.0f admits, p50 <= %gs, p99 <= %gs",
+		serverClean[math.Inf(1)], serverClean.quantile(.5), serverClean.quantile(.99),
+		serverHostile[math.Inf(1)], serverHostile.quantile(.5), serverHostile.quantile(.99))
 
 	// Nothing left behind: every engine destroyed, the orchestrator ends
 	// gracefully.
@@ -548,7 +632,7 @@ func (r *soakRun) report(samples []sample, low, base, end sample, clean, hostile
 	t := r.t
 	var b strings.Builder
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "at\tphase\tRSS\tgoroutines\tfds\tpool in use/idle\tPostgreSQL conns\tCPU\tload")
+	fmt.Fprintln(w, "at\tphase\tRSS\tgoroutines\tfds\tpool in use/idle\tPostgreSQL conns\tCPU\tGCs\tclients' CPU\tload")
 	slices.SortStableFunc(samples, func(a, b sample) int { return int(a.at - b.at) })
 	for _, s := range samples {
 		fmt.Fprintln(w, s)
@@ -856,8 +940,8 @@ func (r *soakRun) stall(ctx context.Context, slot int) {
 			write("GET /health HTTP/1.1\r\nHost: soak\r\n\r\n")
 			go watch()
 		case "request abandoned":
-			// A page of the fleet, and gone before the answer.
-			write("GET /engines?limit=1000 HTTP/1.1\r\nHost: soak\r\n" + key + "\r\n")
+			// An admit, and gone before the answer.
+			write("POST /engines/user-005/admit HTTP/1.1\r\nHost: soak\r\n" + key + "Content-Length: 0\r\n\r\n")
 			_ = c.Close()
 			r.hold(p.name, time.Since(began))
 			continue

@@ -219,7 +219,10 @@ type collectorFunc struct {
 	collect func(ch chan<- prometheus.Metric)
 }
 
+// Describe sends the family's one description.
 func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect computes the family's metrics.
 func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 
 // Registry is the registry every collector of m is on (for tests and for
