@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,8 +20,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/september/bap-engine/client"
-	"github.com/september/bap-engine/internal/api"
-	"github.com/september/bap-engine/internal/config"
 )
 
 // limitsServe starts serve on SQLite with the given ORCH_HTTP_* settings.
@@ -30,6 +30,15 @@ func limitsServe(t *testing.T, kv ...string) (*orchestrator, map[string]string) 
 		env[kv[i]] = kv[i+1]
 	}
 	return startServe(t, env), env
+}
+
+// limitsServeWithProduct is limitsServe with a product registered.
+func limitsServeWithProduct(t *testing.T, kv ...string) (*orchestrator, map[string]string, client.Product) {
+	t.Helper()
+	o, env := limitsServe(t, kv...)
+	prod, err := adminClient(o.url, env).RegisterProduct(context.Background(), client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
+	require.NoError(t, err)
+	return o, env, prod
 }
 
 // dial opens a raw TCP connection to the orchestrator at url.
@@ -84,10 +93,8 @@ const getHealth = "GET /health HTTP/1.1\r\nHost: orchestrator\r\n\r\n"
 // nothing behind, and never delays other requests meanwhile.
 func TestReadTimeoutClosesStalledRequests(t *testing.T) {
 	const readTimeout = time.Second
-	o, env := limitsServe(t, "ORCH_HTTP_READ_TIMEOUT_S", "1")
+	o, env, prod := limitsServeWithProduct(t, "ORCH_HTTP_READ_TIMEOUT_S", "1")
 	ctx := context.Background()
-	prod, err := adminClient(o.url, env).RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
-	require.NoError(t, err)
 
 	sent := time.Now()
 	headers := dial(t, o.url)
@@ -188,109 +195,67 @@ func TestConnectionLimit(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 }
 
-// streamLimits are the server limits of the stream tests: a read timeout
-// (and so a write window) of 0.5 s.
-func streamLimits(t *testing.T) config.Config {
-	t.Helper()
-	cfg, err := config.Load(getenvOf(map[string]string{
-		"ORCH_HTTP_READ_TIMEOUT_S": "0.5",
-		"ORCH_HTTP_IDLE_TIMEOUT_S": "0.5",
-		"ORCH_HTTP_MAX_CONNS":      "8",
-	}))
-	require.NoError(t, err)
-	return cfg
-}
-
-// streamServer serves h the way serve and dev do (newHTTPServer and
-// limitConns) and returns its address.
-func streamServer(t *testing.T, cfg config.Config, h http.HandlerFunc) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	srv := newHTTPServer(cfg, h, newLogger(cfg, os.Stderr))
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(limitConns(ln, cfg)) }()
-	t.Cleanup(func() {
-		require.NoError(t, srv.Close())
-		require.ErrorIs(t, <-done, http.ErrServerClosed)
-	})
-	return ln.Addr().String()
-}
-
-// TestStreamOutlivesReadTimeout: a streamed answer (api.Stream, as engine
-// log follow and server-sent events use) goes on long past the read
-// timeout, survives a silence longer than its write window, and keeps its
-// request context.
+// TestStreamOutlivesReadTimeout: a streamed answer (the dashboard's
+// /ui/events, written through api.Stream) stays open long past the read
+// timeout and past silences longer than its write window, and still
+// delivers: here an engine provisioned after three windows of silence.
 func TestStreamOutlivesReadTimeout(t *testing.T) {
-	cfg := streamLimits(t)
-	addr := streamServer(t, cfg, func(w http.ResponseWriter, r *http.Request) {
-		in, _ := io.ReadAll(r.Body)
-		w.Header().Set("Content-Type", "text/event-stream")
-		st := api.NewStream(w, cfg.HTTPReadTimeout)
-		pause := func(d time.Duration) bool {
-			select {
-			case <-r.Context().Done():
-				return false
-			case <-time.After(d):
-				return true
-			}
-		}
-		for i := range 10 {
-			if _, err := fmt.Fprintf(st, "data: %s %d\n\n", in, i); err != nil || !pause(cfg.HTTPReadTimeout/2) {
-				return
-			}
-		}
-		// Quiet for three write windows, then one more event.
-		if !pause(3 * cfg.HTTPReadTimeout) {
-			return
-		}
-		_, _ = fmt.Fprintf(st, "data: end, context %v\n\n", r.Context().Err())
-	})
+	const limit = time.Second
+	o, env, prod := limitsServeWithProduct(t, "ORCH_HTTP_READ_TIMEOUT_S", "1")
+	ctx := context.Background()
+
+	// Sign in to the dashboard as a browser does.
+	jar, err := cookiejar.New(nil)
+	require.NoError(t, err)
+	browser := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	form, err := browser.Get(o.url + "/ui/signin")
+	require.NoError(t, err)
+	page, err := io.ReadAll(form.Body)
+	form.Body.Close()
+	require.NoError(t, err)
+	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(string(page))
+	require.NotNil(t, csrf, "no sign-in form")
+	signed, err := browser.PostForm(o.url+"/ui/signin", url.Values{"csrf": {csrf[1]}, "key": {env["ORCH_ADMIN_KEY"]}, "next": {"/ui/"}})
+	require.NoError(t, err)
+	signed.Body.Close()
+	require.Equal(t, http.StatusSeeOther, signed.StatusCode)
+
 	began := time.Now()
-	resp, err := http.Post("http://"+addr+"/events", "text/plain", strings.NewReader("tick"))
+	resp, err := browser.Get(o.url + "/ui/events")
 	require.NoError(t, err)
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	var events []string
-	for sc.Scan() {
-		if line := sc.Text(); line != "" {
-			events = append(events, line)
-		}
-	}
-	require.NoError(t, sc.Err())
-	require.Len(t, events, 11, "%q", events)
-	require.Equal(t, "data: tick 9", events[9])
-	require.Equal(t, "data: end, context <nil>", events[10])
-	require.Greater(t, time.Since(began), 8*cfg.HTTPReadTimeout, "the stream lasted several read timeouts")
-}
-
-// TestStreamCutsClientThatStopsReading: a client that stops reading a
-// stream cannot hold its handler: the piece it does not take within the
-// write window fails, and the handler returns.
-func TestStreamCutsClientThatStopsReading(t *testing.T) {
-	ended := make(chan error, 1)
-	cfg := streamLimits(t)
-	addr := streamServer(t, cfg, func(w http.ResponseWriter, r *http.Request) {
-		st := api.NewStream(w, cfg.HTTPReadTimeout)
-		piece := make([]byte, 256<<10)
-		for {
-			if _, err := st.Write(piece); err != nil {
-				ended <- err
-				return
+	require.Equal(t, "text/event-stream", resp.Header.Get("Content-Type"))
+	events := make(chan string, 100)
+	go func() {
+		defer close(events)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if name, ok := strings.CutPrefix(sc.Text(), "event: "); ok {
+				events <- name
 			}
 		}
-	})
-	c, err := net.Dial("tcp", addr)
-	require.NoError(t, err)
-	defer c.Close()
-	send(t, c, "GET /logs HTTP/1.1\r\nHost: x\r\n\r\n")
-	// Never read.
-	select {
-	case err := <-ended:
-		require.ErrorIs(t, err, os.ErrDeadlineExceeded)
-	case <-time.After(60 * time.Second):
-		t.Fatal("a stream to a client that stopped reading was not cut")
+	}()
+	next := func(want string) {
+		t.Helper()
+		for {
+			select {
+			case name, open := <-events:
+				require.True(t, open, "the stream ended %s after it began, waiting for %q", time.Since(began).Round(time.Millisecond), want)
+				if name == want {
+					return
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no %q event", want)
+			}
+		}
 	}
+	next("hello")
+	time.Sleep(3 * limit) // quiet for three read timeouts and write windows
+
+	_, err = client.New(o.url, client.WithPlatformKey(prod.PlatformAPIKey)).Provision(ctx, client.ProvisionRequest{UserID: "alice"})
+	require.NoError(t, err)
+	next("engine")
+	require.Greater(t, time.Since(began), 3*limit)
 }
 
 // TestBadHTTPLimitsRefused: serve and dev refuse to start on a bad limit,

@@ -272,7 +272,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 			Store: store, Lifecycle: lm, Discovery: disc, AdminKey: cfg.AdminKey,
 			PlatformKeyGrace: cfg.PlatformKeyGrace, Logger: log, Context: ctx,
 		}),
-		WriteTimeout:     cfg.HTTPReadTimeout,
+		WriteTimeout: cfg.HTTPReadTimeout,
 	})
 	return &server{
 		cfg: cfg, log: log, store: store, backend: be, replica: rep, lifecycle: lm,

@@ -35,6 +35,7 @@ import (
 	"github.com/september/bap-engine/internal/backend/backendtest"
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/loadtest"
+	"github.com/september/bap-engine/internal/loop"
 	"github.com/september/bap-engine/internal/pgtest"
 )
 
@@ -112,6 +113,21 @@ func (s sample) String() string {
 	return fmt.Sprintf("%+6.0fs\t%s\t%.1f MiB\t%d\t%d\t%d/%d (max %d)\t%d\t%.1f s\t%d\t%.1f s\t%s",
 		s.at.Seconds(), s.phase, s.rss/(1<<20), s.goroutines, s.fds, s.poolInUse, s.poolIdle, s.poolMax, s.pgConns,
 		s.cpu, s.gcs, s.clientCPU, s.load)
+}
+
+// fold combines the resource figures of samples with pick (min or max).
+func fold(samples []sample, pick func(a, b float64) float64) sample {
+	out := samples[0]
+	each := func(f *int, v int) { *f = int(pick(float64(*f), float64(v))) }
+	for _, s := range samples[1:] {
+		out.rss = pick(out.rss, s.rss)
+		each(&out.goroutines, s.goroutines)
+		each(&out.fds, s.fds)
+		each(&out.poolInUse, s.poolInUse)
+		each(&out.poolIdle, s.poolIdle)
+		each(&out.pgConns, s.pgConns)
+	}
+	return out
 }
 
 // sampler reads the admin-only Prometheus scrape of the orchestrator and
@@ -462,21 +478,7 @@ func TestSoak(t *testing.T) {
 		}
 		takeSample("baseline")
 	}
-	base, low := samples[0], samples[0]
-	for _, s := range samples {
-		low.rss = min(low.rss, s.rss)
-		low.goroutines = min(low.goroutines, s.goroutines)
-		low.fds = min(low.fds, s.fds)
-		low.poolInUse = min(low.poolInUse, s.poolInUse)
-		low.poolIdle = min(low.poolIdle, s.poolIdle)
-		low.pgConns = min(low.pgConns, s.pgConns)
-		base.rss = max(base.rss, s.rss)
-		base.goroutines = max(base.goroutines, s.goroutines)
-		base.fds = max(base.fds, s.fds)
-		base.poolInUse = max(base.poolInUse, s.poolInUse)
-		base.poolIdle = max(base.poolIdle, s.poolIdle)
-		base.pgConns = max(base.pgConns, s.pgConns)
-	}
+	low, base := fold(samples, math.Min), fold(samples, math.Max)
 
 	// The load, in alternating slices; ordinary traffic throughout.
 	conns, err := loadtest.DialConns(r.addr, soakAdmitConns)
@@ -718,7 +720,7 @@ func (r *soakRun) churn(stop context.Context) {
 		} else {
 			r.count("destroy", http.StatusOK)
 		}
-		sleepCtx(stop, soakChurnPause)
+		loop.Sleep(stop, soakChurnPause)
 	}
 }
 
@@ -730,7 +732,7 @@ func (r *soakRun) policies(stop context.Context) {
 		{"max_engines": soakEngines + 50, "rate_limit_rpm": 1_000_000},
 		{"max_engines": soakEngines + 60, "tier": "soak"},
 	}
-	for n := 0; sleepCtx(stop, soakPolicyTick); n++ {
+	for n := 0; loop.Sleep(stop, soakPolicyTick); n++ {
 		if _, err := r.admin.UpdatePolicy(ctx, r.product.ProductID, pols[n%2]); err != nil {
 			r.apiErr("policy", err)
 			continue
@@ -742,25 +744,13 @@ func (r *soakRun) policies(stop context.Context) {
 // reads reads the fleet's status and a page of its engines.
 func (r *soakRun) reads(stop context.Context) {
 	ctx := context.WithoutCancel(stop)
-	for sleepCtx(stop, soakReadTick) {
+	for loop.Sleep(stop, soakReadTick) {
 		if _, err := r.platform.Status(ctx); err != nil {
 			r.apiErr("status", err)
 		}
 		if _, err := r.platform.List(ctx, client.ListOptions{Limit: 100, Offset: rand.IntN(soakEngines)}); err != nil {
 			r.apiErr("list", err)
 		}
-	}
-}
-
-// sleepCtx waits d; false when ctx ended first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
@@ -818,7 +808,7 @@ func (r *soakRun) malformed(ctx context.Context) {
 	for i, br := range badRequests {
 		reqs[i] = br.raw(r)
 	}
-	for n := rand.IntN(len(reqs)); sleepCtx(ctx, soakBadPause); n++ {
+	for n := rand.IntN(len(reqs)); loop.Sleep(ctx, soakBadPause); n++ {
 		br := badRequests[n%len(reqs)]
 		status, code, err := sendRaw(r.addr, reqs[n%len(reqs)])
 		if err != nil {
@@ -895,7 +885,7 @@ func (r *soakRun) stall(ctx context.Context, slot int) {
 		c, err := net.DialTimeout("tcp", r.addr, 10*time.Second)
 		if err != nil {
 			r.fail("stall %s: dial: %v", p.name, err)
-			sleepCtx(ctx, time.Second)
+			loop.Sleep(ctx, time.Second)
 			continue
 		}
 		began := time.Now()
@@ -913,7 +903,7 @@ func (r *soakRun) stall(ctx context.Context, slot int) {
 		}
 		write := func(s string) { _ = c.SetWriteDeadline(time.Now().Add(10 * time.Second)); _, _ = io.WriteString(c, s) }
 		dribble := func(s string) {
-			for i := 0; i < len(s) && sleepCtx(ctx, 500*time.Millisecond); i++ {
+			for i := 0; i < len(s) && loop.Sleep(ctx, 500*time.Millisecond); i++ {
 				if c.SetWriteDeadline(time.Now().Add(10*time.Second)) != nil {
 					return
 				}
@@ -948,7 +938,7 @@ func (r *soakRun) stall(ctx context.Context, slot int) {
 		case "answers never read":
 			write(strings.Repeat("GET /openapi.json HTTP/1.1\r\nHost: soak\r\n\r\n", stalledReads))
 			go func() {
-				if sleepCtx(ctx, p.limit+margin/2) {
+				if loop.Sleep(ctx, p.limit+margin/2) {
 					watch()
 				} else {
 					closed <- end{err: ctx.Err()}

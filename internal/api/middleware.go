@@ -24,6 +24,8 @@ type reqInfo struct {
 	id string
 	// product is the calling product's slug once authenticated (access log).
 	product string
+	// window is Deps.WriteTimeout, for the request's Stream.
+	window time.Duration
 }
 
 type ctxKey struct{}
@@ -95,7 +97,7 @@ func (s *server) middleware(mux *http.ServeMux) http.Handler {
 		began := time.Now()
 		id := requestID(r.Header.Get(HeaderRequestID))
 		w.Header().Set(HeaderRequestID, id)
-		info := &reqInfo{id: id}
+		info := &reqInfo{id: id, window: s.writeTimeout}
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, info))
 		rw := &responseWriter{ResponseWriter: w, method: r.Method, path: r.URL.Path}
 		if s.writeTimeout > 0 {

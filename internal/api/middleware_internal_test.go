@@ -137,31 +137,40 @@ func windowed(t *testing.T, window time.Duration, mux *http.ServeMux) string {
 	return strings.TrimPrefix(srv.URL, "http://")
 }
 
-// TestAnswerWindowCutsClientThatStopsReading: a client that stops reading
-// an answer does not hold its handler past the window.
-func TestAnswerWindowCutsClientThatStopsReading(t *testing.T) {
+// TestWindowCutsClientThatStopsReading: a client that stops reading an
+// answer, or a Stream, does not hold its handler past the window: the write
+// it does not take fails, and the handler returns.
+func TestWindowCutsClientThatStopsReading(t *testing.T) {
 	t.Parallel()
-	ended := make(chan error, 1)
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /big", func(w http.ResponseWriter, _ *http.Request) {
-		piece := make([]byte, 256<<10)
-		for {
-			if _, err := w.Write(piece); err != nil {
-				ended <- err
-				return
+	for name, writer := range map[string]func(http.ResponseWriter, *http.Request) io.Writer{
+		"answer": func(w http.ResponseWriter, _ *http.Request) io.Writer { return w },
+		"stream": func(w http.ResponseWriter, r *http.Request) io.Writer { return NewStream(w, r) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ended := make(chan error, 1)
+			mux := http.NewServeMux()
+			mux.HandleFunc("GET /big", func(w http.ResponseWriter, r *http.Request) {
+				out, piece := writer(w, r), make([]byte, 256<<10)
+				for {
+					if _, err := out.Write(piece); err != nil {
+						ended <- err
+						return
+					}
+				}
+			})
+			c, err := net.Dial("tcp", windowed(t, 200*time.Millisecond, mux))
+			require.NoError(t, err)
+			defer c.Close()
+			_, err = io.WriteString(c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+			require.NoError(t, err)
+			select { // never read
+			case err := <-ended:
+				require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+			case <-time.After(60 * time.Second):
+				t.Fatal("a client that stopped reading was not cut off")
 			}
-		}
-	})
-	c, err := net.Dial("tcp", windowed(t, 200*time.Millisecond, mux))
-	require.NoError(t, err)
-	defer c.Close()
-	_, err = io.WriteString(c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
-	require.NoError(t, err)
-	select { // never read
-	case err := <-ended:
-		require.ErrorIs(t, err, os.ErrDeadlineExceeded)
-	case <-time.After(60 * time.Second):
-		t.Fatal("an answer to a client that stopped reading was not cut")
+		})
 	}
 }
 
@@ -217,4 +226,40 @@ func TestAbandonedRequestIsNoServerError(t *testing.T) {
 	require.Contains(t, logs.String(), "request cancelled by the client")
 	require.Contains(t, logs.String(), `"status":499`)
 	require.NotContains(t, logs.String(), "internal error")
+}
+
+// TestStreamOutlivesItsWindow: a Stream stays open past the read timeout
+// and past silences longer than its write window, and keeps its request's
+// context.
+func TestStreamOutlivesItsWindow(t *testing.T) {
+	t.Parallel()
+	const window = 100 * time.Millisecond
+	s, _ := bare(t)
+	s.writeTimeout = window
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /events", func(w http.ResponseWriter, r *http.Request) {
+		in, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		st := NewStream(w, r)
+		for i := range 6 {
+			if i == 3 {
+				time.Sleep(4 * window) // silent for four windows
+			}
+			if _, err := fmt.Fprintf(st, "data: %s %d\n\n", in, i); err != nil {
+				return
+			}
+			time.Sleep(window / 2)
+		}
+		_, _ = fmt.Fprintf(st, "data: end, context %v\n\n", r.Context().Err())
+	})
+	srv := httptest.NewUnstartedServer(s.middleware(mux))
+	srv.Config.ReadTimeout = window
+	srv.Start()
+	t.Cleanup(srv.Close)
+	resp, err := http.Post(srv.URL+"/events", "text/plain", strings.NewReader("tick"))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, "data: tick 0\n\ndata: tick 1\n\ndata: tick 2\n\ndata: tick 3\n\ndata: tick 4\n\ndata: tick 5\n\ndata: end, context <nil>\n\n", string(b))
 }

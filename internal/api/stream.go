@@ -7,28 +7,33 @@ import (
 )
 
 // Stream is a long-lived answer: an engine's log followed, server-sent
-// events. Every route that streams writes through one, so a stream outlives
-// the server's time limits while a client that stops reading still cannot
-// hold it:
+// events (the dashboard's /ui/events). Every route that streams writes
+// through one, so a stream outlives the server's time limits while a client
+// that stops reading still cannot hold it:
 //
 //   - reading: net/http lifts the request's read deadline
 //     (ORCH_HTTP_READ_TIMEOUT_S) once the request's body has been read, so a
 //     stream is never cut for the time it has been open;
 //   - writing: the answer's write deadline is per piece, not per answer.
-//     Each Write extends it to now + window before writing, then flushes, so
-//     a stream may stay quiet and open for as long as it likes, and a piece
-//     the client does not take within window ends it (Write fails; the
-//     handler returns).
+//     Each Write extends it to now + the window (Deps.WriteTimeout) before
+//     writing, then flushes, so a stream may stay quiet and open for as long
+//     as it likes, and a piece the client does not take within the window
+//     ends it (Write fails; the handler returns).
 type Stream struct {
 	w      http.ResponseWriter
 	rc     *http.ResponseController
 	window time.Duration
 }
 
-// NewStream begins a streamed answer on w. window is the time a client has
-// to take each piece (Deps.WriteTimeout for the api's own routes); 0 leaves
-// pieces unbounded. Set the headers (Content-Type) before the first Write.
-func NewStream(w http.ResponseWriter, window time.Duration) *Stream {
+// NewStream begins a streamed answer to r on w. Each piece gets the write
+// window of the api handler that serves r (Deps.WriteTimeout; routes of
+// Deps.UI too); outside it, pieces are unbounded. Set the headers
+// (Content-Type) before the first Write.
+func NewStream(w http.ResponseWriter, r *http.Request) *Stream {
+	var window time.Duration
+	if info := infoFrom(r.Context()); info != nil {
+		window = info.window
+	}
 	return &Stream{w: w, rc: http.NewResponseController(w), window: window}
 }
 
