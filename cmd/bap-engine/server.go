@@ -264,6 +264,12 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		st := disc.CacheStats()
 		return metrics.AdmitCacheStats{Live: st.Live, Engines: st.Engines, Hits: st.Hits, Reads: st.Reads}
 	})
+	if p, ok := store.(registry.Pooled); ok {
+		met.DBPool(func() metrics.DBPoolStats {
+			st := p.PoolStats()
+			return metrics.DBPoolStats{InUse: st.InUse, Idle: st.Idle, Max: st.Max}
+		})
+	}
 	checker := health.New(store, lm, health.Config{
 		Interval:    cfg.HealthCheckInterval,
 		Timeout:     cfg.HealthCheckTimeout,
@@ -285,6 +291,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 			Store: store, Lifecycle: lm, Discovery: disc, AdminKey: cfg.AdminKey,
 			PlatformKeyGrace: cfg.PlatformKeyGrace, Logger: log, Context: ctx,
 		}),
+		WriteTimeout: cfg.HTTPReadTimeout,
 	})
 	return &server{
 		cfg: cfg, log: log, store: store, backend: be, replica: rep, lifecycle: lm,
@@ -350,13 +357,9 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 		g.Go(func() error { return pruner.Run(gctx) })
 	}
 
-	srv := &http.Server{
-		Handler:           s.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
+	srv := newHTTPServer(s.cfg, s.handler, s.log)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- srv.Serve(limitConns(ln, s.cfg)) }()
 	s.log.Info("bap-engine listening", "addr", ln.Addr().String(), "backend", s.backend.Name(),
 		"database", s.cfg.DatabaseDriver, "sleep_mode", s.cfg.SleepMode, "replica_id", s.replica.ID())
 

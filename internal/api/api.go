@@ -45,6 +45,10 @@ type Deps struct {
 	// behind the same request id, access log, metrics and panic recovery
 	// as the API; its answers are its own (HTML), not the error envelope.
 	UI http.Handler
+	// WriteTimeout is how long a client has to take an answer once it
+	// begins (and each piece of a Stream); a client that stops reading is
+	// cut off then, so it holds no handler. 0 leaves answers unbounded.
+	WriteTimeout time.Duration
 }
 
 // server holds the dependencies the handlers share.
@@ -59,6 +63,8 @@ type server struct {
 	log       *slog.Logger
 	maxBody   int64
 	now       func() time.Time
+	// writeTimeout is Deps.WriteTimeout.
+	writeTimeout time.Duration
 }
 
 // New returns the HTTP handler of the whole API. It panics when a required
@@ -70,8 +76,8 @@ func New(d Deps) http.Handler {
 	if d.AdminKey == "" {
 		panic("api.New: AdminKey must not be empty")
 	}
-	if d.PlatformKeyGrace < 0 {
-		panic("api.New: negative PlatformKeyGrace")
+	if d.PlatformKeyGrace < 0 || d.WriteTimeout < 0 {
+		panic("api.New: negative PlatformKeyGrace or WriteTimeout")
 	}
 	s := &server{
 		store:     d.Store,
@@ -83,6 +89,8 @@ func New(d Deps) http.Handler {
 		log:       cmp.Or(d.Logger, slog.Default()),
 		maxBody:   cmp.Or(d.MaxBodyBytes, DefaultMaxBodyBytes),
 		now:       d.Now,
+
+		writeTimeout: d.WriteTimeout,
 	}
 	if s.metrics != nil {
 		s.promHTTP = s.metrics.Handler()

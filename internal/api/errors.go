@@ -37,6 +37,10 @@ var statusOf = map[string]int{
 	bap.CodeInternal:             http.StatusInternalServerError,
 }
 
+// statusClientClosedRequest is what the access log and the metrics show of
+// a request its client abandoned (nginx's "client closed request").
+const statusClientClosedRequest = 499
+
 // Messages of errors the api makes itself.
 const (
 	msgInternal            = "Internal server error."
@@ -83,8 +87,12 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	e, status, internal := PublicError(err)
 	log := loggerFrom(r.Context(), s.log)
 	switch {
-	case internal && r.Context().Err() != nil && errors.Is(err, context.Canceled):
+	case r.Context().Err() != nil && errors.Is(err, context.Canceled):
+		// The client left before its answer: nobody reads it and it is no
+		// fault of the server, so it is kept out of the 5xx an operator
+		// watches (access log and metrics show 499).
 		log.Info("request cancelled by the client", "err", err)
+		status = statusClientClosedRequest
 	case internal:
 		log.Error("internal error", "err", err)
 	case status >= 500:

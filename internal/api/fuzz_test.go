@@ -1,11 +1,17 @@
 package api_test
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -131,5 +137,113 @@ func FuzzUserID(f *testing.F) {
 		default:
 			t.Fatalf("user_id %q: unexpected %d %s", userID, resp.StatusCode, body)
 		}
+	})
+}
+
+// Which keys FuzzHTTP's requests carry (its auth argument, modulo 5).
+const (
+	fuzzNoKey = iota
+	fuzzPlatformKey
+	fuzzAdminKey
+	fuzzBothKeys
+	fuzzWrongKeys
+)
+
+// FuzzHTTP drives the whole handler (middleware, router, authentication,
+// decoders, handlers, the store and the lifecycle on the fake backend) with
+// arbitrary methods, targets, headers and bodies. Each request is parsed
+// from raw bytes by net/http's own parser, as the server does: what it
+// rejects the server answers itself before any handler. Everything else
+// must never panic or answer 500, and every answer outside 2xx must be the
+// error envelope with a documented code and its status. Keys are put in
+// by the target (auth selects which) so that the fuzzer reaches the
+// authenticated routes; "{pid}" in the target is the product's id.
+func FuzzHTTP(f *testing.F) {
+	for _, s := range []struct {
+		method, target, headers, body string
+		auth                          uint8
+	}{
+		{"GET", "/health", "", "", fuzzNoKey},
+		{"POST", "/engines/alice/admit", "Content-Type: application/json", `{"auto_provision":true}`, fuzzPlatformKey},
+		{"POST", "/engines/provision", "Content-Type: application/json", `{"user_id":"bob","engine_version":"x:1"}`, fuzzPlatformKey},
+		{"GET", "/engines/alice", "", "", fuzzPlatformKey},
+		{"POST", "/engines/alice/stop", "", "", fuzzPlatformKey},
+		{"POST", "/engines/alice/start", "", "", fuzzPlatformKey},
+		{"POST", "/engines/alice/rotate-key", "", "", fuzzPlatformKey},
+		{"DELETE", "/engines/alice", "", "", fuzzPlatformKey},
+		{"GET", "/engines?status=running&limit=5&offset=0", "", "", fuzzPlatformKey},
+		{"GET", "/engines?limit=-1", "", "", fuzzPlatformKey},
+		{"GET", "/engines/alice/audit?limit=2", "", "", fuzzPlatformKey},
+		{"GET", "/status", "", "", fuzzPlatformKey},
+		{"GET", "/metrics", "", "", fuzzPlatformKey},
+		{"GET", "/metrics/prometheus", "", "", fuzzAdminKey},
+		{"POST", "/products/register", "", `{"slug":"s1","display_name":"S","policy":{"max_engines":3}}`, fuzzAdminKey},
+		{"PUT", "/products/{pid}/policy", "", `{"policy":{"rate_limit_rpm":1000}}`, fuzzAdminKey},
+		{"POST", "/products/{pid}/rotate-platform-key", "", "", fuzzWrongKeys},
+		{"GET", "/openapi.json", "Accept: */*", "", fuzzNoKey},
+		{"POST", "/engines/provision", "Transfer-Encoding: chunked", "5\r\n{\"use\r\n0\r\n\r\n", fuzzBothKeys},
+		{"PATCH", "/engines/%2e%2e/admit", "X-Request-Id: abc", "{", fuzzPlatformKey},
+		{"OPTIONS", "*", "", "", fuzzNoKey},
+		{"HEAD", "//engines/../status?x=%zz", "", "", fuzzPlatformKey},
+		{"BREW", "/engines/" + strings.Repeat("a", 200), "Content-Type: text/plain\nX-Pad: \x7f", "null", fuzzBothKeys},
+	} {
+		f.Add(s.method, s.target, s.headers, []byte(s.body), s.auth)
+	}
+	// A rotated platform key keeps working (the harness clock stands
+	// still), so the fuzzer keeps its way into the platform routes.
+	h := newHarness(f, openSQLite(f), options{grace: time.Hour})
+	_, p := h.product("fuzzed", `{"max_engines": 5}`)
+	handler := h.srv.Config.Handler
+	f.Fuzz(func(t *testing.T, method, target, headers string, body []byte, auth uint8) {
+		var raw bytes.Buffer
+		raw.WriteString(method + " " + strings.ReplaceAll(target, "{pid}", p.ProductID) + " HTTP/1.1\r\nHost: orchestrator\r\n")
+		for _, line := range strings.Split(headers, "\n") {
+			if line != "" {
+				raw.WriteString(line + "\r\n")
+			}
+		}
+		switch auth % 5 {
+		case fuzzPlatformKey:
+			raw.WriteString(api.HeaderPlatformKey + ": " + p.PlatformAPIKey + "\r\n")
+		case fuzzAdminKey:
+			raw.WriteString(api.HeaderAdminKey + ": " + h.adminKey + "\r\n")
+		case fuzzBothKeys:
+			raw.WriteString(api.HeaderPlatformKey + ": " + p.PlatformAPIKey + "\r\n" + api.HeaderAdminKey + ": " + h.adminKey + "\r\n")
+		case fuzzWrongKeys:
+			raw.WriteString(api.HeaderPlatformKey + ": pk-sept-wrong\r\n" + api.HeaderAdminKey + ": wrong\r\n")
+		}
+		fmt.Fprintf(&raw, "Content-Length: %d\r\n\r\n", len(body))
+		raw.Write(body)
+		req, err := http.ReadRequest(bufio.NewReader(&raw))
+		if err != nil {
+			return // net/http answers 400 itself; no handler runs
+		}
+		rec := httptest.NewRecorder()
+		handler.ServeHTTP(rec, req.WithContext(t.Context()))
+		res := rec.Result()
+		got, _ := io.ReadAll(res.Body)
+		require.NotEmpty(t, res.Header.Get(api.HeaderRequestID), "every answer carries its request id")
+		require.NotEqual(t, http.StatusInternalServerError, res.StatusCode, "%s %q: %s", method, target, got)
+		if res.StatusCode >= 200 && res.StatusCode < 300 {
+			return
+		}
+		require.Equal(t, "application/json", res.Header.Get("Content-Type"), "%d %s", res.StatusCode, got)
+		var env struct {
+			Error *struct {
+				Code    *string `json:"code"`
+				Message *string `json:"message"`
+			} `json:"error"`
+		}
+		dec := json.NewDecoder(bytes.NewReader(got))
+		dec.DisallowUnknownFields()
+		require.NoError(t, dec.Decode(&env), "%d: not the error envelope: %s", res.StatusCode, got)
+		require.False(t, dec.More(), "one envelope: %s", got)
+		require.NotNil(t, env.Error, "%s", got)
+		require.NotNil(t, env.Error.Code, "%s", got)
+		require.NotNil(t, env.Error.Message, "%s", got)
+		require.NotEmpty(t, *env.Error.Message, "%s", got)
+		status, documented := api.StatusOf()[*env.Error.Code]
+		require.True(t, documented, "undocumented code %q", *env.Error.Code)
+		require.Equal(t, status, res.StatusCode, "code %s answered with the wrong status", *env.Error.Code)
 	})
 }

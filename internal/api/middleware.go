@@ -24,6 +24,8 @@ type reqInfo struct {
 	id string
 	// product is the calling product's slug once authenticated (access log).
 	product string
+	// window is Deps.WriteTimeout, for the request's Stream.
+	window time.Duration
 }
 
 type ctxKey struct{}
@@ -95,9 +97,17 @@ func (s *server) middleware(mux *http.ServeMux) http.Handler {
 		began := time.Now()
 		id := requestID(r.Header.Get(HeaderRequestID))
 		w.Header().Set(HeaderRequestID, id)
-		info := &reqInfo{id: id}
+		info := &reqInfo{id: id, window: s.writeTimeout}
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, info))
 		rw := &responseWriter{ResponseWriter: w, method: r.Method, path: r.URL.Path}
+		if s.writeTimeout > 0 {
+			// The window opens with the answer's first byte, so a handler
+			// may take as long as its operation needs. (net/http lifts
+			// the deadline after each request, so it never reaches the
+			// next one on a keep-alive connection.)
+			rw.deadlines = http.NewResponseController(w)
+			rw.window = s.writeTimeout
+		}
 		defer s.finish(rw, r, info, began)
 		defer s.recoverPanic(rw, r, info)
 		mux.ServeHTTP(rw, r)
@@ -210,12 +220,19 @@ type responseWriter struct {
 	routed bool
 	// swallow drops the mux's own body after the envelope replaced it.
 	swallow bool
+	// deadlines, when set, gives the answer window (Deps.WriteTimeout) to
+	// reach the client from its first byte on.
+	deadlines *http.ResponseController
+	window    time.Duration
 }
 
 // WriteHeader records the status, or replaces the mux's own answer.
 func (w *responseWriter) WriteHeader(code int) {
 	if w.status != 0 {
 		return
+	}
+	if w.deadlines != nil {
+		_ = w.deadlines.SetWriteDeadline(time.Now().Add(w.window))
 	}
 	if !w.routed && code >= 300 {
 		w.swallow = true

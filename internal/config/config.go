@@ -89,6 +89,14 @@ type Config struct {
 	DockerHost string
 	// ListenAddr is the HTTP listen address.
 	ListenAddr string
+	// HTTPReadTimeout bounds the reading of one request's headers and body,
+	// and the delivery of an answer (or of each piece of a stream) once it
+	// begins.
+	HTTPReadTimeout time.Duration
+	// HTTPIdleTimeout is how long an idle keep-alive connection is kept.
+	HTTPIdleTimeout time.Duration
+	// HTTPMaxConns is the most client connections held at once.
+	HTTPMaxConns int
 	// DataRoot holds the data directories of subprocess engines.
 	DataRoot string
 	// SubprocessCommand is the command line that starts one subprocess engine;
@@ -265,6 +273,9 @@ func (c Config) LogValue() slog.Value {
 		slog.String("catalog_mount_path", c.CatalogMountPath),
 		slog.String("docker_host", c.DockerHost),
 		slog.String("listen_addr", c.ListenAddr),
+		slog.Duration("http_read_timeout", c.HTTPReadTimeout),
+		slog.Duration("http_idle_timeout", c.HTTPIdleTimeout),
+		slog.Int("http_max_conns", c.HTTPMaxConns),
 		slog.String("data_root", c.DataRoot),
 		slog.Any("subprocess_command", c.SubprocessCommand),
 		slog.String("deployment_id", c.DeploymentID),

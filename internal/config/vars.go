@@ -158,6 +158,21 @@ var table = []Var{
 		parse: parsePprofAddr,
 	},
 	{
+		Name: "ORCH_HTTP_READ_TIMEOUT_S", Default: "30",
+		Help:  "Seconds a client has to send a request's headers and body; a slower request is closed. Also the time it has to take an answer (or each piece of a streamed one) once it begins.",
+		parse: duration(func(c *Config) *time.Duration { return &c.HTTPReadTimeout }, positive),
+	},
+	{
+		Name: "ORCH_HTTP_IDLE_TIMEOUT_S", Default: "120",
+		Help:  "Seconds an idle keep-alive connection is kept open waiting for its next request.",
+		parse: duration(func(c *Config) *time.Duration { return &c.HTTPIdleTimeout }, positive),
+	},
+	{
+		Name: "ORCH_HTTP_MAX_CONNS", Default: "10000",
+		Help:  "Most client connections held at once; further ones wait in the kernel's listen backlog until others close.",
+		parse: integer(func(c *Config) *int { return &c.HTTPMaxConns }, 1, maxCount),
+	},
+	{
 		Name: "ORCH_DATA_ROOT", Default: "/data/engine-data",
 		Help:  "Directory holding each subprocess engine's data directory (dev uses ./.bap-engine/engine-data).",
 		parse: func(c *Config, v string) error { c.DataRoot = v; return nil },

@@ -352,13 +352,17 @@ func newHarness(t *testing.T, store registry.Store, p params) *harness {
 			require.Eventually(t, disc.EngineCacheLive, 10*time.Second, 5*time.Millisecond, "the engine cache never came on")
 		}
 
+		// The limits serve sets by default (ORCH_HTTP_*_S), with the
+		// per-answer write window that costs a little per request.
 		srv := &http.Server{
 			Handler: api.New(api.Deps{
 				Store: store, Lifecycle: lm, Discovery: disc, Metrics: met,
-				AdminKey: adminKey, Logger: logger,
+				AdminKey: adminKey, Logger: logger, WriteTimeout: 30 * time.Second,
 			}),
-			ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog:          log.New(io.Discard, "", 0),
+			ReadTimeout:    30 * time.Second,
+			IdleTimeout:    120 * time.Second,
+			MaxHeaderBytes: 60 << 10,
+			ErrorLog:       log.New(io.Discard, "", 0),
 		}
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)

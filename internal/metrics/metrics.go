@@ -185,6 +185,46 @@ func (m *Metrics) AdmitCache(stats func() AdmitCacheStats) {
 	)
 }
 
+// DBPoolStats is what DBPool reports on every scrape.
+type DBPoolStats struct {
+	// InUse and Idle count the open connections lent out and waiting.
+	InUse, Idle int
+	// Max is the pool's ceiling.
+	Max int
+}
+
+// DBPool exports the registry's connection pool, read from stats on every
+// scrape: bap_engine_db_connections{state="in_use"|"idle"} and
+// bap_engine_db_max_connections. Call it once.
+func (m *Metrics) DBPool(stats func() DBPoolStats) {
+	conns := prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "db_connections"),
+		"Open connections of the registry's database pool, lent out (in_use) or waiting (idle).", []string{"state"}, nil)
+	m.registry.MustRegister(
+		collectorFunc{desc: conns, collect: func(ch chan<- prometheus.Metric) {
+			st := stats()
+			ch <- prometheus.MustNewConstMetric(conns, prometheus.GaugeValue, float64(st.InUse), "in_use")
+			ch <- prometheus.MustNewConstMetric(conns, prometheus.GaugeValue, float64(st.Idle), "idle")
+		}},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: Namespace,
+			Name:      "db_max_connections",
+			Help:      "Most connections the registry's database pool opens.",
+		}, func() float64 { return float64(stats().Max) }),
+	)
+}
+
+// collectorFunc is a collector of one metric family computed on scrape.
+type collectorFunc struct {
+	desc    *prometheus.Desc
+	collect func(ch chan<- prometheus.Metric)
+}
+
+// Describe sends the family's one description.
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect computes the family's metrics.
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
+
 // Registry is the registry every collector of m is on (for tests and for
 // adding collectors of the composition root's own).
 func (m *Metrics) Registry() *prometheus.Registry { return m.registry }

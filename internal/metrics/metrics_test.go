@@ -191,3 +191,23 @@ func TestAdmitCacheFromStats(t *testing.T) {
 	require.Contains(t, text, "bap_engine_admit_cache_live 0\n", "read on every scrape")
 	require.Contains(t, text, "bap_engine_admit_cache_reads_total 15\n")
 }
+
+func TestDBPoolFromStats(t *testing.T) {
+	t.Parallel()
+	m := metrics.New(metrics.Config{})
+	var stats atomic.Pointer[metrics.DBPoolStats]
+	stats.Store(&metrics.DBPoolStats{InUse: 3, Idle: 5, Max: 16})
+	m.DBPool(func() metrics.DBPoolStats { return *stats.Load() })
+	text := scrape(t, m)
+	for _, line := range []string{
+		`bap_engine_db_connections{state="in_use"} 3`,
+		`bap_engine_db_connections{state="idle"} 5`,
+		"bap_engine_db_max_connections 16",
+	} {
+		require.Contains(t, text, line+"\n")
+	}
+	stats.Store(&metrics.DBPoolStats{Idle: 2, Max: 16})
+	text = scrape(t, m)
+	require.Contains(t, text, `bap_engine_db_connections{state="in_use"} 0`+"\n", "read on every scrape")
+	require.Contains(t, text, `bap_engine_db_connections{state="idle"} 2`+"\n")
+}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/september/bap-engine/internal/api"
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/registry"
 )
@@ -292,21 +293,17 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "Sign in first.", http.StatusUnauthorized)
 		return
 	}
-	rc := http.NewResponseController(w)
-	// A stream outlives any write timeout the server sets for pages.
-	_ = rc.SetWriteDeadline(time.Time{})
 	hd := w.Header()
 	hd.Set("Content-Type", "text/event-stream")
 	hd.Set("Cache-Control", "no-store")
 	hd.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
+	// Each event gets its own write window: the stream outlives the
+	// server's limits for as long as the browser reads it.
+	st := api.NewStream(w, r)
 
 	sub, unsubscribe := h.feed.subscribe(v.scope(), v.product.Slug)
 	defer unsubscribe()
-	if _, err := fmt.Fprintf(w, "retry: %d\n\n", retryMS); err != nil {
-		return
-	}
-	if rc.Flush() != nil {
+	if _, err := fmt.Fprintf(st, "retry: %d\n\n", retryMS); err != nil {
 		return
 	}
 	ping := time.NewTicker(pingEvery)
@@ -321,15 +318,12 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 		case <-v.sess.done:
 			return
 		case ev := <-sub.ch:
-			_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ev.name, ev.data)
+			_, err = fmt.Fprintf(st, "event: %s\ndata: %s\n\n", ev.name, ev.data)
 		case <-ping.C:
 			if pv, verr := h.viewerOf(r); verr == nil && pv == nil {
 				return // a product session whose key stopped working
 			}
-			_, err = fmt.Fprint(w, ": ping\n\n")
-		}
-		if err == nil {
-			err = rc.Flush()
+			_, err = fmt.Fprint(st, ": ping\n\n")
 		}
 		if err != nil {
 			return

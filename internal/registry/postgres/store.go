@@ -57,7 +57,10 @@ type querier interface {
 	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
-var _ registry.Store = (*Store)(nil)
+var (
+	_ registry.Store  = (*Store)(nil)
+	_ registry.Pooled = (*Store)(nil)
+)
 
 // Open connects to the database at url (postgres:// or postgresql://),
 // applies pending migrations and returns the Store. An unreachable database is
@@ -143,6 +146,13 @@ func (s *Store) Ping(ctx context.Context) error {
 		return fmt.Errorf("ping database: schema version %d, want %d: migrations not applied", version, latestVersion)
 	}
 	return nil
+}
+
+// PoolStats reports the connection pool (not the change feed's listening
+// connection, which is its own).
+func (s *Store) PoolStats() registry.PoolStats {
+	st := s.pool.Stat()
+	return registry.PoolStats{InUse: int(st.AcquiredConns()), Idle: int(st.IdleConns()), Max: int(st.MaxConns())}
 }
 
 // Close releases the pool. On the Store of an InTx callback it does nothing:

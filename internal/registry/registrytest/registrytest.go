@@ -55,6 +55,7 @@ func Run(t *testing.T, newStore func(t *testing.T) registry.Store) {
 		{"Changes", changeTests()},
 		{"Replica", replicaTests()},
 		{"Claim", claimTests()},
+		{"Pool", poolTests()},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

@@ -57,7 +57,10 @@ type Store struct {
 	sessions *sessions
 }
 
-var _ registry.Store = (*Store)(nil)
+var (
+	_ registry.Store  = (*Store)(nil)
+	_ registry.Pooled = (*Store)(nil)
+)
 
 // querier is what *sql.DB and *sql.Tx have in common.
 type querier interface {
@@ -165,6 +168,22 @@ func (s *Store) Ping(ctx context.Context) error {
 		return fmt.Errorf("ping: migrations pending: %w", registry.ErrUnavailable)
 	}
 	return nil
+}
+
+// PoolStats reports both connection pools together: the one writer and the
+// readers.
+func (s *Store) PoolStats() registry.PoolStats {
+	var out registry.PoolStats
+	for _, db := range []*sql.DB{s.w, s.r} {
+		if db == nil {
+			continue
+		}
+		st := db.Stats()
+		out.InUse += st.InUse
+		out.Idle += st.Idle
+		out.Max += st.MaxOpenConnections
+	}
+	return out
 }
 
 // Close releases both connection pools and the claim ClaimServing took. On
