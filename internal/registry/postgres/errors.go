@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"syscall"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/september/bap-engine/internal/registry"
@@ -30,9 +30,9 @@ func translate(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch {
-		case pgErr.Code == "23505": // unique_violation
+		case pgErr.Code == pgerrcode.UniqueViolation:
 			return fmt.Errorf("%w: %w", registry.ErrConflict, err)
-		case pgErr.Code == "23503": // foreign_key_violation
+		case pgErr.Code == pgerrcode.ForeignKeyViolation:
 			return fmt.Errorf("%w: %w", registry.ErrNotFound, err)
 		case unavailableCode(pgErr.Code):
 			return fmt.Errorf("%w: %w", registry.ErrUnavailable, err)
@@ -48,15 +48,11 @@ func translate(err error) error {
 // unavailableCode reports whether a SQLSTATE means the server refuses or drops
 // connections rather than rejecting the statement.
 func unavailableCode(code string) bool {
-	switch {
-	case strings.HasPrefix(code, "08"): // connection_exception
-		return true
-	case code == "57P01", code == "57P02", code == "57P03": // admin/crash shutdown, cannot_connect_now
-		return true
-	case code == "53300": // too_many_connections
+	switch code {
+	case pgerrcode.AdminShutdown, pgerrcode.CrashShutdown, pgerrcode.CannotConnectNow, pgerrcode.TooManyConnections:
 		return true
 	}
-	return false
+	return pgerrcode.IsConnectionException(code)
 }
 
 // connectionLost reports whether err is a failure to reach or keep talking to

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -172,7 +173,7 @@ func (s *Store) schemaVersion(ctx context.Context) (int64, error) {
 	err := s.db.QueryRow(ctx,
 		`SELECT COALESCE((SELECT max(version_id) FROM goose_db_version WHERE is_applied), 0)`).Scan(&version)
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table
+	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedTable {
 		return 0, nil
 	}
 	if err != nil {

@@ -12,6 +12,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"embed"
 	"errors"
 	"fmt"
@@ -299,8 +300,9 @@ func (s *Store) readTx(ctx context.Context, op string, fn func(q querier) error)
 }
 
 // translate turns a driver or database/sql error into the registry's errors,
-// wrapped with op. It is the one place that knows SQLite's error codes. The
-// driver's own error is kept as text only, so callers cannot depend on it.
+// wrapped with op, by the driver's result codes. It is the one place that
+// knows SQLite's error codes. The driver's error stays in the chain as the
+// cause.
 func translate(op string, err error) error {
 	if err == nil {
 		return nil
@@ -310,8 +312,8 @@ func translate(op string, err error) error {
 		return fmt.Errorf("%s: %w", op, registry.ErrNotFound)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%s: %w", op, err)
-	case errors.Is(err, sql.ErrConnDone), err.Error() == "sql: database is closed":
-		return fmt.Errorf("%s: %w: %v", op, registry.ErrUnavailable, err)
+	case errors.Is(err, sql.ErrConnDone), errors.Is(err, errDBClosed):
+		return fmt.Errorf("%s: %w: %w", op, registry.ErrUnavailable, err)
 	}
 	var se *msqlite.Error
 	if !errors.As(err, &se) {
@@ -319,18 +321,33 @@ func translate(op string, err error) error {
 	}
 	switch se.Code() {
 	case sqlitelib.SQLITE_CONSTRAINT_UNIQUE, sqlitelib.SQLITE_CONSTRAINT_PRIMARYKEY:
-		return fmt.Errorf("%s: %w: %v", op, registry.ErrConflict, err)
+		return fmt.Errorf("%s: %w: %w", op, registry.ErrConflict, err)
 	case sqlitelib.SQLITE_CONSTRAINT_FOREIGNKEY:
-		return fmt.Errorf("%s: referenced row: %w: %v", op, registry.ErrNotFound, err)
+		return fmt.Errorf("%s: referenced row: %w: %w", op, registry.ErrNotFound, err)
 	}
-	switch se.Code() & 0xff {
+	switch se.Code() & 0xff { // the primary result code of an extended one
 	case sqlitelib.SQLITE_BUSY, sqlitelib.SQLITE_LOCKED, sqlitelib.SQLITE_CANTOPEN,
 		sqlitelib.SQLITE_IOERR, sqlitelib.SQLITE_FULL, sqlitelib.SQLITE_NOTADB,
 		sqlitelib.SQLITE_CORRUPT, sqlitelib.SQLITE_READONLY:
-		return fmt.Errorf("%s: %w: %v", op, registry.ErrUnavailable, err)
+		return fmt.Errorf("%s: %w: %w", op, registry.ErrUnavailable, err)
 	}
-	return fmt.Errorf("%s: %v", op, err)
+	return fmt.Errorf("%s: %w", op, err)
 }
+
+// errDBClosed is database/sql's error for a call on a closed *sql.DB, which
+// it does not export: taken once from a DB that is closed on purpose, so
+// that translate can match it by identity rather than by its text.
+var errDBClosed = func() error {
+	db := sql.OpenDB(closedConnector{})
+	_ = db.Close()
+	return db.PingContext(context.Background())
+}()
+
+// closedConnector is a driver.Connector that is never connected.
+type closedConnector struct{}
+
+func (closedConnector) Connect(context.Context) (driver.Conn, error) { return nil, driver.ErrBadConn }
+func (closedConnector) Driver() driver.Driver                        { return nil }
 
 // WatchChanges reports the changes made through this Store (see
 // registry.Watcher). SQLite has no notifications: changes other processes

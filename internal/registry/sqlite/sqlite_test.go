@@ -10,6 +10,8 @@ import (
 	"github.com/pressly/goose/v3"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	msqlite "modernc.org/sqlite"
+	sqlitelib "modernc.org/sqlite/lib"
 
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/bap"
@@ -69,6 +71,20 @@ func TestForeignKeyToProduct(t *testing.T) {
 		Port: 9001, CreatedAt: now, UpdatedAt: now,
 	}, registry.Quota{})
 	require.ErrorIs(t, err, registry.ErrNotFound)
+	var cause *msqlite.Error
+	require.ErrorAs(t, err, &cause, "the driver's error stays in the chain")
+	require.Equal(t, sqlitelib.SQLITE_CONSTRAINT_FOREIGNKEY, cause.Code())
+}
+
+func TestConflictKeepsTheDriverError(t *testing.T) {
+	s := openStore(t, filepath.Join(t.TempDir(), "registry.db"))
+	p := registrytest.NewProduct(t, s)
+	p.ID = "another-product"
+	err := s.CreateProduct(t.Context(), p, audit.Entry{ProductID: p.ID, Action: audit.PolicyRegister, Actor: audit.ActorAdmin})
+	require.ErrorIs(t, err, registry.ErrConflict, "the slug is taken")
+	var cause *msqlite.Error
+	require.ErrorAs(t, err, &cause, "the driver's error stays in the chain")
+	require.Equal(t, sqlitelib.SQLITE_CONSTRAINT_UNIQUE, cause.Code())
 }
 
 func TestAuditEntryWithoutActionRefused(t *testing.T) {
