@@ -31,6 +31,7 @@ import (
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/replica"
 	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/testclock"
 	"github.com/september/bap-engine/internal/testmain"
 )
 
@@ -68,30 +69,6 @@ func eachStore(t *testing.T, fn func(t *testing.T, open func(testing.TB) registr
 	}
 }
 
-// clock is the fake time shared by the Service and its Limiter.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // env is one test's world: a real store (behind a hook wrapper), the fake
 // backend, a lifecycle manager and the Service under test.
 type env struct {
@@ -100,7 +77,7 @@ type env struct {
 	sealer *secret.Sealer
 	lm     *lifecycle.Manager
 	lim    *policy.Limiter
-	clock  *clock
+	clock  *testclock.Clock
 	svc    *discovery.Service
 	cfg    lifecycle.Config
 }
@@ -128,7 +105,7 @@ func newEnv(t testing.TB, open func(testing.TB) registry.Store, o envOptions) *e
 	}
 	cfg.Replica = registeredReplica(t, store)
 	lm := lifecycle.New(store, fake, sealer, cfg)
-	c := &clock{t: time.Now()}
+	c := testclock.Fixed(time.Now())
 	lim := policy.NewLimiter(c.Now)
 	svc := discovery.New(store, lm, lim, discovery.Config{Now: c.Now})
 	return &env{store: store, fake: fake, sealer: sealer, lm: lm, lim: lim, clock: c, svc: svc, cfg: cfg}

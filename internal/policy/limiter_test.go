@@ -8,26 +8,12 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/september/bap-engine/internal/testclock"
 )
 
-// clock is a settable fake clock safe for concurrent reads.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 4, 27, 12, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
+func newClock() *testclock.Clock {
+	return testclock.Fixed(time.Date(2026, 4, 27, 12, 0, 0, 0, time.UTC))
 }
 
 // step is one call in a scripted limiter scenario: advance the clock by

@@ -33,30 +33,13 @@ import (
 	"github.com/september/bap-engine/internal/registry/registrytest"
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/testclock"
 	"github.com/september/bap-engine/internal/testmain"
 	"github.com/september/bap-engine/internal/ui"
 )
 
 func TestMain(m *testing.M) {
 	os.Exit(testmain.Run(m, testmain.Goroutines()))
-}
-
-// clock is a settable time for session expiry and key grace.
-type clock struct {
-	mu     sync.Mutex
-	offset time.Duration
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.offset)
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.offset += d
-	c.mu.Unlock()
 }
 
 // syncBuffer collects the logs of concurrent requests.
@@ -90,7 +73,7 @@ type harness struct {
 	t        testing.TB
 	store    registry.Store
 	lm       *lifecycle.Manager
-	clock    *clock
+	clock    *testclock.Clock
 	srv      *httptest.Server
 	dash     http.Handler // the dashboard alone, as mounted in srv
 	adminKey string
@@ -131,7 +114,7 @@ func newHarnessOn(t testing.TB, store registry.Store, o options) *harness {
 		PortMin: portMin, PortMax: portMax, BootTimeout: 10 * time.Second, StopGrace: time.Second,
 		DefaultImage: "september-engine:test", Logger: log,
 	})
-	clk := &clock{}
+	clk := testclock.Running()
 	disc := discovery.New(store, lm, policy.NewLimiter(clk.Now), discovery.Config{Logger: log})
 	ctx, cancel := context.WithCancel(context.Background())
 	adminKey := "admin-" + fkey[:20]

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/september/bap-engine/internal/backend"
+	"github.com/september/bap-engine/internal/testclock"
 )
 
 func TestClassify(t *testing.T) {
@@ -108,41 +109,35 @@ func TestEnvPassesOnlyTheContractAndPassthrough(t *testing.T) {
 	}, b.env(backend.Spec{KeyHash: "h"}))
 }
 
-// clock is a settable time source for ownStops.
-type clock struct{ t time.Time }
-
-func (c *clock) now() time.Time          { return c.t }
-func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
-
 func TestOwnStops(t *testing.T) {
 	t.Parallel()
-	c := &clock{t: time.Date(2026, 4, 27, 12, 0, 0, 0, time.UTC)}
+	c := testclock.Fixed(time.Date(2026, 4, 27, 12, 0, 0, 0, time.UTC))
 	o := newOwnStops()
-	o.now = c.now
-	t0 := c.t
+	o.now = c.Now
+	t0 := c.Now()
 
 	require.False(t, o.expected("e1", t0), "nothing recorded")
 	done := o.begin("e1")
-	c.advance(2 * time.Second)
-	require.True(t, o.expected("e1", c.t), "in flight")
-	require.False(t, o.expected("e2", c.t), "another engine")
+	c.Advance(2 * time.Second)
+	require.True(t, o.expected("e1", c.Now()), "in flight")
+	require.False(t, o.expected("e2", c.Now()), "another engine")
 	require.False(t, o.expected("e1", t0.Add(-2*time.Second)), "long before it began")
 	require.True(t, o.expected("e1", t0.Add(-ownStopSlack/2)), "within the slack before")
 	done()
-	end := c.t
+	end := c.Now()
 	require.True(t, o.expected("e1", end.Add(ownStopSlack/2)), "stamped just after it returned")
 	require.False(t, o.expected("e1", end.Add(2*ownStopSlack)), "well after it returned")
 
 	// A start cuts the span: a die after it is a crash even within the slack.
-	c.advance(ownStopSlack / 4)
+	c.Advance(ownStopSlack / 4)
 	o.started("e1")
-	cut := c.t
+	cut := c.Now()
 	require.True(t, o.expected("e1", end), "the stop's own die is still ours")
 	require.False(t, o.expected("e1", cut), "a die of the new life is not")
 	require.False(t, o.expected("e1", cut.Add(time.Millisecond)))
 
 	// Finished spans are forgotten after ownStopKeep.
-	c.advance(ownStopKeep + time.Minute)
+	c.Advance(ownStopKeep + time.Minute)
 	_ = o.begin("e3")
 	o.mu.Lock()
 	_, kept := o.spans["e1"]
