@@ -18,7 +18,10 @@ func serveCmd(getenv func(string) string, stdout io.Writer) *cobra.Command {
 	return &cobra.Command{
 		Use:   "serve",
 		Short: "Run the orchestrator in production: everything from ORCH_* variables",
-		Args:  cobra.NoArgs,
+		Long: "Run the orchestrator in production. It is configured only by environment\n" +
+			"variables; ORCH_DATABASE_URL, ORCH_MASTER_KEY and ORCH_ADMIN_KEY are required.\n\n" +
+			"Environment:\n" + config.Text(80),
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.LoadServe(getenv)
 			if err != nil {

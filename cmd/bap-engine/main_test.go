@@ -21,6 +21,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/september/bap-engine/internal/config"
+
 	"github.com/september/bap-engine/client"
 	"github.com/september/bap-engine/internal/backend/backendtest"
 	"github.com/september/bap-engine/internal/pgtest"
@@ -644,4 +646,12 @@ func TestProfilesOnlyOnTheLoopbackListener(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+}
+
+func TestServeHelpListsEveryVariable(t *testing.T) {
+	var out strings.Builder
+	require.NoError(t, run(context.Background(), []string{"serve", "--help"}, func(string) string { return "" }, &out))
+	for _, v := range config.Vars() {
+		require.Contains(t, out.String(), "\n  "+v.Name, "serve --help names %s", v.Name)
+	}
 }
