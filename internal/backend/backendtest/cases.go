@@ -1,0 +1,286 @@
+package backendtest
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/september/bap-engine/internal/backend"
+)
+
+func (s *suite) testName(t *testing.T) {
+	t.Parallel()
+	require.NotEmpty(t, s.newBackend(t).Name())
+}
+
+func (s *suite) testMissingEngine(t *testing.T) {
+	t.Parallel()
+	b := s.newBackend(t)
+	ctx := ctxFor(t, time.Minute)
+	id := uuid.NewString()
+	_, err := b.Inspect(ctx, id)
+	require.ErrorIs(t, err, backend.ErrNotFound)
+	require.ErrorIs(t, b.Start(ctx, id), backend.ErrNotFound)
+	require.ErrorIs(t, b.Pause(ctx, id), backend.ErrNotFound)
+	require.ErrorIs(t, b.Unpause(ctx, id), backend.ErrNotFound)
+	require.NoError(t, b.Stop(ctx, id, time.Second), "stopping a missing engine is success")
+	require.NoError(t, b.Remove(ctx, id), "removing a missing engine is success")
+	require.NoError(t, b.Destroy(ctx, id), "destroying a missing engine is success")
+	list, err := b.List(ctx)
+	require.NoError(t, err)
+	for _, inst := range list {
+		require.NotEqual(t, id, inst.EngineID)
+	}
+}
+
+func (s *suite) testCreateIdempotent(t *testing.T) {
+	t.Parallel()
+	b := s.newBackend(t)
+	e := s.newEngine(t, b)
+	first := s.create(t, e)
+	require.Equal(t, e.spec.EngineID, first.EngineID)
+	require.Equal(t, e.spec.ProductID, first.ProductID)
+	require.Equal(t, backend.StatusCreated, first.Status)
+	require.NotEmpty(t, first.ID)
+	require.False(t, first.CreatedAt.IsZero())
+
+	again := s.create(t, e)
+	require.Equal(t, first.ID, again.ID, "the same spec adopts the existing instance")
+	require.Equal(t, backend.StatusCreated, s.inspect(t, e).Status)
+
+	// Created but never started: pausing it is a conflict.
+	require.ErrorIs(t, b.Pause(ctxFor(t, time.Minute), e.spec.EngineID), backend.ErrConflict)
+
+	// A running instance is adopted as is by the same spec.
+	s.start(t, e)
+	running := s.create(t, e)
+	require.Equal(t, first.ID, running.ID)
+	require.Equal(t, backend.StatusRunning, running.Status)
+	require.NoError(t, probe(context.Background(), e.url, 5*time.Second), "adopting does not restart")
+
+	// A different spec replaces it: the new instance exists, not started.
+	e.spec.Port = FreePort(t)
+	e.url = b.URL(e.spec.EngineID, e.spec.Port)
+	replaced := s.create(t, e)
+	require.Equal(t, backend.StatusCreated, replaced.Status)
+	list, err := b.List(ctxFor(t, time.Minute))
+	require.NoError(t, err)
+	n := 0
+	for _, inst := range list {
+		if inst.EngineID == e.spec.EngineID {
+			n++
+		}
+	}
+	require.Equal(t, 1, n, "one instance per engine")
+	s.start(t, e)
+	require.Equal(t, backend.StatusRunning, s.inspect(t, e).Status)
+}
+
+func (s *suite) testStartStopKeepsBrain(t *testing.T) {
+	t.Parallel()
+	b := s.newBackend(t)
+	e := s.newEngine(t, b)
+	s.create(t, e)
+	s.start(t, e)
+	require.Equal(t, backend.StatusRunning, s.inspect(t, e).Status)
+
+	require.Equal(t, 0, counter(t, e, e.key))
+	status, _ := call(t, http.MethodGet, e.url+"/brain", "sk-sept-wrong", nil)
+	require.Equal(t, http.StatusUnauthorized, status)
+	status, _ = call(t, http.MethodGet, e.url+"/brain", "", nil)
+	require.Equal(t, http.StatusUnauthorized, status)
+	require.Equal(t, 1, execute(t, e, "remember me"))
+
+	// Starting a running engine is success and leaves it serving.
+	require.NoError(t, b.Start(ctxFor(t, time.Minute), e.spec.EngineID))
+	require.NoError(t, WaitHealthy(ctxFor(t, s.opts.BootTimeout), e.url))
+
+	s.stop(t, e)
+	requireNotAnswering(t, e.url)
+	require.Equal(t, backend.StatusExited, s.inspect(t, e).Status)
+	s.stop(t, e) // stopping a stopped engine is success
+
+	s.start(t, e)
+	require.Equal(t, backend.StatusRunning, s.inspect(t, e).Status)
+	require.Equal(t, 1, counter(t, e, e.key), "the brain survives stop and start")
+	require.Equal(t, 2, execute(t, e, "again"))
+}
+
+func (s *suite) testPauseUnpause(t *testing.T) {
+	t.Parallel()
+	b := s.newBackend(t)
+	e := s.newEngine(t, b)
+	ctx := ctxFor(t, time.Minute)
+	s.create(t, e)
+	s.start(t, e)
+	require.Equal(t, 1, execute(t, e, "before sleep"))
+
+	require.NoError(t, b.Pause(ctx, e.spec.EngineID))
+	require.Equal(t, backend.StatusPaused, s.inspect(t, e).Status)
+	requireNotAnswering(t, e.url)
+
+	require.NoError(t, b.Unpause(ctx, e.spec.EngineID))
+	require.NoError(t, WaitHealthy(ctxFor(t, s.opts.BootTimeout), e.url))
+	require.Equal(t, backend.StatusRunning, s.inspect(t, e).Status)
+	require.NoError(t, b.Unpause(ctx, e.spec.EngineID), "unpausing a running engine is success")
+	require.Equal(t, 1, counter(t, e, e.key))
+
+	// A paused engine can be stopped, and a stopped one cannot be paused.
+	require.NoError(t, b.Pause(ctx, e.spec.EngineID))
+	s.stop(t, e)
+	require.Equal(t, backend.StatusExited, s.inspect(t, e).Status)
+	requireNotAnswering(t, e.url)
+	require.ErrorIs(t, b.Pause(ctx, e.spec.EngineID), backend.ErrConflict)
+}
+
+func (s *suite) testRemoveKeepsData(t *testing.T) {
+	t.Parallel()
+	b := s.newBackend(t)
+	e := s.newEngine(t, b)
+	ctx := ctxFor(t, time.Minute)
+	s.create(t, e)
+	s.start(t, e)
+	require.Equal(t, 1, execute(t, e, "keep this"))
+
+	require.NoError(t, b.Remove(ctx, e.spec.EngineID))
+	requireNotAnswering(t, e.url)
+	_, err := b.Inspect(ctx, e.spec.EngineID)
+	require.ErrorIs(t, err, backend.ErrNotFound)
+	require.ErrorIs(t, b.Start(ctx, e.spec.EngineID), backend.ErrNotFound, "a removed instance must be recreated")
+	require.NoError(t, b.Remove(ctx, e.spec.EngineID), "removing twice is success")
+
+	// Recreate with a new key on the same data (what rotate-key does).
+	oldKey := e.key
+	e.key, e.spec.KeyHash = NewKey()
+	s.create(t, e)
+	s.start(t, e)
+	status, _ := call(t, http.MethodGet, e.url+"/brain", oldKey, nil)
+	require.Equal(t, http.StatusUnauthorized, status, "the old key no longer works")
+	require.Equal(t, 1, counter(t, e, e.key), "the brain survives remove and recreate")
+}
+
+func (s *suite) testDestroyDeletesData(t *testing.T) {
+	t.Parallel()
+	b := s.newBackend(t)
+	e := s.newEngine(t, b)
+	ctx := ctxFor(t, time.Minute)
+	s.create(t, e)
+	s.start(t, e)
+	require.Equal(t, 1, execute(t, e, "forget this"))
+
+	require.NoError(t, b.Destroy(ctx, e.spec.EngineID))
+	requireNotAnswering(t, e.url)
+	_, err := b.Inspect(ctx, e.spec.EngineID)
+	require.ErrorIs(t, err, backend.ErrNotFound)
+	require.NoError(t, b.Destroy(ctx, e.spec.EngineID), "destroy is idempotent")
+	list, err := b.List(ctx)
+	require.NoError(t, err)
+	for _, inst := range list {
+		require.NotEqual(t, e.spec.EngineID, inst.EngineID)
+	}
+
+	// Same id again: a fresh brain.
+	s.create(t, e)
+	s.start(t, e)
+	require.Equal(t, 0, counter(t, e, e.key), "destroy deleted the data")
+}
+
+func (s *suite) testListScoped(t *testing.T) {
+	t.Parallel()
+	mine, theirs := s.newBackend(t), s.newBackend(t)
+	a := s.newEngine(t, mine)
+	b1 := s.newEngine(t, theirs)
+	b2 := s.newEngine(t, theirs)
+	s.create(t, a)
+	s.create(t, b1)
+	s.create(t, b2)
+	s.start(t, b1)
+
+	ids := func(bk backend.Backend) map[string]backend.Instance {
+		list, err := bk.List(ctxFor(t, time.Minute))
+		require.NoError(t, err)
+		out := map[string]backend.Instance{}
+		for _, inst := range list {
+			out[inst.EngineID] = inst
+		}
+		return out
+	}
+	got := ids(mine)
+	require.Contains(t, got, a.spec.EngineID)
+	require.NotContains(t, got, b1.spec.EngineID)
+	require.NotContains(t, got, b2.spec.EngineID)
+	require.Equal(t, a.spec.ProductID, got[a.spec.EngineID].ProductID)
+	require.Equal(t, backend.StatusCreated, got[a.spec.EngineID].Status)
+
+	got = ids(theirs)
+	require.NotContains(t, got, a.spec.EngineID)
+	require.Contains(t, got, b1.spec.EngineID)
+	require.Contains(t, got, b2.spec.EngineID)
+	require.Equal(t, backend.StatusRunning, got[b1.spec.EngineID].Status)
+	require.Equal(t, backend.StatusCreated, got[b2.spec.EngineID].Status)
+}
+
+func (s *suite) testEvents(t *testing.T) {
+	t.Parallel()
+	b := s.newBackend(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := b.Events(ctx)
+
+	stopped, killed := s.newEngine(t, b), s.newEngine(t, b)
+	for _, e := range []*engine{stopped, killed} {
+		s.create(t, e)
+		s.start(t, e)
+	}
+	// An exit the orchestrator asked for is no event ...
+	s.stop(t, stopped)
+	// ... an outside kill is.
+	s.opts.Kill(t, b, killed.spec.EngineID)
+
+	timeout := time.After(s.opts.EventTimeout)
+	for got := false; !got; {
+		select {
+		case ev, ok := <-events:
+			require.True(t, ok, "events closed early")
+			require.NotEqual(t, stopped.spec.EngineID, ev.EngineID, "Stop must not be reported as a crash")
+			if ev.EngineID == killed.spec.EngineID {
+				require.False(t, ev.At.IsZero())
+				got = true
+			}
+		case <-timeout:
+			t.Fatalf("no event for the killed engine %s", killed.spec.EngineID)
+		}
+	}
+	require.Eventually(t, func() bool {
+		inst, err := b.Inspect(context.Background(), killed.spec.EngineID)
+		return err == nil && inst.Status == backend.StatusExited
+	}, s.opts.EventTimeout, 20*time.Millisecond)
+	requireNotAnswering(t, killed.url)
+
+	// The killed engine starts again on its data.
+	s.start(t, killed)
+
+	cancel()
+	select {
+	case _, ok := <-drain(events):
+		require.False(t, ok)
+	case <-time.After(s.opts.EventTimeout):
+		t.Fatal("Events channel not closed after its context ended")
+	}
+}
+
+// drain forwards nothing and closes when events closes: it reports the
+// close of a channel that may still hold undelivered events.
+func drain(events <-chan backend.Event) <-chan backend.Event {
+	out := make(chan backend.Event)
+	go func() {
+		for range events {
+		}
+		close(out)
+	}()
+	return out
+}
