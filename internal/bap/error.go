@@ -33,19 +33,40 @@ const (
 )
 
 // Error is an error meant for the caller: a documented code and a human
-// message that is safe to show (no internal detail, no secret).
+// message that is safe to show (no internal detail, no secret), and
+// optionally the internal cause, kept for logs and errors.Is but never sent.
 type Error struct {
 	Code    string
 	Message string
 	// RetryAfter, when positive, is sent as the Retry-After header.
 	RetryAfter time.Duration
+	// Cause is what went wrong inside; Error() includes it, the API never
+	// shows it.
+	Cause error
 }
 
-func (e *Error) Error() string { return e.Code + ": " + e.Message }
+// Error is the code and message, then the cause in parentheses: the text
+// for logs.
+func (e *Error) Error() string {
+	if e.Cause == nil {
+		return e.Code + ": " + e.Message
+	}
+	return e.Code + ": " + e.Message + " (" + e.Cause.Error() + ")"
+}
 
-// Errorf returns an *Error with a formatted message.
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Cause }
+
+// Errorf returns an *Error with a formatted message: the one constructor.
+// Chain Wrap to keep the cause.
 func Errorf(code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Wrap sets e's cause and returns e.
+func (e *Error) Wrap(cause error) *Error {
+	e.Cause = cause
+	return e
 }
 
 // ErrorCode returns the code of the first *Error in err's chain, INTERNAL for

@@ -150,7 +150,7 @@ func (s *Service) Admit(ctx context.Context, keyHash, userID string, opt Options
 		return bap.Product{}, Decision{}, errInvalidKey()
 	}
 	if err != nil {
-		return bap.Product{}, Decision{}, storeErr("admit lookup", err)
+		return bap.Product{}, Decision{}, registry.PublicErr("admit lookup", err)
 	}
 	r, ok, retryAfter := s.lim.Reserve(p.ID, policy.RPM(p.Policy))
 	if !ok {
@@ -244,7 +244,7 @@ func (s *Service) reread(ctx context.Context, productID, userID string) (*bap.En
 		return nil, nil
 	}
 	if err != nil {
-		return nil, storeErr("read engine", err)
+		return nil, registry.PublicErr("read engine", err)
 	}
 	return &e, nil
 }
@@ -316,35 +316,4 @@ func (s *Service) recordDenial(ctx context.Context, p bap.Product, userID string
 	if err := s.store.AppendAudit(ctx, entry); err != nil {
 		s.log.Warn("write admit_denied audit", "product_id", p.ID, "engine_id", entry.EngineID, "reason", reason, "err", err)
 	}
-}
-
-// storeErr maps a registry error to what the caller sees.
-func storeErr(what string, err error) error {
-	if errors.Is(err, registry.ErrUnavailable) {
-		return &publicError{
-			pub:   bap.Errorf(bap.CodeDatabaseUnavailable, "The database is unavailable; retry shortly."),
-			cause: fmt.Errorf("%s: %w", what, err),
-		}
-	}
-	return fmt.Errorf("%s: %w", what, err)
-}
-
-// publicError carries a caller-safe *bap.Error (found by errors.As) and the
-// internal cause (for logs, through Unwrap).
-type publicError struct {
-	pub   *bap.Error
-	cause error
-}
-
-func (e *publicError) Error() string { return e.pub.Error() + " (" + e.cause.Error() + ")" }
-
-func (e *publicError) Unwrap() error { return e.cause }
-
-// As exposes the public error to errors.As.
-func (e *publicError) As(target any) bool {
-	if t, ok := target.(**bap.Error); ok {
-		*t = e.pub
-		return true
-	}
-	return false
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/registry"
 )
 
 // FlushStats describes one Flush.
@@ -59,7 +60,7 @@ func (s *Service) Flush(ctx context.Context) (FlushStats, error) {
 					s.touches.restore(id, batch[id])
 				}
 			}
-			return st, storeErr("touch engines", err)
+			return st, registry.PublicErr("touch engines", err)
 		}
 		st.Writes++
 	}

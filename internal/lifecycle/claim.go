@@ -125,7 +125,7 @@ func (m *Manager) claim(ctx context.Context, id string, spec claimSpec) (claimOu
 		if errors.Is(err, errSkip) {
 			return claimOutcome{}, err
 		}
-		return claimOutcome{}, storeErr("claim engine", err)
+		return claimOutcome{}, engineErr("claim engine", err)
 	}
 	return out, nil
 }
@@ -243,7 +243,7 @@ func (m *Manager) awaitRelease(ctx context.Context, e bap.Engine) (bap.Engine, b
 			return bap.Engine{}, true, nil
 		}
 		if err != nil {
-			return bap.Engine{}, false, storeErr("read engine", err)
+			return bap.Engine{}, false, engineErr("read engine", err)
 		}
 		if !cur.Claim.Same(e.Claim) {
 			return cur, false, nil
@@ -334,7 +334,7 @@ func commitErr(err error) error {
 	if _, ok := bap.AsError(err); ok {
 		return err
 	}
-	return storeErr("update engine", err)
+	return engineErr("update engine", err)
 }
 
 // writeEngine writes cur (read as before) with its audit entry, refusing a

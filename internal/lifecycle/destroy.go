@@ -95,7 +95,7 @@ func (m *Manager) finishDestroy(ctx context.Context, c *opClaim, e bap.Engine, a
 		return nil
 	case errors.Is(err, errFenced):
 		c.released = true
-		return storeErr("delete engine", err)
+		return engineErr("delete engine", err)
 	}
-	return storeErr("delete engine", err)
+	return engineErr("delete engine", err)
 }

@@ -17,18 +17,25 @@ var errFenced = errors.New("claim lost to another replica")
 // errSkip aborts a commit whose engine changed state meanwhile.
 var errSkip = errors.New("engine changed state")
 
-// storeErr maps registry errors about an engine to API errors.
-func storeErr(what string, err error) error {
-	switch {
-	case errors.Is(err, registry.ErrNotFound):
-		return bap.Errorf(bap.CodeEngineNotFound, "Engine not found.")
-	case errors.Is(err, errFenced), errors.Is(err, registry.ErrFenced):
-		return &wrapped{bap.Errorf(bap.CodeEngineBusy, "The engine is changing state; retry shortly."), fmt.Errorf("%s: %w", what, err)}
-	case errors.Is(err, registry.ErrUnavailable):
-		return &wrapped{bap.Errorf(bap.CodeDatabaseUnavailable, "The database is unavailable; retry shortly."), fmt.Errorf("%s: %w", what, err)}
-	default:
-		return fmt.Errorf("%s: %w", what, err)
+// engineErr maps registry errors about the engine an operation is on: a
+// missing row is ENGINE_NOT_FOUND; the rest as storeErr.
+func engineErr(what string, err error) error {
+	if errors.Is(err, registry.ErrNotFound) {
+		return bap.Errorf(bap.CodeEngineNotFound, "Engine not found.").Wrap(fmt.Errorf("%s: %w", what, err))
 	}
+	return storeErr(what, err)
+}
+
+// storeErr maps any other registry error: a lost claim is ENGINE_BUSY, the
+// rest as registry.PublicErr.
+func storeErr(what string, err error) error {
+	if errors.Is(err, errFenced) {
+		if what != "" {
+			err = fmt.Errorf("%s: %w", what, err)
+		}
+		return bap.Errorf(bap.CodeEngineBusy, "The engine is changing state; retry shortly.").Wrap(err)
+	}
+	return registry.PublicErr(what, err)
 }
 
 // productErr maps registry errors about an engine's product: a missing
@@ -46,18 +53,16 @@ func opErr(err error, bootTimeout time.Duration) error {
 		return err
 	}
 	switch {
-	case errors.Is(err, errFenced):
-		return &wrapped{bap.Errorf(bap.CodeEngineBusy, "The engine is changing state; retry shortly."), err}
-	case errors.Is(err, registry.ErrUnavailable):
-		return &wrapped{bap.Errorf(bap.CodeDatabaseUnavailable, "The database is unavailable; retry shortly."), err}
+	case errors.Is(err, errFenced), errors.Is(err, registry.ErrFenced), errors.Is(err, registry.ErrUnavailable):
+		return storeErr("", err)
 	case errors.Is(err, errBootTimeout):
-		return &wrapped{bap.Errorf(bap.CodeBootTimeout, "Engine did not become healthy within %s.", bootTimeout), err}
+		return bap.Errorf(bap.CodeBootTimeout, "Engine did not become healthy within %s.", bootTimeout).Wrap(err)
 	case errors.Is(err, backend.ErrImageNotFound):
-		return &wrapped{bap.Errorf(bap.CodeImageNotFound, "The engine image is not available."), err}
+		return bap.Errorf(bap.CodeImageNotFound, "The engine image is not available.").Wrap(err)
 	case errors.Is(err, backend.ErrUnavailable):
-		return &wrapped{bap.Errorf(bap.CodeBackendUnavailable, "The engine backend is unavailable; retry shortly."), err}
+		return bap.Errorf(bap.CodeBackendUnavailable, "The engine backend is unavailable; retry shortly.").Wrap(err)
 	default:
-		return &wrapped{bap.Errorf(bap.CodeBackendError, "The engine backend failed."), err}
+		return bap.Errorf(bap.CodeBackendError, "The engine backend failed.").Wrap(err)
 	}
 }
 
@@ -92,22 +97,3 @@ func truncate(s string, n int) string {
 	}
 	return s[:n]
 }
-
-// wrapped carries a caller-safe *bap.Error and the internal cause (for logs).
-type wrapped struct {
-	pub   *bap.Error
-	cause error
-}
-
-func (w *wrapped) Error() string { return w.pub.Error() + " (" + w.cause.Error() + ")" }
-
-// As exposes the public error to errors.As.
-func (w *wrapped) As(target any) bool {
-	if t, ok := target.(**bap.Error); ok {
-		*t = w.pub
-		return true
-	}
-	return false
-}
-
-func (w *wrapped) Unwrap() error { return w.cause }

@@ -292,7 +292,7 @@ func (m *Manager) createAndStart(ctx context.Context, spec backend.Spec) (backen
 func (m *Manager) load(ctx context.Context, id string) (bap.Engine, error) {
 	e, err := m.store.GetEngine(ctx, id)
 	if err != nil {
-		return bap.Engine{}, storeErr("read engine", err)
+		return bap.Engine{}, engineErr("read engine", err)
 	}
 	return e, nil
 }

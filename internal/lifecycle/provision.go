@@ -134,6 +134,8 @@ func (m *Manager) provision(ctx context.Context, p bap.Product, userID, image, a
 		return Result{}, bap.Errorf(bap.CodePortExhaustion, "No free engine port in %d-%d.", m.cfg.PortMin, m.cfg.PortMax)
 	case errors.Is(err, registry.ErrConflict):
 		return Result{}, bap.Errorf(bap.CodeEngineAlreadyExists, "An engine already exists for user %q.", userID)
+	case errors.Is(err, registry.ErrNotFound):
+		return Result{}, bap.Errorf(bap.CodeProductNotFound, "Product not found.").Wrap(err)
 	case err != nil:
 		return Result{}, storeErr("insert engine", err)
 	}
