@@ -58,11 +58,11 @@ func (s *server) withKey(e bap.Engine) (engineInfo, error) {
 // engineOf returns the calling product's engine of the {user_id} in the
 // path. Another product's engine is as absent as no engine at all.
 func (s *server) engineOf(r *http.Request, p bap.Product) (bap.Engine, error) {
-	userID := r.PathValue("user_id")
-	if err := bap.ValidateUserID(userID); err != nil {
+	userID, err := bap.ParseUserID(r.PathValue("user_id"))
+	if err != nil {
 		return bap.Engine{}, err
 	}
-	e, err := s.store.GetEngineByUser(r.Context(), p.ID, userID)
+	e, err := s.store.GetEngineByUser(r.Context(), p.ID, string(userID))
 	if errors.Is(err, registry.ErrNotFound) {
 		return bap.Engine{}, bap.Errorf(bap.CodeEngineNotFound, msgEngineNotFound)
 	}
@@ -204,14 +204,14 @@ func (s *server) admit(w http.ResponseWriter, r *http.Request, _ bap.Product) er
 	if key == "" {
 		return bap.Errorf(bap.CodeInvalidPlatformKey, msgInvalidPlatformKey)
 	}
-	userID := r.PathValue("user_id")
 	b, err := s.readBody(w, r)
 	var opts discovery.Options
 	if err == nil {
 		opts, err = decodeAdmit(b)
 	}
+	var userID bap.UserID
 	if err == nil {
-		err = bap.ValidateUserID(userID)
+		userID, err = bap.ParseUserID(r.PathValue("user_id"))
 	}
 	if err != nil {
 		if _, aerr := s.authPlatform(r); aerr != nil {

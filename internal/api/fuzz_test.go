@@ -44,7 +44,8 @@ func FuzzDecodeProvision(f *testing.F) {
 		req, err := api.DecodeProvision(b)
 		onlyValidation(t, err)
 		if err == nil {
-			require.NoError(t, bap.ValidateUserID(req.UserID), "an accepted body has a valid user_id")
+			_, err := bap.ParseUserID(string(req.UserID))
+			require.NoError(t, err, "an accepted body has a valid user_id")
 		}
 	})
 }
@@ -98,7 +99,7 @@ func FuzzDecodePolicy(f *testing.F) {
 
 // FuzzUserID drives GET /engines/{user_id} through the whole handler: any
 // user id answers 404 (valid, no engine) or 422 (invalid), never 5xx, and
-// the handler agrees with bap.ValidateUserID.
+// the handler agrees with bap.ParseUserID.
 func FuzzUserID(f *testing.F) {
 	for _, s := range []string{"u1", "user@example.com", ".x", "a/b", "", "a b", "é", "..", "%00", "x:y-z_1.2"} {
 		f.Add(s)
@@ -125,15 +126,18 @@ func FuzzUserID(f *testing.F) {
 		switch env.Error.Code {
 		case bap.CodeEngineNotFound:
 			require.Equal(t, http.StatusNotFound, resp.StatusCode)
-			require.NoError(t, bap.ValidateUserID(userID), "accepted user_id %q", userID)
+			_, err := bap.ParseUserID(userID)
+			require.NoError(t, err, "accepted user_id %q", userID)
 		case bap.CodeValidation:
 			require.Equal(t, http.StatusUnprocessableEntity, resp.StatusCode)
-			require.Error(t, bap.ValidateUserID(userID), "rejected user_id %q", userID)
+			_, err := bap.ParseUserID(userID)
+			require.Error(t, err, "rejected user_id %q", userID)
 		case bap.CodeNotFound:
 			// Dot segments and a lone escaped slash are path syntax to the
 			// router, not a user id: the route is unknown. None is valid.
 			require.Equal(t, http.StatusNotFound, resp.StatusCode)
-			require.Error(t, bap.ValidateUserID(userID), "user_id %q", userID)
+			_, err := bap.ParseUserID(userID)
+			require.Error(t, err, "user_id %q", userID)
 		default:
 			t.Fatalf("user_id %q: unexpected %d %s", userID, resp.StatusCode, body)
 		}

@@ -138,7 +138,7 @@ func (f fields) object(key string, required bool) (json.RawMessage, error) {
 
 // provisionRequest is the body of POST /engines/provision.
 type provisionRequest struct {
-	UserID        string
+	UserID        bap.UserID
 	EngineVersion string
 }
 
@@ -149,10 +149,11 @@ func decodeProvision(b []byte) (provisionRequest, error) {
 		return provisionRequest{}, err
 	}
 	var req provisionRequest
-	if req.UserID, _, err = f.str("user_id", true); err != nil {
+	userID, _, err := f.str("user_id", true)
+	if err != nil {
 		return provisionRequest{}, err
 	}
-	if err := bap.ValidateUserID(req.UserID); err != nil {
+	if req.UserID, err = bap.ParseUserID(userID); err != nil {
 		return provisionRequest{}, err
 	}
 	if req.EngineVersion, _, err = f.str("engine_version", false); err != nil {

@@ -3,10 +3,22 @@ package bap
 // MaxUserIDLen is the longest accepted user_id.
 const MaxUserIDLen = 128
 
-// ValidateUserID checks a product-chosen user id: 1–128 characters of
-// [A-Za-z0-9._@:-], not starting with '.'. The id ends up in names and paths,
-// so nothing else may pass.
-func ValidateUserID(s string) error {
+// UserID is a product-chosen user id that ParseUserID accepted. The API
+// parses it once, at the edge, and the layers below take this type, so
+// they need not check it again.
+type UserID string
+
+// ParseUserID checks a product-chosen user id: 1–128 characters of
+// [A-Za-z0-9._@:-], not starting with '.'. The id ends up in names and
+// paths, so nothing else may pass. The error is a VALIDATION_ERROR.
+func ParseUserID(s string) (UserID, error) {
+	if err := validateUserID(s); err != nil {
+		return "", err
+	}
+	return UserID(s), nil
+}
+
+func validateUserID(s string) error {
 	if s == "" {
 		return Errorf(CodeValidation, "user_id must not be empty")
 	}

@@ -125,7 +125,7 @@ func settle(t *testing.T, e *env, svc *discovery.Service, ws *watchingStore, key
 
 func admit(t *testing.T, svc *discovery.Service, keyHash, user string, o discovery.Options) discovery.Decision {
 	t.Helper()
-	_, d, err := svc.Admit(t.Context(), keyHash, user, o)
+	_, d, err := svc.Admit(t.Context(), keyHash, bap.UserID(user), o)
 	require.NoError(t, err)
 	return d
 }

@@ -133,14 +133,12 @@ const maxSteps = 6
 // Admit admits userID of the product authenticated by keyHash (the SHA-256
 // hex of its platform key) to their engine, as SPEC §5 describes. It returns
 // the product whenever the key authenticated, so the caller can label
-// metrics and logs. Errors: VALIDATION_ERROR, INVALID_PLATFORM_KEY,
+// metrics and logs. Errors: INVALID_PLATFORM_KEY,
 // RATE_LIMITED (with RetryAfter), and from provision or wake
 // QUOTA_EXCEEDED, PORT_EXHAUSTION, BOOT_TIMEOUT, IMAGE_NOT_FOUND,
 // BACKEND_UNAVAILABLE, BACKEND_ERROR, ENGINE_BUSY; DATABASE_UNAVAILABLE.
-func (s *Service) Admit(ctx context.Context, keyHash, userID string, opt Options) (bap.Product, Decision, error) {
-	if err := bap.ValidateUserID(userID); err != nil {
-		return bap.Product{}, Decision{}, err
-	}
+func (s *Service) Admit(ctx context.Context, keyHash string, uid bap.UserID, opt Options) (bap.Product, Decision, error) {
+	userID := string(uid)
 	if keyHash == "" {
 		return bap.Product{}, Decision{}, errInvalidKey()
 	}
@@ -179,7 +177,7 @@ func (s *Service) decide(ctx context.Context, p bap.Product, userID string, e *b
 			if !opt.AutoProvision {
 				return deny(ReasonEngineNotFound), nil, nil
 			}
-			res, err := s.lm.Provision(ctx, p, userID, "", p.Slug)
+			res, err := s.lm.Provision(ctx, p, bap.UserID(userID), "", p.Slug)
 			if err == nil {
 				return s.admitted(res.Engine, res.APIKey)
 			}

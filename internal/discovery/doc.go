@@ -2,10 +2,10 @@
 // request to get the user's engine URL and key (SPEC §5, "Admit"). It is the
 // only place that auto-provisions.
 //
-// The flow of Service.Admit:
+// The flow of Service.Admit (its user_id is a bap.UserID, parsed at the
+// API's edge):
 //
-//	validate user_id (422)
-//	→ lookup: the product by key hash and its engine for the user, from
+//	lookup: the product by key hash and its engine for the user, from
 //	  memory when both are cached, else one query (AdmitLookup, or the
 //	  engine alone when the product is cached)
 //	  (no product: 401 INVALID_PLATFORM_KEY)

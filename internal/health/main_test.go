@@ -208,7 +208,7 @@ func cmpDur(a, b time.Duration) time.Duration {
 // provision creates a running engine and returns it with its key.
 func (e *env) provision(t testing.TB, userID string) (bap.Engine, string) {
 	t.Helper()
-	res, err := e.lm.Provision(context.Background(), e.product, userID, "", "test")
+	res, err := e.lm.Provision(context.Background(), e.product, bap.UserID(userID), "", "test")
 	require.NoError(t, err)
 	require.Equal(t, bap.StateRunning, res.Engine.Status)
 	return res.Engine, res.APIKey

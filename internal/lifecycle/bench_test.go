@@ -60,7 +60,7 @@ func benchProvision(b *testing.B, newBackend func(t testing.TB) backend.Backend)
 	for b.Loop() {
 		i++
 		began := time.Now()
-		res, err := en.lm.Provision(ctx, en.product, fmt.Sprintf("bench-%d", i), "", "bench")
+		res, err := en.lm.Provision(ctx, en.product, bap.UserID(fmt.Sprintf("bench-%d", i)), "", "bench")
 		total := time.Since(began)
 		if err != nil {
 			b.Fatal(err)

@@ -583,9 +583,8 @@ func lifecycleSuite(t *testing.T, newBackend func(t testing.TB) backend.Backend,
 
 	t.Run("QuotaAndValidation", func(t *testing.T) {
 		en := newEnv(t, newBackend(t), envOptions{policy: `{"max_engines": 1}`})
-		_, err := en.lm.Provision(ctx, en.product, "../etc", "", "test")
-		require.Equal(t, bap.CodeValidation, errCode(err))
-		_, err = en.lm.Provision(ctx, en.product, "ok-user", "bad image!", "test")
+		// user_id is a bap.UserID, parsed at the API's edge.
+		_, err := en.lm.Provision(ctx, en.product, "ok-user", "bad image!", "test")
 		require.Equal(t, bap.CodeValidation, errCode(err))
 		_, err = en.lm.Provision(ctx, en.product, "frank", "", "test")
 		require.NoError(t, err)

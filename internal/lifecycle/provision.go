@@ -20,13 +20,11 @@ import (
 // then the backend creates and starts it and the engine is waited healthy.
 // Concurrent provisions for the same user in this process join one flight;
 // in other processes they find the row and wait for it (AwaitProvision).
-// Errors: VALIDATION_ERROR, ENGINE_ALREADY_EXISTS, QUOTA_EXCEEDED,
+// Errors: VALIDATION_ERROR (an image), ENGINE_ALREADY_EXISTS, QUOTA_EXCEEDED,
 // PORT_EXHAUSTION, BOOT_TIMEOUT, IMAGE_NOT_FOUND, BACKEND_UNAVAILABLE,
 // BACKEND_ERROR, DATABASE_UNAVAILABLE.
-func (m *Manager) Provision(ctx context.Context, p bap.Product, userID, image, actor string) (Result, error) {
-	if err := bap.ValidateUserID(userID); err != nil {
-		return Result{}, err
-	}
+func (m *Manager) Provision(ctx context.Context, p bap.Product, uid bap.UserID, image, actor string) (Result, error) {
+	userID := string(uid)
 	if image == "" {
 		image = m.cfg.DefaultImage
 	} else if err := validateImage(image); err != nil {

@@ -174,7 +174,7 @@ func (h *harness) product(slug string) product {
 // provision provisions userID's engine through lifecycle.
 func (h *harness) provision(p product, userID string) bap.Engine {
 	h.t.Helper()
-	res, err := h.lm.Provision(h.t.Context(), p.Product, userID, "", p.Slug)
+	res, err := h.lm.Provision(h.t.Context(), p.Product, bap.UserID(userID), "", p.Slug)
 	require.NoError(h.t, err)
 	h.remember(res.APIKey)
 	return res.Engine
