@@ -138,13 +138,24 @@ func (r *Replica) ID() string { return r.id }
 func (r *Replica) TTL() time.Duration { return r.cfg.TTL }
 
 // Valid reports whether this replica may act on its leases now: its last
-// heartbeat is fresh enough that nobody can have declared it dead.
+// heartbeat is fresh enough that nobody can have declared it dead. An
+// Exclusive replica stays valid from its first heartbeat until Deregister:
+// no other process can open the database to take over, so a heartbeat
+// delayed by a busy database (a burst of writes on SQLite) stops nothing.
 func (r *Replica) Valid() bool {
 	if r.solo {
 		return true
 	}
 	r.mu.RLock()
 	defer r.mu.RUnlock()
+	return r.freshLocked()
+}
+
+// freshLocked is Valid under r.mu.
+func (r *Replica) freshLocked() bool {
+	if r.cfg.Exclusive {
+		return !r.validUntil.IsZero()
+	}
 	return time.Now().Before(r.validUntil)
 }
 
@@ -160,7 +171,7 @@ func (r *Replica) ShardLease(shard int) (registry.Lease, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	l, ok := r.held[shard]
-	if !ok || (!r.solo && !time.Now().Before(r.validUntil)) {
+	if !ok || (!r.solo && !r.freshLocked()) {
 		return registry.Lease{}, false
 	}
 	return l, true
@@ -285,7 +296,7 @@ func (r *Replica) heartbeat(ctx context.Context) error {
 		return fmt.Errorf("heartbeat: %w", err)
 	}
 	r.mu.Lock()
-	if !time.Now().Before(r.validUntil) && len(r.held) > 0 {
+	if !r.freshLocked() && len(r.held) > 0 {
 		r.log.Warn("heartbeat lapsed: leases forgotten until re-read", "replica_id", r.id, "held", len(r.held))
 		r.held = map[int]registry.Lease{}
 		r.validity.Add(1)

@@ -361,6 +361,26 @@ func TestLeasesLapseWithoutHeartbeat(t *testing.T) {
 	require.Empty(t, held(r.Replica))
 }
 
+// TestExclusiveReplicaOutlivesSlowHeartbeats: with SQLite's file lock
+// nobody can take over, so heartbeats that fail (a database busy with a
+// burst of writes) do not stop this replica from acting.
+func TestExclusiveReplicaOutlivesSlowHeartbeats(t *testing.T) {
+	s := &failingHeartbeats{Store: openSQLite(t), fail: make(chan struct{})}
+	cfg := fast("host")
+	cfg.Exclusive = true
+	r := start(t, s, cfg)
+	require.True(t, r.Valid())
+	close(s.fail)
+	time.Sleep(3 * cfg.TTL)
+	require.True(t, r.Valid())
+	require.Len(t, held(r.Replica), replica.Shards)
+	_, ok := r.Lease(uuid.NewString())
+	require.True(t, ok)
+	r.stop()
+	r.Deregister(t.Context())
+	require.False(t, r.Valid(), "deregistered, it acts no more")
+}
+
 // TestDeclaredDeadReplicaDropsEverything: a replica that finds its row
 // deleted (others declared it dead) holds nothing until it registered and
 // rebalanced again.
