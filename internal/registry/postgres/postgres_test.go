@@ -37,6 +37,7 @@ func open(t *testing.T, url string) *postgres.Store {
 }
 
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	registrytest.Run(t, func(t *testing.T) registry.Store {
 		return open(t, pgtest.URL(t))
 	})
@@ -46,6 +47,7 @@ func TestConformance(t *testing.T) {
 // accepts postgresql:// as well as postgres://, and migrating again is a
 // no-op.
 func TestOpenMigratesAndAcceptsBothSchemes(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	url := emptyDatabase(t)
 	s := open(t, strings.Replace(url, "postgres://", "postgresql://", 1))
@@ -73,6 +75,7 @@ func emptyDatabase(t *testing.T) string {
 }
 
 func TestPingReportsMissingMigrations(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	url := pgtest.URL(t)
 	s := open(t, url)
@@ -85,6 +88,7 @@ func TestPingReportsMissingMigrations(t *testing.T) {
 }
 
 func TestOpenRejectsBadURLWithoutEchoingIt(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	for _, url := range []string{
 		"mysql://user:s3cret@localhost/db",
@@ -101,6 +105,7 @@ func TestOpenRejectsBadURLWithoutEchoingIt(t *testing.T) {
 // registry.ErrUnavailable, and the same Store works again once the server is
 // back.
 func TestUnavailable(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	srv := pgtest.NewServer(t)
 	s := open(t, srv.URL(t))
@@ -124,6 +129,7 @@ func TestUnavailable(t *testing.T) {
 // TestConflictInsideTxKeepsTxUsable: a unique violation inside InTx is
 // ErrConflict and, as with SQLite, the transaction goes on.
 func TestConflictInsideTxKeepsTxUsable(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	s := open(t, pgtest.URL(t))
 	p := registrytest.NewProduct(t, s)
@@ -150,6 +156,7 @@ func TestConflictInsideTxKeepsTxUsable(t *testing.T) {
 // TestWritesWithAuditAreAllOrNothing: an update or delete of a missing engine
 // is ErrNotFound and appends none of its audit entries.
 func TestWritesWithAuditAreAllOrNothing(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	s := open(t, pgtest.URL(t))
 	p := registrytest.NewProduct(t, s)
@@ -168,6 +175,7 @@ func TestWritesWithAuditAreAllOrNothing(t *testing.T) {
 // TestIDsThatCannotExist: ids that are not UUIDs are simply not found, also
 // inside a transaction, which stays usable.
 func TestIDsThatCannotExist(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	s := open(t, pgtest.URL(t))
 	require.NoError(t, s.InTx(ctx, func(tx registry.Store) error {
@@ -186,6 +194,7 @@ func TestIDsThatCannotExist(t *testing.T) {
 // TestRecordHealthFoldsRepeatedResults: several results for one engine in a
 // batch count as if applied one by one.
 func TestRecordHealthFoldsRepeatedResults(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	s := open(t, pgtest.URL(t))
 	p := registrytest.NewProduct(t, s)
@@ -214,6 +223,7 @@ func TestRecordHealthFoldsRepeatedResults(t *testing.T) {
 // port and insert the engine under quota in one transaction) stays exact when
 // many run at once.
 func TestConcurrentAllocateAndInsertInTx(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	s := open(t, pgtest.URL(t))
 	p := registrytest.NewProduct(t, s)
@@ -327,6 +337,7 @@ func BenchmarkProvisionWrites(b *testing.B) {
 }
 
 func TestReplicaGoneAfterItsStoreCloses(t *testing.T) {
+	t.Parallel()
 	url := pgtest.URL(t)
 	first, err := postgres.Open(t.Context(), url)
 	require.NoError(t, err)

@@ -41,7 +41,8 @@ type group struct {
 }
 
 // Run runs the conformance suite. newStore must return a fresh, empty,
-// migrated store for each subtest and arrange its Close with t.Cleanup.
+// migrated store for each subtest and arrange its Close with t.Cleanup;
+// subtests run in parallel, so it must be safe to call concurrently.
 // Subtests are named Group/Case so `go test -v` lists each behaviour.
 func Run(t *testing.T, newStore func(t *testing.T) registry.Store) {
 	groups := []group{
@@ -61,6 +62,9 @@ func Run(t *testing.T, newStore func(t *testing.T) registry.Store) {
 		t.Run(g.name, func(t *testing.T) {
 			for _, tc := range g.tests {
 				t.Run(tc.name, func(t *testing.T) {
+					// Each test has a store of its own (a database cloned
+					// from a template, or a file), so they run side by side.
+					t.Parallel()
 					s := newStore(t)
 					require.NotNil(t, s, "newStore returned nil")
 					tc.fn(t, s)

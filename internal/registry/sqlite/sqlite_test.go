@@ -31,12 +31,14 @@ func openStore(t *testing.T, path string) *sqlite.Store {
 }
 
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	registrytest.Run(t, func(t *testing.T) registry.Store {
 		return openStore(t, filepath.Join(t.TempDir(), "registry.db"))
 	})
 }
 
 func TestReopenKeepsDataAndMigrationIsIdempotent(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "sub", "dir", "registry.db")
 	s, err := sqlite.Open(t.Context(), path)
 	require.NoError(t, err)
@@ -53,6 +55,7 @@ func TestReopenKeepsDataAndMigrationIsIdempotent(t *testing.T) {
 }
 
 func TestPragmas(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "registry.db")
 	openStore(t, path)
 	db, err := sql.Open("sqlite", "file:"+path)
@@ -64,6 +67,7 @@ func TestPragmas(t *testing.T) {
 }
 
 func TestForeignKeyToProduct(t *testing.T) {
+	t.Parallel()
 	s := openStore(t, filepath.Join(t.TempDir(), "registry.db"))
 	now := bap.Now()
 	err := s.InsertEngine(t.Context(), bap.Engine{
@@ -77,6 +81,7 @@ func TestForeignKeyToProduct(t *testing.T) {
 }
 
 func TestConflictKeepsTheDriverError(t *testing.T) {
+	t.Parallel()
 	s := openStore(t, filepath.Join(t.TempDir(), "registry.db"))
 	p := registrytest.NewProduct(t, s)
 	p.ID = "another-product"
@@ -88,6 +93,7 @@ func TestConflictKeepsTheDriverError(t *testing.T) {
 }
 
 func TestAuditEntryWithoutActionRefused(t *testing.T) {
+	t.Parallel()
 	s := openStore(t, filepath.Join(t.TempDir(), "registry.db"))
 	require.Error(t, s.AppendAudit(t.Context(), audit.Entry{Actor: audit.ActorSystem}))
 	es, total, err := s.ListAudit(t.Context(), registry.AuditFilter{})
@@ -97,6 +103,7 @@ func TestAuditEntryWithoutActionRefused(t *testing.T) {
 }
 
 func TestPingReportsPendingMigrations(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "registry.db")
 	s := openStore(t, path)
 	require.NoError(t, s.Ping(t.Context()))
@@ -112,6 +119,7 @@ func TestPingReportsPendingMigrations(t *testing.T) {
 }
 
 func TestClosedStoreIsUnavailable(t *testing.T) {
+	t.Parallel()
 	s, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "registry.db"))
 	require.NoError(t, err)
 	require.NoError(t, s.Close())
@@ -123,6 +131,7 @@ func TestClosedStoreIsUnavailable(t *testing.T) {
 }
 
 func TestOpenRejectsBadPath(t *testing.T) {
+	t.Parallel()
 	_, err := sqlite.Open(t.Context(), "")
 	require.Error(t, err)
 	_, err = sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "x.db?mode=ro"))
@@ -132,6 +141,7 @@ func TestOpenRejectsBadPath(t *testing.T) {
 // TestClaimServing: one Store at a time serves a file; the claim names its
 // holder's pid, is kept by repeated claims and is given back by Close.
 func TestClaimServing(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "registry.db")
 	a, b := openStore(t, path), openStore(t, path)
 	require.NoError(t, a.ClaimServing())
@@ -149,6 +159,7 @@ func TestClaimServing(t *testing.T) {
 }
 
 func TestReplicaGoneAfterItsStoreCloses(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "registry.db")
 	first, err := sqlite.Open(t.Context(), path)
 	require.NoError(t, err)
