@@ -23,6 +23,7 @@ import (
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/health"
 	"github.com/september/bap-engine/internal/registry"
+	"github.com/september/bap-engine/internal/registry/registrytest"
 )
 
 // listenersEnv makes the test binary serve "<n>,<hanging>" loopback
@@ -177,7 +178,7 @@ func registerFleet(b *testing.B, e *env, ports []int) {
 			en := bap.Engine{ID: uuid.NewString(), ProductID: e.product.ID, UserID: "u" + strconv.Itoa(i),
 				Status: bap.StateRunning, Port: p, URL: "http://127.0.0.1:" + strconv.Itoa(p),
 				Image: "september-engine:bench", LastActiveAt: &now, CreatedAt: now, UpdatedAt: now}
-			if err := tx.InsertEngine(context.Background(), en, registry.Quota{}); err != nil {
+			if err := registrytest.StepsOf(tx).InsertEngine(context.Background(), en, registry.Quota{}); err != nil {
 				return err
 			}
 		}

@@ -26,6 +26,7 @@ import (
 	"github.com/september/bap-engine/internal/engine"
 	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/registry"
+	"github.com/september/bap-engine/internal/registry/registrytest"
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/secret"
 	"github.com/september/bap-engine/internal/testmain"
@@ -536,7 +537,7 @@ func lifecycleSuite(t *testing.T, newBackend func(t testing.TB) backend.Backend,
 		}
 		deadsID := orphan(uuid.NewString(), healthy.Engine.Port+20)
 		unlabelledID := orphan("", healthy.Engine.Port+21)
-		_, err = en.store.AllocatePort(ctx, uuid.NewString(), healthy.Engine.Port+30, healthy.Engine.Port+30)
+		_, err = registrytest.StepsOf(en.store).AllocatePort(ctx, uuid.NewString(), healthy.Engine.Port+30, healthy.Engine.Port+30)
 		require.NoError(t, err)
 		require.NoError(t, be.Destroy(ctx, lost.Engine.ID))
 

@@ -20,7 +20,7 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrConflict: a unique constraint was hit (slug, (product_id,user_id), port).
 	ErrConflict = errors.New("conflict")
-	// ErrQuotaExceeded: InsertEngine refused because the product is at a limit.
+	// ErrQuotaExceeded: ProvisionEngine refused because the product is at a limit.
 	ErrQuotaExceeded = errors.New("quota exceeded")
 	// ErrPortExhausted: no free port in the requested range.
 	ErrPortExhausted = errors.New("port range exhausted")
@@ -31,7 +31,7 @@ var (
 	ErrFenced = errors.New("lease lost")
 )
 
-// Quota bounds InsertEngine. Zero means no limit.
+// Quota bounds ProvisionEngine. Zero means no limit.
 type Quota struct {
 	// MaxEngines counts the product's engines in any state.
 	MaxEngines int
@@ -149,11 +149,6 @@ type Store interface {
 	// engine for userID (nil when none). ErrNotFound when no product matches.
 	AdmitLookup(ctx context.Context, keyHash, userID string, now time.Time) (bap.Product, *bap.Engine, error)
 
-	// InsertEngine inserts e (normally in provisioning, with ID, timestamps,
-	// Port and the provision's Claim already set) only if the product is
-	// under q; the check and insert are atomic against concurrent inserts.
-	// ErrQuotaExceeded, ErrConflict (engine for that user exists).
-	InsertEngine(ctx context.Context, e bap.Engine, q Quota) error
 	// ProvisionEngine allocates the lowest free port in [portMin, portMax]
 	// for e and inserts e on it (e.Port is ignored), only if the product is
 	// under q: one atomic step, which also holds the port allocation's
@@ -170,11 +165,6 @@ type Store interface {
 	// InTx it first locks the product row, so that a check and the claim
 	// that follows are atomic against other replicas' checks.
 	CountRunning(ctx context.Context, productID string) (int, error)
-	// AllocatePort reserves the lowest free port in [min,max] for engineID.
-	// Concurrent allocations never return the same port. ErrPortExhausted.
-	AllocatePort(ctx context.Context, engineID string, min, max int) (int, error)
-	// ReleasePort frees a port; freeing a free port is not an error.
-	ReleasePort(ctx context.Context, port int) error
 	// ListPortAllocations returns all allocations ordered by port.
 	ListPortAllocations(ctx context.Context) ([]PortAllocation, error)
 	// FreeOrphanPorts deletes allocations whose engine row does not exist and

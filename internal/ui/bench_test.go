@@ -49,7 +49,7 @@ func seedFleet(b *testing.B, s registry.Store, n int) {
 				Image: "september-engine:2.3.0", URL: "http://127.0.0.1:" + strconv.Itoa(10000+i),
 				HealthFailures: i % 4, LastHealthAt: &health, CreatedAt: at, UpdatedAt: at,
 			}
-			if err := tx.InsertEngine(ctx, e, registry.Quota{}); err != nil {
+			if err := registrytest.StepsOf(tx).InsertEngine(ctx, e, registry.Quota{}); err != nil {
 				return err
 			}
 		}

@@ -137,7 +137,7 @@ func TestConflictInsideTxKeepsTxUsable(t *testing.T) {
 	var second bap.Engine
 	err := s.InTx(ctx, func(tx registry.Store) error {
 		dup := engine(p.ID, "u1")
-		if err := tx.InsertEngine(ctx, dup, registry.Quota{MaxEngines: 5}); !errors.Is(err, registry.ErrConflict) {
+		if err := registrytest.StepsOf(tx).InsertEngine(ctx, dup, registry.Quota{MaxEngines: 5}); !errors.Is(err, registry.ErrConflict) {
 			return errors.New("want conflict, got " + errString(err))
 		}
 		dupProduct := p
@@ -146,7 +146,7 @@ func TestConflictInsideTxKeepsTxUsable(t *testing.T) {
 			return errors.New("want conflict, got " + errString(err))
 		}
 		second = engine(p.ID, "u2")
-		return tx.InsertEngine(ctx, second, registry.Quota{MaxEngines: 5})
+		return registrytest.StepsOf(tx).InsertEngine(ctx, second, registry.Quota{MaxEngines: 5})
 	})
 	require.NoError(t, err)
 	_, err = s.GetEngine(ctx, second.ID)
@@ -234,12 +234,12 @@ func TestConcurrentAllocateAndInsertInTx(t *testing.T) {
 		wg.Go(func() {
 			errs[i] = s.InTx(ctx, func(tx registry.Store) error {
 				e := engine(p.ID, "user-"+uuid.NewString()[:8])
-				port, err := tx.AllocatePort(ctx, e.ID, 30000, 30099)
+				port, err := registrytest.StepsOf(tx).AllocatePort(ctx, e.ID, 30000, 30099)
 				if err != nil {
 					return err
 				}
 				e.Port = port
-				return tx.InsertEngine(ctx, e, registry.Quota{MaxEngines: limit})
+				return registrytest.StepsOf(tx).InsertEngine(ctx, e, registry.Quota{MaxEngines: limit})
 			})
 		})
 	}
@@ -313,7 +313,7 @@ func BenchmarkProvisionWrites(b *testing.B) {
 	ctx := b.Context()
 	const lo, hi = 9001, 9999
 	for range (hi - lo) / 2 {
-		_, err := s.AllocatePort(ctx, uuid.NewString(), lo, hi)
+		_, err := registrytest.StepsOf(s).AllocatePort(ctx, uuid.NewString(), lo, hi)
 		require.NoError(b, err)
 	}
 	for b.Loop() {
@@ -321,14 +321,14 @@ func BenchmarkProvisionWrites(b *testing.B) {
 		err := s.InTx(ctx, func(tx registry.Store) error {
 			e := engine(p.ID, uuid.NewString())
 			var err error
-			if port, err = tx.AllocatePort(ctx, e.ID, lo, hi); err != nil {
+			if port, err = registrytest.StepsOf(tx).AllocatePort(ctx, e.ID, lo, hi); err != nil {
 				return err
 			}
 			e.Port = port
-			return tx.InsertEngine(ctx, e, registry.Quota{MaxEngines: 1 << 30})
+			return registrytest.StepsOf(tx).InsertEngine(ctx, e, registry.Quota{MaxEngines: 1 << 30})
 		})
 		if err == nil {
-			err = s.ReleasePort(ctx, port)
+			err = registrytest.StepsOf(s).ReleasePort(ctx, port)
 		}
 		if err != nil {
 			b.Fatal(err)

@@ -129,7 +129,7 @@ func testEngineRoundTrip(t *testing.T, s registry.Store) {
 	ctx := t.Context()
 	p := NewProduct(t, s)
 	e := fullEngine(p.ID, "u1", 9001)
-	require.NoError(t, s.InsertEngine(ctx, e, registry.Quota{}))
+	require.NoError(t, StepsOf(s).InsertEngine(ctx, e, registry.Quota{}))
 
 	got, err := s.GetEngine(ctx, e.ID)
 	require.NoError(t, err)
@@ -153,7 +153,7 @@ func testEngineMinimalRoundTrip(t *testing.T, s registry.Store) {
 		ID: uuid.NewString(), ProductID: p.ID, UserID: "u.min", Status: bap.StateProvisioning,
 		Port: 9002, CreatedAt: now, UpdatedAt: now,
 	}
-	require.NoError(t, s.InsertEngine(ctx, e, registry.Quota{MaxEngines: 1}))
+	require.NoError(t, StepsOf(s).InsertEngine(ctx, e, registry.Quota{MaxEngines: 1}))
 	got, err := s.GetEngine(ctx, e.ID)
 	require.NoError(t, err)
 	requireEngine(t, e, got, true)
@@ -165,7 +165,7 @@ func testEngineUserConflict(t *testing.T, s registry.Store) {
 	b := NewProduct(t, s)
 	first := NewEngine(t, s, a.ID, "u1")
 	dup := fullEngine(a.ID, "u1", 9003)
-	require.ErrorIs(t, s.InsertEngine(ctx, dup, registry.Quota{}), registry.ErrConflict)
+	require.ErrorIs(t, StepsOf(s).InsertEngine(ctx, dup, registry.Quota{}), registry.ErrConflict)
 	_, err := s.GetEngine(ctx, dup.ID)
 	require.ErrorIs(t, err, registry.ErrNotFound)
 	got, err := s.GetEngineByUser(ctx, a.ID, "u1")
@@ -174,12 +174,12 @@ func testEngineUserConflict(t *testing.T, s registry.Store) {
 
 	// The same user id under another product is another engine.
 	other := fullEngine(b.ID, "u1", 9004)
-	require.NoError(t, s.InsertEngine(ctx, other, registry.Quota{}))
+	require.NoError(t, StepsOf(s).InsertEngine(ctx, other, registry.Quota{}))
 
 	// So is a duplicate engine id.
 	sameID := fullEngine(b.ID, "u2", 9005)
 	sameID.ID = first.ID
-	require.ErrorIs(t, s.InsertEngine(ctx, sameID, registry.Quota{}), registry.ErrConflict)
+	require.ErrorIs(t, StepsOf(s).InsertEngine(ctx, sameID, registry.Quota{}), registry.ErrConflict)
 }
 
 // testEngineConflictBeforeQuota: an existing engine for the user is reported
@@ -187,7 +187,7 @@ func testEngineUserConflict(t *testing.T, s registry.Store) {
 func testEngineConflictBeforeQuota(t *testing.T, s registry.Store) {
 	p := NewProduct(t, s)
 	NewEngine(t, s, p.ID, "u1")
-	err := s.InsertEngine(t.Context(), fullEngine(p.ID, "u1", 9006), registry.Quota{MaxEngines: 1})
+	err := StepsOf(s).InsertEngine(t.Context(), fullEngine(p.ID, "u1", 9006), registry.Quota{MaxEngines: 1})
 	require.ErrorIs(t, err, registry.ErrConflict)
 	require.NotErrorIs(t, err, registry.ErrQuotaExceeded)
 }
@@ -197,20 +197,20 @@ func testEngineQuota(t *testing.T, s registry.Store) {
 	a := NewProduct(t, s)
 	b := NewProduct(t, s)
 	q := registry.Quota{MaxEngines: 2}
-	require.NoError(t, s.InsertEngine(ctx, fullEngine(a.ID, "u1", 9001), q))
+	require.NoError(t, StepsOf(s).InsertEngine(ctx, fullEngine(a.ID, "u1", 9001), q))
 	// Engines count in any state, failed and stopped included.
 	stopped := fullEngine(a.ID, "u2", 9002)
 	stopped.Status = bap.StateStopped
-	require.NoError(t, s.InsertEngine(ctx, stopped, q))
+	require.NoError(t, StepsOf(s).InsertEngine(ctx, stopped, q))
 	refused := fullEngine(a.ID, "u3", 9003)
-	require.ErrorIs(t, s.InsertEngine(ctx, refused, q), registry.ErrQuotaExceeded)
+	require.ErrorIs(t, StepsOf(s).InsertEngine(ctx, refused, q), registry.ErrQuotaExceeded)
 	_, err := s.GetEngine(ctx, refused.ID)
 	require.ErrorIs(t, err, registry.ErrNotFound)
 
 	// Another product's count is its own.
-	require.NoError(t, s.InsertEngine(ctx, fullEngine(b.ID, "u3", 9004), q))
+	require.NoError(t, StepsOf(s).InsertEngine(ctx, fullEngine(b.ID, "u3", 9004), q))
 	// Zero means no limit.
-	require.NoError(t, s.InsertEngine(ctx, refused, registry.Quota{}))
+	require.NoError(t, StepsOf(s).InsertEngine(ctx, refused, registry.Quota{}))
 	_, total, err := s.ListEngines(ctx, registry.EngineFilter{ProductID: a.ID})
 	require.NoError(t, err)
 	require.Equal(t, 3, total)
@@ -230,7 +230,7 @@ func testEngineQuotaConcurrent(t *testing.T, s registry.Store) {
 			<-start
 			e := fullEngine(p.ID, "user-"+uuid.NewString()[:8], 10000+i)
 			e.Status = bap.StateProvisioning
-			errs[i] = s.InsertEngine(ctx, e, registry.Quota{MaxEngines: limit})
+			errs[i] = StepsOf(s).InsertEngine(ctx, e, registry.Quota{MaxEngines: limit})
 		})
 	}
 	close(start)

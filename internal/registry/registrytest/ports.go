@@ -28,7 +28,7 @@ func portTests() []test {
 
 func allocate(t testing.TB, s registry.Store, engineID string, lo, hi int) int {
 	t.Helper()
-	port, err := s.AllocatePort(t.Context(), engineID, lo, hi)
+	port, err := StepsOf(s).AllocatePort(t.Context(), engineID, lo, hi)
 	require.NoError(t, err)
 	return port
 }
@@ -66,11 +66,11 @@ func testPortLowestFree(t *testing.T, s registry.Store) {
 	}
 
 	// A hole in the middle is filled first, then the bottom.
-	require.NoError(t, s.ReleasePort(ctx, lo+1))
+	require.NoError(t, StepsOf(s).ReleasePort(ctx, lo+1))
 	require.Equal(t, lo+1, allocate(t, s, e2, lo, hi))
-	require.NoError(t, s.ReleasePort(ctx, lo))
-	require.NoError(t, s.ReleasePort(ctx, lo), "releasing a free port is not an error")
-	require.NoError(t, s.ReleasePort(ctx, 65000))
+	require.NoError(t, StepsOf(s).ReleasePort(ctx, lo))
+	require.NoError(t, StepsOf(s).ReleasePort(ctx, lo), "releasing a free port is not an error")
+	require.NoError(t, StepsOf(s).ReleasePort(ctx, 65000))
 	require.Equal(t, lo, allocate(t, s, e1, lo, hi))
 	require.Equal(t, lo+3, allocate(t, s, uuid.NewString(), lo, hi))
 	require.Equal(t, []int{lo - 5, lo, lo + 1, lo + 2, lo + 3}, allocatedPorts(t, s))
@@ -82,14 +82,14 @@ func testPortExhausted(t *testing.T, s registry.Store) {
 	for i := range 3 {
 		require.Equal(t, lo+i, allocate(t, s, uuid.NewString(), lo, hi))
 	}
-	_, err := s.AllocatePort(ctx, uuid.NewString(), lo, hi)
+	_, err := StepsOf(s).AllocatePort(ctx, uuid.NewString(), lo, hi)
 	require.ErrorIs(t, err, registry.ErrPortExhausted)
 	require.Equal(t, []int{lo, lo + 1, lo + 2}, allocatedPorts(t, s), "nothing left behind")
 
 	// A one-port range, and freeing makes room again.
-	require.NoError(t, s.ReleasePort(ctx, hi))
+	require.NoError(t, StepsOf(s).ReleasePort(ctx, hi))
 	require.Equal(t, hi, allocate(t, s, uuid.NewString(), hi, hi))
-	_, err = s.AllocatePort(ctx, uuid.NewString(), hi, hi)
+	_, err = StepsOf(s).AllocatePort(ctx, uuid.NewString(), hi, hi)
 	require.ErrorIs(t, err, registry.ErrPortExhausted)
 }
 
@@ -105,7 +105,7 @@ func testPortConcurrent(t *testing.T, s registry.Store) {
 	for i := range n {
 		wg.Go(func() {
 			<-start
-			ports[i], errs[i] = s.AllocatePort(ctx, uuid.NewString(), lo, hi)
+			ports[i], errs[i] = StepsOf(s).AllocatePort(ctx, uuid.NewString(), lo, hi)
 		})
 	}
 	close(start)
@@ -125,7 +125,7 @@ func testPortConcurrent(t *testing.T, s registry.Store) {
 func testPortRollback(t *testing.T, s registry.Store) {
 	ctx := t.Context()
 	err := s.InTx(ctx, func(tx registry.Store) error {
-		port, err := tx.AllocatePort(ctx, uuid.NewString(), 45000, 45010)
+		port, err := StepsOf(tx).AllocatePort(ctx, uuid.NewString(), 45000, 45010)
 		require.NoError(t, err)
 		require.Equal(t, 45000, port)
 		return errBoom

@@ -7,8 +7,11 @@
 package registrytest
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
+	"reflect"
 	"strconv"
 	"testing"
 	"time"
@@ -128,7 +131,7 @@ func NewEngine(t testing.TB, s registry.Store, productID, userID string, mods ..
 	t.Helper()
 	ctx := t.Context()
 	id := uuid.NewString()
-	port, err := s.AllocatePort(ctx, id, FixturePortMin, FixturePortMax)
+	port, err := StepsOf(s).AllocatePort(ctx, id, FixturePortMin, FixturePortMax)
 	require.NoError(t, err)
 	now := bap.Now()
 	e := bap.Engine{
@@ -148,7 +151,7 @@ func NewEngine(t testing.TB, s registry.Store, productID, userID string, mods ..
 	for _, m := range mods {
 		m(&e)
 	}
-	require.NoError(t, s.InsertEngine(ctx, e, registry.Quota{}))
+	require.NoError(t, StepsOf(s).InsertEngine(ctx, e, registry.Quota{}))
 	got, err := s.GetEngine(ctx, e.ID)
 	require.NoError(t, err)
 	return got
@@ -162,4 +165,43 @@ func WithStatus(st bap.State) func(*bap.Engine) {
 // WithCreatedAt is a NewEngine modifier that sets created_at and updated_at.
 func WithCreatedAt(at time.Time) func(*bap.Engine) {
 	return func(e *bap.Engine) { e.CreatedAt, e.UpdatedAt = at, at }
+}
+
+// Steps are what both stores offer beyond registry.Store, for tests only:
+// the single steps ProvisionEngine does in one, to set up rows and ports
+// directly and to test each step on its own.
+type Steps interface {
+	// InsertEngine inserts e (normally in provisioning, with ID,
+	// timestamps, Port and the provision's Claim already set) only if the
+	// product is under q; the check and insert are atomic against
+	// concurrent inserts. ErrQuotaExceeded, ErrConflict (engine for that
+	// user exists).
+	InsertEngine(ctx context.Context, e bap.Engine, q registry.Quota) error
+	// AllocatePort reserves the lowest free port in [min,max] for
+	// engineID. Concurrent allocations never return the same port.
+	// ErrPortExhausted.
+	AllocatePort(ctx context.Context, engineID string, min, max int) (int, error)
+	// ReleasePort frees a port; freeing a free port is not an error.
+	ReleasePort(ctx context.Context, port int) error
+}
+
+// StepsOf returns s's Steps. A test's wrapper that embeds a registry.Store
+// gives the Steps of the store it wraps. It panics when there are none.
+func StepsOf(s registry.Store) Steps {
+	if st, ok := s.(Steps); ok {
+		return st
+	}
+	v := reflect.ValueOf(s)
+	for v.Kind() == reflect.Pointer {
+		v = v.Elem()
+	}
+	if v.Kind() == reflect.Struct {
+		for i := range v.NumField() {
+			f := v.Type().Field(i)
+			if f.Anonymous && f.IsExported() && f.Type == reflect.TypeFor[registry.Store]() {
+				return StepsOf(v.Field(i).Interface().(registry.Store))
+			}
+		}
+	}
+	panic(fmt.Sprintf("registrytest: %T has no InsertEngine, AllocatePort, ReleasePort", s))
 }

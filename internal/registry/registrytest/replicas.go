@@ -353,7 +353,7 @@ func testInsertMaxRunning(t *testing.T, s registry.Store) {
 	NewEngine(t, s, p.ID, "stopped", WithStatus(bap.StateStopped))
 	insert := func(user string, q registry.Quota) error {
 		now := bap.Now()
-		return s.InsertEngine(ctx, bap.Engine{ID: uuid.NewString(), ProductID: p.ID, UserID: user,
+		return StepsOf(s).InsertEngine(ctx, bap.Engine{ID: uuid.NewString(), ProductID: p.ID, UserID: user,
 			Status: bap.StateProvisioning, Port: 30000 + len(user), CreatedAt: now, UpdatedAt: now,
 			Claim: bap.Claim{Op: bap.OpProvision, Owner: "r", Epoch: 1, StartedAt: &now}}, q)
 	}

@@ -70,7 +70,7 @@ func TestForeignKeyToProduct(t *testing.T) {
 	t.Parallel()
 	s := openStore(t, filepath.Join(t.TempDir(), "registry.db"))
 	now := bap.Now()
-	err := s.InsertEngine(t.Context(), bap.Engine{
+	err := registrytest.StepsOf(s).InsertEngine(t.Context(), bap.Engine{
 		ID: "e1", ProductID: "no-such-product", UserID: "u1", Status: bap.StateProvisioning,
 		Port: 9001, CreatedAt: now, UpdatedAt: now,
 	}, registry.Quota{})
