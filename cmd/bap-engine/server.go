@@ -292,6 +292,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 			PlatformKeyGrace: cfg.PlatformKeyGrace, Logger: log, Context: ctx,
 		}),
 		WriteTimeout: cfg.HTTPReadTimeout,
+		Context:      ctx,
 	})
 	return &server{
 		cfg: cfg, log: log, store: store, backend: be, replica: rep, lifecycle: lm,

@@ -69,6 +69,7 @@ type Fake struct {
 	unhealthy map[string]bool
 	crashAt   map[string]int
 	seq       int
+	logs      fakeLogs
 }
 
 var _ backend.Backend = (*Fake)(nil)
@@ -199,6 +200,7 @@ func (f *Fake) crash(engineID string, only *fakeRun, exitCode int) error {
 	e.status, e.exitCode = backend.StatusExited, exitCode
 	f.mu.Unlock()
 	run.close()
+	f.logs.printf(engineID, "engine %s crashed (exit code %d)", engineID, exitCode)
 	f.hub.Publish(backend.Event{EngineID: engineID, ExitCode: exitCode, At: time.Now().UTC()})
 	return nil
 }
@@ -290,6 +292,7 @@ func (f *Fake) Create(_ context.Context, spec backend.Spec) (backend.Instance, e
 	f.engines[spec.EngineID] = e
 	inst := e.instance()
 	f.mu.Unlock()
+	f.logs.init(spec.EngineID)
 	return inst, nil
 }
 
@@ -330,6 +333,7 @@ func (f *Fake) Start(_ context.Context, engineID string) error {
 		_ = run.srv.Serve(ln)
 	}()
 	e.run, e.status, e.exitCode = run, backend.StatusRunning, 0
+	f.logs.printf(engineID, "engine %s listening on 127.0.0.1:%d", engineID, e.port)
 	return nil
 }
 
@@ -349,6 +353,7 @@ func (f *Fake) Stop(_ context.Context, engineID string, _ time.Duration) error {
 	e.status, e.exitCode = backend.StatusExited, 0
 	f.mu.Unlock()
 	run.close()
+	f.logs.printf(engineID, "engine %s stopped", engineID)
 	return nil
 }
 
@@ -415,6 +420,7 @@ func (f *Fake) drop(method, engineID string, data bool) error {
 	}
 	if data {
 		delete(f.brains, engineID)
+		f.logs.drop(engineID)
 	}
 	f.mu.Unlock()
 	if run != nil {
