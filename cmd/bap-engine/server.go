@@ -62,9 +62,6 @@ func provisionLimit(cfg config.Config) int {
 	}
 }
 
-// version names this build (set with -ldflags "-X main.version=…").
-var version = "dev"
-
 // server is the orchestrator assembled from a Config: the only place that
 // names concrete implementations.
 type server struct {

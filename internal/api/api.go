@@ -50,6 +50,11 @@ type Deps struct {
 	// begins (and each piece of a Stream); a client that stops reading is
 	// cut off then, so it holds no handler. 0 leaves answers unbounded.
 	WriteTimeout time.Duration
+	// Build names this build for GET /version.
+	Build BuildInfo
+	// Ready, when set, is what GET /readyz checks besides the database:
+	// that the engine backend is reachable.
+	Ready func(ctx context.Context) error
 	// Context, when set, ends the streamed answers (engine logs followed)
 	// when it ends, so a graceful shutdown is not held by them.
 	Context context.Context
@@ -70,7 +75,9 @@ type server struct {
 	// writeTimeout is Deps.WriteTimeout.
 	writeTimeout time.Duration
 	// ctx is Deps.Context (nil: streams end with their client only).
-	ctx context.Context
+	ctx   context.Context
+	build BuildInfo
+	ready func(ctx context.Context) error
 }
 
 // New returns the HTTP handler of the whole API. It panics when a required
@@ -98,6 +105,8 @@ func New(d Deps) http.Handler {
 
 		writeTimeout: d.WriteTimeout,
 		ctx:          d.Context,
+		build:        d.Build,
+		ready:        d.Ready,
 	}
 	if s.metrics != nil {
 		s.promHTTP = s.metrics.Handler()

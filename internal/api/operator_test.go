@@ -3,9 +3,13 @@ package api_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -225,4 +229,68 @@ func TestEngineLogsTailAndFollow(t *testing.T) {
 			t.Fatal("the followed log did not end when the client left")
 		}
 	})
+}
+
+func TestProbesAndVersion(t *testing.T) {
+	var backendDown atomic.Bool
+	h := newHarness(t, openSQLite(t), options{
+		build: api.BuildInfo{Version: "v9.9.9", Commit: "abc123", Go: "go1.x"},
+		ready: func(context.Context) error {
+			if backendDown.Load() {
+				return errors.New("docker daemon unreachable")
+			}
+			return nil
+		},
+	})
+	r := h.do(http.MethodGet, "/livez", "", nil)
+	require.Equal(t, http.StatusOK, r.status)
+	require.Equal(t, "ok", r.json(t)["status"])
+	r = h.do(http.MethodGet, "/readyz", "", nil)
+	require.Equal(t, http.StatusOK, r.status)
+	r = h.do(http.MethodGet, "/version", "", nil)
+	require.Equal(t, http.StatusOK, r.status)
+	require.Equal(t, map[string]any{"version": "v9.9.9", "commit": "abc123", "go": "go1.x"}, r.json(t))
+
+	backendDown.Store(true)
+	r = h.do(http.MethodGet, "/readyz", "", nil)
+	require.Equal(t, http.StatusServiceUnavailable, r.status)
+	require.Equal(t, bap.CodeBackendUnavailable, r.json(t)["error"].(map[string]any)["code"])
+	require.Equal(t, http.StatusOK, h.do(http.MethodGet, "/livez", "", nil).status, "liveness ignores dependencies")
+	require.Equal(t, http.StatusOK, h.do(http.MethodGet, "/health", "", nil).status, "/health keeps its meaning: the database")
+
+	require.NoError(t, h.store.Close())
+	r = h.do(http.MethodGet, "/readyz", "", nil)
+	require.Equal(t, http.StatusServiceUnavailable, r.status)
+	require.Equal(t, bap.CodeDatabaseUnavailable, r.json(t)["error"].(map[string]any)["code"])
+	require.Equal(t, http.StatusOK, h.do(http.MethodGet, "/livez", "", nil).status, "liveness survives a database outage")
+}
+
+func TestStartingHandler(t *testing.T) {
+	var waiting atomic.Value
+	waiting.Store(bap.Errorf(bap.CodeDatabaseUnavailable, "waiting for the database: connection refused"))
+	srv := httptest.NewServer(api.Starting(api.BuildInfo{Version: "v1"}, func() error { return waiting.Load().(error) }))
+	defer srv.Close()
+	get := func(path string) (int, map[string]any) {
+		resp, err := srv.Client().Get(srv.URL + path)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var body map[string]any
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
+		return resp.StatusCode, body
+	}
+	code, _ := get("/livez")
+	require.Equal(t, http.StatusOK, code)
+	code, body := get("/version")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "v1", body["version"])
+	for _, path := range []string{"/readyz", "/health", "/engines"} {
+		code, body = get(path)
+		require.Equal(t, http.StatusServiceUnavailable, code, path)
+		e := body["error"].(map[string]any)
+		require.Equal(t, bap.CodeDatabaseUnavailable, e["code"])
+		require.Contains(t, e["message"], "connection refused")
+	}
+	waiting.Store(bap.Errorf(bap.CodeBackendUnavailable, "waiting for the engine backend"))
+	_, body = get("/readyz")
+	require.Equal(t, bap.CodeBackendUnavailable, body["error"].(map[string]any)["code"])
 }

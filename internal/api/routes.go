@@ -57,5 +57,9 @@ func (s *server) routes() []route {
 		{http.MethodGet, "/products/{product}", authAdmin, s.getProduct},
 		{http.MethodGet, "/fleet/engines", authAdmin, s.fleetEngines},
 		{http.MethodGet, "/engines/{user_id}/logs", authPlatform, s.engineLogs},
+		// Probes and build (no auth): /health keeps its original meaning.
+		{http.MethodGet, "/livez", authNone, s.livez},
+		{http.MethodGet, "/readyz", authNone, s.readyz},
+		{http.MethodGet, "/version", authNone, s.version},
 	}
 }
