@@ -206,13 +206,13 @@ func flatten(prefix string, m map[string]any) [][2]string {
 	return out
 }
 
-// isTerminal reports whether w is a terminal (a character device), where
-// progress may redraw its line with \r; anywhere else it prints whole lines.
-func isTerminal(w io.Writer) bool {
+// isTerminal reports whether w is a terminal, where progress may redraw its
+// line with \r and destroy may ask; anywhere else (a pipe, a file,
+// /dev/null) it prints whole lines and needs --yes.
+func isTerminal(w any) bool {
 	f, ok := w.(*os.File)
 	if !ok {
 		return false
 	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	return terminalFd(f.Fd())
 }

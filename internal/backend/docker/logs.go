@@ -59,3 +59,11 @@ type readCloser struct {
 }
 
 func (r readCloser) Close() error { return r.close() }
+
+// Ping checks the Docker daemon answers (readiness). ErrUnavailable.
+func (b *Backend) Ping(ctx context.Context) error {
+	cctx, cancel := b.call(ctx)
+	defer cancel()
+	_, err := b.cli.Ping(cctx, client.PingOptions{})
+	return wrap(err, "ping docker daemon at %s", b.cli.DaemonHost())
+}

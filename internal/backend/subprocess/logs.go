@@ -147,3 +147,16 @@ func tailOffset(f *os.File, size int64, n int) (int64, error) {
 	}
 	return 0, nil
 }
+
+// Ping checks the data root is there and is a directory (readiness).
+// ErrUnavailable.
+func (b *Backend) Ping(context.Context) error {
+	info, err := os.Stat(b.cfg.DataRoot)
+	if err == nil && !info.IsDir() {
+		err = errors.New("not a directory")
+	}
+	if err != nil {
+		return fmt.Errorf("data root %s: %w: %w", b.cfg.DataRoot, backend.ErrUnavailable, err)
+	}
+	return nil
+}
