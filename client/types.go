@@ -207,3 +207,57 @@ type Replica struct {
 type ReplicaList struct {
 	Replicas []Replica `json:"replicas"`
 }
+
+// ProductInfo is a product as operators see it (never its key), with its
+// engines counted by state (every state named).
+type ProductInfo struct {
+	ProductID       string         `json:"product_id"`
+	Slug            string         `json:"slug"`
+	DisplayName     string         `json:"display_name"`
+	Policy          Policy         `json:"policy"`
+	CreatedAt       time.Time      `json:"created_at"`
+	EnginesByStatus map[string]int `json:"engines_by_status"`
+}
+
+// ProductList is the answer to Products: every product, ordered by slug.
+type ProductList struct {
+	Products []ProductInfo `json:"products"`
+	Total    int           `json:"total"`
+}
+
+// FleetOptions filters and pages FleetEngines. Zero values mean every
+// product, any status, any user, the server's default limit (100) and
+// offset 0.
+type FleetOptions struct {
+	// Product is a product's id or slug.
+	Product string
+	Status  string
+	// UserID selects the user ids containing it, ignoring case.
+	UserID string
+	Limit  int
+	Offset int
+}
+
+// FleetEngine is an engine of any product (without its key), with the
+// product's slug and the engine's health counters.
+type FleetEngine struct {
+	Engine
+	ProductSlug    string `json:"product_slug"`
+	HealthFailures int    `json:"health_failures"`
+	// RestartCount is how many automatic restarts were tried since the
+	// engine was last healthy.
+	RestartCount int `json:"restart_count"`
+}
+
+// FleetEngineList is one page of FleetEngines and the total matching.
+type FleetEngineList struct {
+	Engines []FleetEngine `json:"engines"`
+	Total   int           `json:"total"`
+}
+
+// LogOptions choose what Logs returns. Tail 0 asks for the server's
+// default (200 lines); a negative Tail for everything kept.
+type LogOptions struct {
+	Tail   int
+	Follow bool
+}

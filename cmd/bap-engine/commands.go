@@ -31,17 +31,26 @@ func serveCmd(getenv func(string) string, stdout io.Writer) *cobra.Command {
 			if cfg.WeakAdminKey() {
 				log.Warn("ORCH_ADMIN_KEY is short; use at least 16 random characters (e.g. openssl rand -hex 32)")
 			}
-			srv, err := newServer(cmd.Context(), cfg, getenv, log)
-			if err != nil {
-				return err
-			}
-			defer srv.close()
+			// Listen first: /livez answers while the database and the
+			// engine backend are waited for, and /readyz says which.
 			ln, err := net.Listen("tcp", cfg.ListenAddr)
 			if err != nil {
 				return fmt.Errorf("ORCH_LISTEN_ADDR %s: %w", cfg.ListenAddr, err)
 			}
-			fmt.Fprintf(stdout, "bap-engine listening on http://%s\n", displayAddr(ln.Addr()))
-			return srv.serve(cmd.Context(), ln)
+			st := newStartup()
+			door := openFrontDoor(cfg, ln, log, st.handler())
+			srv, err := newServer(cmd.Context(), cfg, getenv, log, st)
+			if err != nil {
+				door.close()
+				if cmd.Context().Err() != nil {
+					return nil // stopped while waiting
+				}
+				return err
+			}
+			defer srv.close()
+			return srv.serve(cmd.Context(), door, func() {
+				fmt.Fprintf(stdout, "bap-engine listening on http://%s\n", displayAddr(ln.Addr()))
+			})
 		},
 	}
 }

@@ -390,6 +390,18 @@ func TestDevCurlLinesWork(t *testing.T) {
 	info, err := os.Stat(filepath.Join(dir, "dev.env"))
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
+	// The printed export line is in dev.env too: sourcing it sets up the CLI.
+	export := regexp.MustCompile(`(?m)^\s*(export BAP_URL=\S+ BAP_PLATFORM_KEY=\S+ BAP_ADMIN_KEY=\S+)$`).FindStringSubmatch(out)
+	require.NotNil(t, export, out)
+	devEnv, err := os.ReadFile(filepath.Join(dir, "dev.env"))
+	require.NoError(t, err)
+	require.Contains(t, string(devEnv), export[1]+"\n")
+	cli := exec.Command("sh", "-c", ". "+filepath.Join(dir, "dev.env")+" && "+self+" engines ls -o json && "+self+" products get demo -o json")
+	cli.Env = []string{"PATH=" + os.Getenv("PATH"), mainEnv + "=1"}
+	got, err := cli.CombinedOutput()
+	require.NoError(t, err, "%s", got)
+	require.Contains(t, string(got), `"user_id": "alice"`)
+	require.Contains(t, string(got), `"slug": "demo"`)
 	o.stop(t)
 
 	// A second start keeps the keys and the demo product.

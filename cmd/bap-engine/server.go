@@ -62,9 +62,6 @@ func provisionLimit(cfg config.Config) int {
 	}
 }
 
-// version names this build (set with -ldflags "-X main.version=…").
-var version = "dev"
-
 // server is the orchestrator assembled from a Config: the only place that
 // names concrete implementations.
 type server struct {
@@ -169,13 +166,17 @@ func (s *server) close() {
 	}
 }
 
-// newServer assembles the orchestrator. The caller calls close.
-func newServer(ctx context.Context, cfg config.Config, getenv func(string) string, log *slog.Logger) (*server, error) {
+// newServer assembles the orchestrator. The caller calls close. With st,
+// it waits for the database and the engine backend while they cannot be
+// reached (logging why, and telling st), instead of failing at once.
+func newServer(ctx context.Context, cfg config.Config, getenv func(string) string, log *slog.Logger, st *startup) (*server, error) {
 	sealer, err := secret.NewSealer(cfg.MasterKey)
 	if err != nil {
 		return nil, fmt.Errorf("ORCH_MASTER_KEY: %w", err)
 	}
-	store, err := openStore(ctx, cfg)
+	store, err := await(ctx, log, st, "database", bap.CodeDatabaseUnavailable, func(ctx context.Context) (registry.Store, error) {
+		return openStore(ctx, cfg)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -186,7 +187,9 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 			return nil, err
 		}
 	}
-	be, err := openBackend(ctx, cfg, getenv, log)
+	be, err := await(ctx, log, st, "engine backend", bap.CodeBackendUnavailable, func(ctx context.Context) (backend.Backend, error) {
+		return openBackend(ctx, cfg, getenv, log)
+	})
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -292,6 +295,14 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 			PlatformKeyGrace: cfg.PlatformKeyGrace, Logger: log, Context: ctx,
 		}),
 		WriteTimeout: cfg.HTTPReadTimeout,
+		Context:      ctx,
+		Build:        apiBuild(),
+		Ready: func(ctx context.Context) error {
+			if p, ok := be.(interface{ Ping(context.Context) error }); ok {
+				return p.Ping(ctx)
+			}
+			return nil
+		},
 	})
 	return &server{
 		cfg: cfg, log: log, store: store, backend: be, replica: rep, lifecycle: lm,
@@ -299,14 +310,22 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 	}, nil
 }
 
-// serve runs the orchestrator on ln until ctx ends: it registers as a
+// serve runs the orchestrator behind door until ctx ends: it registers as a
 // replica and takes its shards, takes over what dead replicas (a previous
 // run of this one included) left unfinished, then serves the HTTP API and
 // every background loop. Shutdown stops accepting, finishes in-flight
 // requests (bounded), stops the loops, waits for the operations in flight,
 // and only then deregisters, so that no other replica takes over work this
 // one still does. It never stops engines.
-func (s *server) serve(ctx context.Context, ln net.Listener) error {
+// ready, when set, is called once the API answers (tests and people wait
+// for what it prints).
+func (s *server) serve(ctx context.Context, door *frontDoor, ready func()) error {
+	serving := false
+	defer func() {
+		if !serving {
+			door.close()
+		}
+	}()
 	var pprofLn net.Listener
 	if s.cfg.PprofAddr != "" {
 		var err error
@@ -357,10 +376,13 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 		g.Go(func() error { return pruner.Run(gctx) })
 	}
 
-	srv := newHTTPServer(s.cfg, s.handler, s.log)
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(limitConns(ln, s.cfg)) }()
-	s.log.Info("bap-engine listening", "addr", ln.Addr().String(), "backend", s.backend.Name(),
+	srv, serveErr := door.srv, door.served
+	door.use(s.handler)
+	serving = true
+	if ready != nil {
+		ready()
+	}
+	s.log.Info("bap-engine serving", "backend", s.backend.Name(), "version", version,
 		"database", s.cfg.DatabaseDriver, "sleep_mode", s.cfg.SleepMode, "replica_id", s.replica.ID())
 
 	var err error

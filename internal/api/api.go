@@ -2,6 +2,7 @@ package api
 
 import (
 	"cmp"
+	"context"
 	"log/slog"
 	"net/http"
 	"time"
@@ -49,6 +50,14 @@ type Deps struct {
 	// begins (and each piece of a Stream); a client that stops reading is
 	// cut off then, so it holds no handler. 0 leaves answers unbounded.
 	WriteTimeout time.Duration
+	// Build names this build for GET /version.
+	Build BuildInfo
+	// Ready, when set, is what GET /readyz checks besides the database:
+	// that the engine backend is reachable.
+	Ready func(ctx context.Context) error
+	// Context, when set, ends the streamed answers (engine logs followed)
+	// when it ends, so a graceful shutdown is not held by them.
+	Context context.Context
 }
 
 // server holds the dependencies the handlers share.
@@ -65,6 +74,10 @@ type server struct {
 	now       func() time.Time
 	// writeTimeout is Deps.WriteTimeout.
 	writeTimeout time.Duration
+	// ctx is Deps.Context (nil: streams end with their client only).
+	ctx   context.Context
+	build BuildInfo
+	ready func(ctx context.Context) error
 }
 
 // New returns the HTTP handler of the whole API. It panics when a required
@@ -91,6 +104,9 @@ func New(d Deps) http.Handler {
 		now:       d.Now,
 
 		writeTimeout: d.WriteTimeout,
+		ctx:          d.Context,
+		build:        d.Build,
+		ready:        d.Ready,
 	}
 	if s.metrics != nil {
 		s.promHTTP = s.metrics.Handler()

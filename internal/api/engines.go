@@ -260,14 +260,10 @@ type listResponse struct {
 func (s *server) listEngines(w http.ResponseWriter, r *http.Request, p bap.Product) error {
 	q := r.URL.Query()
 	f := registry.EngineFilter{ProductID: p.ID}
-	if q.Has("status") {
-		st := bap.State(q.Get("status"))
-		if !st.Valid() {
-			return bap.Errorf(bap.CodeValidation, "status must be one of provisioning, running, sleeping, stopped, failed, destroying.")
-		}
-		f.Status = st
-	}
 	var err error
+	if f.Status, err = statusFilter(q); err != nil {
+		return err
+	}
 	if f.Limit, f.Offset, err = page(q); err != nil {
 		return err
 	}
@@ -281,6 +277,19 @@ func (s *server) listEngines(w http.ResponseWriter, r *http.Request, p bap.Produ
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// statusFilter reads the status query parameter: a state, or any state
+// when absent or empty (`status=`, as the original's optional parameter).
+func statusFilter(q url.Values) (bap.State, error) {
+	st := bap.State(q.Get("status"))
+	if st == "" {
+		return "", nil
+	}
+	if !st.Valid() {
+		return "", bap.Errorf(bap.CodeValidation, "status must be one of provisioning, running, sleeping, stopped, failed, destroying.")
+	}
+	return st, nil
 }
 
 // page reads limit (1..maxLimit, default defaultLimit) and offset (>= 0,

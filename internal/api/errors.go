@@ -45,6 +45,7 @@ const statusClientClosedRequest = 499
 const (
 	msgInternal            = "Internal server error."
 	msgDatabaseUnavailable = "The database is unavailable; retry shortly."
+	msgBackendUnavailable  = "The engine backend is unavailable; retry shortly."
 	msgInvalidPlatformKey  = "Invalid or missing platform key."
 	msgInvalidAdminKey     = "Invalid or missing admin key."
 	msgEngineNotFound      = "No engine for this user_id."

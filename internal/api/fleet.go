@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/registry"
 )
 
 // Fleet health values of GET /status.
@@ -81,5 +82,63 @@ func (s *server) fleetMetrics(w http.ResponseWriter, r *http.Request, p bap.Prod
 		TotalProvisions: st.TotalProvisions,
 		TotalDestroys:   st.TotalDestroys,
 	})
+	return nil
+}
+
+// fleetEngineInfo is an engine of GET /fleet/engines: EngineInfo without
+// its key, with its product's slug and its health counters.
+type fleetEngineInfo struct {
+	engineInfo
+	ProductSlug    string `json:"product_slug"`
+	HealthFailures int    `json:"health_failures"`
+	RestartCount   int    `json:"restart_count"`
+}
+
+type fleetEnginesResponse struct {
+	Engines []fleetEngineInfo `json:"engines"`
+	Total   int               `json:"total"`
+}
+
+// fleetEngines: GET /fleet/engines?product=&status=&user_id=&limit=&offset=
+// (admin key): engines of every product, ordered by created_at then id.
+// product is an id or a slug; user_id selects the user ids containing it,
+// ignoring case.
+func (s *server) fleetEngines(w http.ResponseWriter, r *http.Request, _ bap.Product) error {
+	q := r.URL.Query()
+	var f registry.FleetFilter
+	var err error
+	if f.Status, err = statusFilter(q); err != nil {
+		return err
+	}
+	if f.Limit, f.Offset, err = page(q); err != nil {
+		return err
+	}
+	if u := q.Get("user_id"); u != "" {
+		if len(u) > bap.MaxUserIDLen {
+			return bap.Errorf(bap.CodeValidation, "user_id must be at most %d characters.", bap.MaxUserIDLen)
+		}
+		f.UserID = u
+	}
+	if name := q.Get("product"); name != "" {
+		p, err := s.productNamed(r.Context(), name)
+		if err != nil {
+			return err
+		}
+		f.ProductID = p.ID
+	}
+	engines, total, err := s.store.ListFleet(r.Context(), f)
+	if err != nil {
+		return fmt.Errorf("list fleet: %w", err)
+	}
+	out := fleetEnginesResponse{Engines: make([]fleetEngineInfo, 0, len(engines)), Total: total}
+	for _, e := range engines {
+		out.Engines = append(out.Engines, fleetEngineInfo{
+			engineInfo:     toEngineInfo(e.Engine, nil),
+			ProductSlug:    e.ProductSlug,
+			HealthFailures: e.HealthFailures,
+			RestartCount:   e.RestartAttempts,
+		})
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }

@@ -112,6 +112,8 @@ type options struct {
 	maxBody     int64
 	bootTimeout time.Duration
 	ports       int // size of the engine port range (default 300)
+	ready       func(context.Context) error
+	build       api.BuildInfo
 }
 
 // harness is a whole server: real store, real lifecycle manager on the fake
@@ -209,6 +211,8 @@ func newHarness(t testing.TB, store registry.Store, o options) *harness {
 		Logger:           log,
 		MaxBodyBytes:     o.maxBody,
 		Now:              clk.Now,
+		Ready:            o.ready,
+		Build:            o.build,
 	}))
 	t.Cleanup(h.srv.Close)
 	h.admin = client.New(h.srv.URL, client.WithAdminKey(adminKey), client.WithHTTPClient(h.srv.Client()))

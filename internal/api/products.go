@@ -1,6 +1,8 @@
 package api
 
 import (
+	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -66,7 +68,7 @@ type policyResponse struct {
 
 // updatePolicy: PUT /products/{product_id}/policy replaces the policy.
 func (s *server) updatePolicy(w http.ResponseWriter, r *http.Request, _ bap.Product) error {
-	id, err := productID(r)
+	id, err := s.productID(r)
 	if err != nil {
 		return err
 	}
@@ -105,7 +107,7 @@ type rotatePlatformKeyResponse struct {
 // new key is answered once; the old one authenticates until the grace
 // period ends.
 func (s *server) rotatePlatformKey(w http.ResponseWriter, r *http.Request, _ bap.Product) error {
-	id, err := productID(r)
+	id, err := s.productID(r)
 	if err != nil {
 		return err
 	}
@@ -136,14 +138,33 @@ func (s *server) rotatePlatformKey(w http.ResponseWriter, r *http.Request, _ bap
 	return nil
 }
 
-// productID reads the {product_id} path parameter. Product ids are UUIDs;
-// anything else names no product (404, never a database error).
-func productID(r *http.Request) (string, error) {
-	u, err := uuid.Parse(r.PathValue("product_id"))
-	if err != nil {
-		return "", bap.Errorf(bap.CodeProductNotFound, msgProductNotFound)
+// productID reads the product named in the path ({product_id} or
+// {product}) and returns its id: the id itself, or the product whose slug it
+// is. A name that is neither is 404 PRODUCT_NOT_FOUND.
+func (s *server) productID(r *http.Request) (string, error) {
+	p, err := s.productNamed(r.Context(), cmp.Or(r.PathValue("product_id"), r.PathValue("product")))
+	return p.ID, err
+}
+
+// productNamed returns the product whose id or slug is name: a UUID is
+// looked up as an id first (a slug may be shaped like one), anything a slug
+// may be as a slug.
+func (s *server) productNamed(ctx context.Context, name string) (bap.Product, error) {
+	err := registry.ErrNotFound
+	var p bap.Product
+	if u, perr := uuid.Parse(name); perr == nil && len(name) == 36 {
+		p, err = s.store.GetProduct(ctx, u.String())
 	}
-	return u.String(), nil
+	if errors.Is(err, registry.ErrNotFound) && slugPattern.MatchString(name) {
+		p, err = s.store.GetProductBySlug(ctx, name)
+	}
+	if errors.Is(err, registry.ErrNotFound) {
+		return bap.Product{}, bap.Errorf(bap.CodeProductNotFound, msgProductNotFound)
+	}
+	if err != nil {
+		return bap.Product{}, fmt.Errorf("read product: %w", err)
+	}
+	return p, nil
 }
 
 // policyMap is the policy as an audit metadata value.
@@ -151,4 +172,64 @@ func policyMap(p bap.Policy) map[string]any {
 	m := map[string]any{}
 	_ = json.Unmarshal(p.JSON(), &m)
 	return m
+}
+
+// productInfo is a product as GET /products and GET /products/{product}
+// show it: never its key or key hash.
+type productInfo struct {
+	ProductID       string          `json:"product_id"`
+	Slug            string          `json:"slug"`
+	DisplayName     string          `json:"display_name"`
+	Policy          json.RawMessage `json:"policy"`
+	CreatedAt       string          `json:"created_at"`
+	EnginesByStatus map[string]int  `json:"engines_by_status"`
+}
+
+type productsResponse struct {
+	Products []productInfo `json:"products"`
+	Total    int           `json:"total"`
+}
+
+func toProductInfo(p bap.Product, counts map[bap.State]int) productInfo {
+	by := make(map[string]int, len(bap.States))
+	for _, st := range bap.States {
+		by[string(st)] = counts[st]
+	}
+	return productInfo{
+		ProductID: p.ID, Slug: p.Slug, DisplayName: p.DisplayName, Policy: p.Policy.JSON(),
+		CreatedAt: bap.FormatTime(p.CreatedAt), EnginesByStatus: by,
+	}
+}
+
+// listProducts: GET /products (admin key), ordered by slug, each with its
+// engines counted by state (every state named, 0 when none).
+func (s *server) listProducts(w http.ResponseWriter, r *http.Request, _ bap.Product) error {
+	ps, err := s.store.ListProducts(r.Context())
+	if err != nil {
+		return fmt.Errorf("list products: %w", err)
+	}
+	counts, err := s.store.CountByProductStatus(r.Context())
+	if err != nil {
+		return fmt.Errorf("count engines: %w", err)
+	}
+	out := productsResponse{Products: make([]productInfo, 0, len(ps)), Total: len(ps)}
+	for _, p := range ps {
+		out.Products = append(out.Products, toProductInfo(p, counts[p.Slug]))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// getProduct: GET /products/{product} (admin key), by id or slug.
+func (s *server) getProduct(w http.ResponseWriter, r *http.Request, _ bap.Product) error {
+	p, err := s.productNamed(r.Context(), r.PathValue("product"))
+	if err != nil {
+		return err
+	}
+	counts, err := s.store.CountByStatus(r.Context(), p.ID)
+	if err != nil {
+		return fmt.Errorf("count engines: %w", err)
+	}
+	writeJSON(w, http.StatusOK, toProductInfo(p, counts))
+	return nil
 }

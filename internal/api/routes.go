@@ -51,5 +51,15 @@ func (s *server) routes() []route {
 		{http.MethodGet, "/engines/{user_id}/audit", authPlatform, s.engineAudit},
 		{http.MethodPost, "/products/{product_id}/rotate-platform-key", authAdmin, s.rotatePlatformKey},
 		{http.MethodGet, "/replicas", authAdmin, s.replicas},
+		// Operator surface (SPEC §2): wherever a route names a product,
+		// its id or its slug.
+		{http.MethodGet, "/products", authAdmin, s.listProducts},
+		{http.MethodGet, "/products/{product}", authAdmin, s.getProduct},
+		{http.MethodGet, "/fleet/engines", authAdmin, s.fleetEngines},
+		{http.MethodGet, "/engines/{user_id}/logs", authPlatform, s.engineLogs},
+		// Probes and build (no auth): /health keeps its original meaning.
+		{http.MethodGet, "/livez", authNone, s.livez},
+		{http.MethodGet, "/readyz", authNone, s.readyz},
+		{http.MethodGet, "/version", authNone, s.version},
 	}
 }

@@ -8,6 +8,7 @@ package backend
 import (
 	"context"
 	"errors"
+	"io"
 	"time"
 )
 
@@ -93,6 +94,15 @@ type Event struct {
 	At       time.Time
 }
 
+// LogOptions choose what Logs returns.
+type LogOptions struct {
+	// Tail is how many of the last lines to return; 0 or less: all kept.
+	Tail int
+	// Follow keeps the reader open after the last line, delivering what
+	// the engine writes next, until the caller's ctx ends.
+	Follow bool
+}
+
 // Backend runs engines. Every method is safe for concurrent use on
 // different engines; lifecycle serializes calls for one engine.
 type Backend interface {
@@ -126,6 +136,13 @@ type Backend interface {
 	// URL is the base URL at which the orchestrator and products reach the
 	// engine published on port.
 	URL(engineID string, port int) string
+	// Logs returns the engine's own output (stdout and stderr interleaved
+	// as written): container logs, the process's log file, the pod's log.
+	// It never carries the orchestrator's output. The caller closes the
+	// reader; with Follow it ends when ctx does. A read only (no lock on
+	// the engine needed). ErrNotFound when the engine has no instance and
+	// no log; ErrUnavailable.
+	Logs(ctx context.Context, engineID string, opts LogOptions) (io.ReadCloser, error)
 	// Events delivers instances that stopped on their own until ctx ends.
 	// The channel is closed when ctx is done.
 	Events(ctx context.Context) <-chan Event

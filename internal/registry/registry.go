@@ -133,6 +133,8 @@ type Store interface {
 	CreateProduct(ctx context.Context, p bap.Product, e audit.Entry) error
 	// GetProduct returns a product by id. ErrNotFound.
 	GetProduct(ctx context.Context, id string) (bap.Product, error)
+	// GetProductBySlug returns a product by slug. ErrNotFound.
+	GetProductBySlug(ctx context.Context, slug string) (bap.Product, error)
 	// GetProductByKeyHash returns the product whose current key hash is h, or
 	// whose previous key hash is h and still valid at now. ErrNotFound.
 	GetProductByKeyHash(ctx context.Context, h string, now time.Time) (bap.Product, error)

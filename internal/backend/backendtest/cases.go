@@ -1,8 +1,11 @@
 package backendtest
 
 import (
+	"bufio"
 	"context"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -283,4 +286,83 @@ func drain(events <-chan backend.Event) <-chan backend.Event {
 		close(out)
 	}()
 	return out
+}
+
+// readLogs returns the whole of a Logs answer.
+func readLogs(t *testing.T, b backend.Backend, engineID string, opts backend.LogOptions) string {
+	t.Helper()
+	rc, err := b.Logs(ctxFor(t, 30*time.Second), engineID, opts)
+	require.NoError(t, err)
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	require.NoError(t, err)
+	return string(data)
+}
+
+func (s *suite) testLogs(t *testing.T) {
+	b := s.newBackend(t)
+	_, err := b.Logs(ctxFor(t, 30*time.Second), uuid.NewString(), backend.LogOptions{})
+	require.ErrorIs(t, err, backend.ErrNotFound)
+
+	e := s.newEngine(t, b)
+	s.create(t, e)
+	s.start(t, e)
+	execute(t, e, "remember me")
+	var all string
+	require.Eventually(t, func() bool {
+		all = readLogs(t, b, e.spec.EngineID, backend.LogOptions{})
+		return strings.Contains(all, `"/execute"`)
+	}, 10*time.Second, 50*time.Millisecond, "the engine's own request log reaches Logs")
+	require.NotContains(t, all, e.key, "the engine's key is never in its log")
+	lines := strings.Split(strings.TrimSuffix(all, "\n"), "\n")
+	require.Greater(t, len(lines), 1)
+	require.Equal(t, lines[len(lines)-1]+"\n", readLogs(t, b, e.spec.EngineID, backend.LogOptions{Tail: 1}))
+	require.Equal(t, strings.Join(lines[len(lines)-2:], "\n")+"\n", readLogs(t, b, e.spec.EngineID, backend.LogOptions{Tail: 2}))
+
+	// Follow: the last line, then what the engine writes next, until ctx ends.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rc, err := b.Logs(ctx, e.spec.EngineID, backend.LogOptions{Tail: 1, Follow: true})
+	require.NoError(t, err)
+	defer rc.Close()
+	got := make(chan string, 100)
+	go func() {
+		defer close(got)
+		sc := bufio.NewScanner(rc)
+		for sc.Scan() {
+			got <- sc.Text()
+		}
+	}()
+	require.Equal(t, lines[len(lines)-1], waitLine(t, got))
+	call(t, http.MethodGet, e.url+"/brain", e.key, nil)
+	for line := waitLine(t, got); !strings.Contains(line, `"/brain"`); line = waitLine(t, got) {
+	}
+	cancel()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case _, ok := <-got:
+			if !ok {
+				// A stopped engine's log stays readable.
+				s.stop(t, e)
+				require.Contains(t, readLogs(t, b, e.spec.EngineID, backend.LogOptions{}), `"/brain"`)
+				return
+			}
+		case <-deadline:
+			t.Fatal("a followed log did not end with its ctx")
+		}
+	}
+}
+
+// waitLine is the next line of a followed log, within 10 s.
+func waitLine(t *testing.T, lines <-chan string) string {
+	t.Helper()
+	select {
+	case l, ok := <-lines:
+		require.True(t, ok, "the followed log ended early")
+		return l
+	case <-time.After(10 * time.Second):
+		t.Fatal("no new log line within 10 s")
+		return ""
+	}
 }

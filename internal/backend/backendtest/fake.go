@@ -65,6 +65,7 @@ type Fake struct {
 	unhealthy map[string]bool
 	crashAt   map[string]int
 	seq       int
+	logs      fakeLogs
 }
 
 var _ backend.Backend = (*Fake)(nil)
@@ -195,6 +196,7 @@ func (f *Fake) crash(engineID string, only *fakeRun, exitCode int) error {
 	e.status, e.exitCode = backend.StatusExited, exitCode
 	f.mu.Unlock()
 	run.close()
+	f.logs.printf(engineID, "engine %s crashed (exit code %d)", engineID, exitCode)
 	f.hub.Publish(backend.Event{EngineID: engineID, ExitCode: exitCode, At: time.Now().UTC()})
 	return nil
 }
@@ -286,6 +288,7 @@ func (f *Fake) Create(_ context.Context, spec backend.Spec) (backend.Instance, e
 	f.engines[spec.EngineID] = e
 	inst := e.instance()
 	f.mu.Unlock()
+	f.logs.init(spec.EngineID)
 	return inst, nil
 }
 

@@ -38,6 +38,7 @@ func (f *Fake) Start(_ context.Context, engineID string) error {
 		_ = run.srv.Serve(ln)
 	}()
 	e.run, e.status, e.exitCode = run, backend.StatusRunning, 0
+	f.logs.printf(engineID, "engine %s listening on 127.0.0.1:%d", engineID, e.port)
 	return nil
 }
 
@@ -57,6 +58,7 @@ func (f *Fake) Stop(_ context.Context, engineID string, _ time.Duration) error {
 	e.status, e.exitCode = backend.StatusExited, 0
 	f.mu.Unlock()
 	run.close()
+	f.logs.printf(engineID, "engine %s stopped", engineID)
 	return nil
 }
 
@@ -123,6 +125,7 @@ func (f *Fake) drop(method, engineID string, data bool) error {
 	}
 	if data {
 		delete(f.brains, engineID)
+		f.logs.drop(engineID)
 	}
 	f.mu.Unlock()
 	if run != nil {

@@ -77,6 +77,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend, image stri
 	t.Run("DestroyDeletesData", s.testDestroyDeletesData)
 	t.Run("ListIsScopedToDeployment", s.testListScoped)
 	t.Run("EventsReportOutsideKill", s.testEvents)
+	t.Run("LogsTailAndFollow", s.testLogs)
 }
 
 // suite carries Run's arguments into the subtests.

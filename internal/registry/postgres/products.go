@@ -94,6 +94,16 @@ func (s *Store) GetProduct(ctx context.Context, id string) (bap.Product, error) 
 	return p, nil
 }
 
+// GetProductBySlug returns a product by slug.
+func (s *Store) GetProductBySlug(ctx context.Context, slug string) (bap.Product, error) {
+	rows, _ := s.db.Query(ctx, `SELECT `+productCols+` FROM products p WHERE p.slug = $1`, slug)
+	p, err := pgx.CollectExactlyOneRow(rows, scanProduct)
+	if err != nil {
+		return p, fmt.Errorf("get product by slug %q: %w", slug, notFound(err))
+	}
+	return p, nil
+}
+
 // keyMatch selects the product whose current key hash is $1, or whose
 // previous one is and is still valid at $2; a current match wins.
 const keyMatch = ` WHERE p.api_key_hash = $1 OR (p.prev_api_key_hash = $1 AND p.prev_key_expires_at > $2)

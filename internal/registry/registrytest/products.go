@@ -20,6 +20,7 @@ func productTests() []test {
 		{"GetNotFound", testProductNotFound},
 		{"ListOrderedBySlug", testProductList},
 		{"ByKeyHash", testProductByKeyHash},
+		{"BySlug", testProductBySlug},
 		{"RotateKeyGrace", testProductRotateKey},
 		{"RotateKeyNotFound", testProductRotateNotFound},
 		{"UpdatePolicyReplacesAndKeepsUnknownKeys", testProductUpdatePolicy},
@@ -103,6 +104,19 @@ func testProductList(t *testing.T, s registry.Store) {
 	require.NoError(t, err)
 	require.Len(t, ps, 3)
 	require.Equal(t, []string{"alpha", "bravo", "charlie"}, []string{ps[0].Slug, ps[1].Slug, ps[2].Slug})
+}
+
+func testProductBySlug(t *testing.T, s registry.Store) {
+	ctx := t.Context()
+	a := NewProduct(t, s, func(p *bap.Product) { p.Slug = "acme" })
+	NewProduct(t, s, func(p *bap.Product) { p.Slug = "acme-2" })
+	got, err := s.GetProductBySlug(ctx, "acme")
+	require.NoError(t, err)
+	requireProduct(t, a, got)
+	for _, slug := range []string{"ACME", "acm", "", a.ID, "acme' OR '1'='1"} {
+		_, err = s.GetProductBySlug(ctx, slug)
+		require.ErrorIs(t, err, registry.ErrNotFound, "slug %q", slug)
+	}
 }
 
 func testProductByKeyHash(t *testing.T, s registry.Store) {

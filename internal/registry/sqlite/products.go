@@ -69,6 +69,16 @@ func (s *Store) GetProduct(ctx context.Context, id string) (bap.Product, error) 
 	return p, nil
 }
 
+// GetProductBySlug returns a product by slug. ErrNotFound.
+func (s *Store) GetProductBySlug(ctx context.Context, slug string) (bap.Product, error) {
+	p, err := scanProduct(s.reader().QueryRowContext(ctx,
+		`SELECT `+productCols+` FROM products p WHERE p.slug = ?`, slug))
+	if err != nil {
+		return bap.Product{}, translate(fmt.Sprintf("get product by slug %q", slug), err)
+	}
+	return p, nil
+}
+
 // GetProductByKeyHash returns the product whose current key hash is h, or
 // whose previous key hash is h and unexpired at now. ErrNotFound.
 func (s *Store) GetProductByKeyHash(ctx context.Context, h string, now time.Time) (bap.Product, error) {

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.yaml.in/yaml/v3"
+)
+
+// cli runs one client command against url with env (BAP_* variables) and
+// returns its standard output.
+func cli(t *testing.T, env map[string]string, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := run(ctx, args, getenvOf(env), &out)
+	return out.String(), err
+}
+
+func mustCLI(t *testing.T, env map[string]string, args ...string) string {
+	t.Helper()
+	out, err := cli(t, env, args...)
+	require.NoError(t, err, "bap-engine %s: %s", strings.Join(args, " "), out)
+	return out
+}
+
+// TestOperatorCommands drives every operator command of the CLI against a
+// real serve on both stores, in every output format.
+func TestOperatorCommands(t *testing.T) {
+	for _, st := range stores() {
+		t.Run(st.name, func(t *testing.T) {
+			env := baseEnv(t, st.url(t))
+			o := startServe(t, env)
+			home := t.TempDir()
+			admin := map[string]string{"BAP_URL": o.url, "BAP_ADMIN_KEY": env["ORCH_ADMIN_KEY"], "HOME": home}
+
+			var reg struct {
+				ProductID      string `json:"product_id"`
+				PlatformAPIKey string `json:"platform_api_key"`
+			}
+			require.NoError(t, json.Unmarshal([]byte(mustCLI(t, admin, "products", "register", "demo", "--json")), &reg))
+			mustCLI(t, admin, "products", "register", "other")
+			// The slug works wherever the product id does.
+			require.Contains(t, mustCLI(t, admin, "products", "policy", "demo", `{"max_engines": 3}`), `{"max_engines":3}`)
+
+			table := mustCLI(t, admin, "products", "ls")
+			require.Contains(t, table, "SLUG")
+			require.Contains(t, table, "demo")
+			require.NotContains(t, table, "POLICY", "the policy column is -o wide's")
+			require.Contains(t, mustCLI(t, admin, "products", "ls", "-o", "wide"), `{"max_engines":3}`)
+			var list struct {
+				Products []struct{ Slug string } `json:"products"`
+				Total    int                     `json:"total"`
+			}
+			require.NoError(t, yaml.Unmarshal([]byte(mustCLI(t, admin, "products", "ls", "-o", "yaml")), &list))
+			require.Equal(t, 2, list.Total)
+			require.Equal(t, "demo", list.Products[0].Slug)
+			got := mustCLI(t, admin, "products", "get", "demo", "-o", "json")
+			require.Contains(t, got, reg.ProductID)
+
+			product := map[string]string{"BAP_URL": o.url, "BAP_PLATFORM_KEY": reg.PlatformAPIKey, "HOME": home}
+			mustCLI(t, product, "engines", "provision", "alice")
+			mustCLI(t, product, "engines", "provision", "bob")
+			ls := mustCLI(t, product, "engines", "ls")
+			require.Contains(t, ls, "alice")
+			require.Contains(t, ls, "2 of 2 engines")
+			require.NotContains(t, ls, "ENGINE ID")
+			require.Contains(t, mustCLI(t, product, "engines", "ls", "-o", "wide"), "ENGINE ID")
+			require.Contains(t, mustCLI(t, product, "engines", "get", "alice", "-o", "yaml"), "status: running")
+
+			logs := mustCLI(t, product, "engines", "logs", "alice", "--tail", "1")
+			require.Equal(t, 1, strings.Count(logs, "\n"), logs)
+			require.Contains(t, mustCLI(t, product, "engines", "logs", "alice"), "engine ready")
+
+			fleet := mustCLI(t, admin, "fleet", "ls", "--product", "demo", "--user", "ALI")
+			require.Contains(t, fleet, "alice")
+			require.NotContains(t, fleet, "bob")
+			require.Contains(t, fleet, "1 of 1 engines")
+
+			// destroy asks on a terminal; anywhere else it needs --yes.
+			_, err := cli(t, product, "engines", "destroy", "bob")
+			require.ErrorContains(t, err, "--yes")
+			require.Contains(t, mustCLI(t, product, "engines", "ls"), "bob", "nothing destroyed without --yes")
+			mustCLI(t, product, "engines", "destroy", "bob", "--yes")
+			require.NotContains(t, mustCLI(t, product, "engines", "ls"), "bob")
+
+			// Unknown subcommands and formats fail.
+			_, err = cli(t, product, "engines", "nosuch")
+			require.ErrorContains(t, err, `unknown command "nosuch"`)
+			_, err = cli(t, product, "engines", "ls", "-o", "xml")
+			require.ErrorContains(t, err, "unknown output format")
+
+			// login checks and saves the keys (0600); later commands need
+			// neither variables nor flags.
+			bare := map[string]string{"HOME": home}
+			_, err = cli(t, bare, "login", "--url", o.url, "--admin-key", "wrong-admin-key-000")
+			require.Error(t, err, "a wrong key is not saved")
+			out := mustCLI(t, bare, "login", "--url", o.url, "--admin-key", env["ORCH_ADMIN_KEY"], "--platform-key", reg.PlatformAPIKey)
+			require.Contains(t, out, "logged in to "+o.url)
+			info, err := os.Stat(filepath.Join(home, ".config", "bap-engine", "context.json"))
+			require.NoError(t, err)
+			require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
+			require.Contains(t, mustCLI(t, bare, "engines", "ls"), "alice")
+			require.Contains(t, mustCLI(t, bare, "products", "ls"), "demo")
+			_, err = cli(t, map[string]string{"HOME": home, "BAP_URL": "http://127.0.0.1:1"}, "engines", "ls")
+			require.Error(t, err, "the saved keys are for their own URL only")
+
+			mustCLI(t, product, "engines", "destroy", "alice", "-y")
+		})
+	}
+}
+
+// TestWatchPrintsChanges runs engines get -w while the engine stops, and
+// checks both states were printed, each once.
+func TestWatchPrintsChanges(t *testing.T) {
+	env := baseEnv(t, stores()[0].url(t))
+	o := startServe(t, env)
+	admin := map[string]string{"BAP_URL": o.url, "BAP_ADMIN_KEY": env["ORCH_ADMIN_KEY"], "HOME": t.TempDir()}
+	var reg struct {
+		PlatformAPIKey string `json:"platform_api_key"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(mustCLI(t, admin, "products", "register", "w", "-o", "json")), &reg))
+	product := map[string]string{"BAP_URL": o.url, "BAP_PLATFORM_KEY": reg.PlatformAPIKey, "HOME": admin["HOME"]}
+	mustCLI(t, product, "engines", "provision", "alice")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out syncBuf
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"engines", "get", "alice", "-w", "-o", "json"}, getenvOf(product), &out)
+	}()
+	require.Eventually(t, func() bool { return strings.Contains(out.String(), `"status": "running"`) }, 20*time.Second, 50*time.Millisecond)
+	mustCLI(t, product, "engines", "stop", "alice")
+	require.Eventually(t, func() bool { return strings.Contains(out.String(), `"status": "stopped"`) }, 20*time.Second, 50*time.Millisecond)
+	time.Sleep(2 * watchEvery)
+	cancel()
+	require.NoError(t, <-done)
+	require.Equal(t, 1, strings.Count(out.String(), `"status": "running"`), "unchanged states are not printed again")
+	require.Equal(t, 1, strings.Count(out.String(), `"status": "stopped"`))
+	mustCLI(t, product, "engines", "destroy", "alice", "--yes")
+}
+
+// syncBuf is a buffer written by one goroutine and read by another.
+type syncBuf struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuf) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuf) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
