@@ -25,6 +25,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		keygenCmd(stdout),
 		rekeyCmd(getenv, stdout),
 		engineCmd(getenv, stdout),
+		snapshotCmd(),
 	)
 	root.AddCommand(clientCmds(getenv, stdout, root.ErrOrStderr())...)
 	return root.ExecuteContext(ctx)

@@ -147,6 +147,7 @@ func openBackend(ctx context.Context, cfg config.Config, getenv func(string) str
 			URLMode:      cfg.EngineURLMode,
 			EngineHost:   cfg.EngineHost,
 			DefaultImage: cfg.EngineImage,
+			HelperImage:  cfg.HelperImage,
 			Host:         cfg.DockerHost,
 		})
 		if err != nil {

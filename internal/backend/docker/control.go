@@ -188,6 +188,9 @@ func (b *Backend) Destroy(ctx context.Context, engineID string) error {
 	if err := b.Remove(ctx, engineID); err != nil {
 		return err
 	}
+	if _, err := b.PruneSnapshots(ctx, engineID, 0); err != nil {
+		return err
+	}
 	name := VolumeName(engineID)
 	cctx, cancel := b.call(ctx)
 	defer cancel()
