@@ -105,6 +105,21 @@ func (c *Client) RotateKey(ctx context.Context, userID string) (KeyRotated, erro
 	return out, err
 }
 
+// Upgrade moves the user's engine to engineVersion on the same brain, key
+// and URL; the brain is snapshotted first and the upgrade rolled back if
+// the new version does not become healthy. It waits for the outcome (up to
+// twice the boot timeout and more). Errors: ENGINE_NOT_FOUND, ENGINE_BUSY,
+// ENGINE_NOT_RUNNING, UPGRADE_FAILED (rolled back; the message has the
+// engine's reason), IMAGE_NOT_FOUND, VALIDATION_ERROR.
+func (c *Client) Upgrade(ctx context.Context, userID, engineVersion string) (Upgraded, error) {
+	var out Upgraded
+	in := struct {
+		EngineVersion string `json:"engine_version"`
+	}{engineVersion}
+	err := c.do(ctx, http.MethodPost, enginePath(userID, "upgrade"), nil, authPlatform, in, &out)
+	return out, err
+}
+
 // Get returns the user's engine with its key. Errors: ENGINE_NOT_FOUND.
 func (c *Client) Get(ctx context.Context, userID string) (Engine, error) {
 	var out Engine

@@ -39,6 +39,25 @@ type Engine struct {
 	EngineVersion string     `json:"engine_version"`
 	CreatedAt     time.Time  `json:"created_at"`
 	LastHealthAt  *time.Time `json:"last_health_at"`
+	// Operation is the operation in flight, if any (an upgrade shows its
+	// phase: snapshotting, creating, waiting_for_health, rolling_back).
+	Operation *Operation `json:"operation,omitempty"`
+}
+
+// Operation is an operation in flight on an engine.
+type Operation struct {
+	Op    string `json:"op"`
+	Phase string `json:"phase,omitempty"`
+}
+
+// Upgraded is the answer of Upgrade.
+type Upgraded struct {
+	EngineID        string `json:"engine_id"`
+	UserID          string `json:"user_id"`
+	Status          string `json:"status"`
+	URL             string `json:"url"`
+	EngineVersion   string `json:"engine_version"`
+	PreviousVersion string `json:"previous_version"`
 }
 
 // ProvisionRequest asks for a new engine. EngineVersion (an image

@@ -243,6 +243,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 			BackoffMax:  cfg.RestartBackoffMax,
 		},
 		OrphanGrace:             cfg.ReconcileGrace,
+		SnapshotsKept:           cfg.SnapshotsKept,
 		MaxConcurrentProvisions: provisionLimit(cfg),
 		Replica:                 rep,
 		Logger:                  log,

@@ -51,5 +51,7 @@ func (s *server) routes() []route {
 		{http.MethodGet, "/engines/{user_id}/audit", authPlatform, s.engineAudit},
 		{http.MethodPost, "/products/{product_id}/rotate-platform-key", authAdmin, s.rotatePlatformKey},
 		{http.MethodGet, "/replicas", authAdmin, s.replicas},
+		// Upgrades and rollouts (SPEC §16).
+		{http.MethodPost, "/engines/{user_id}/upgrade", authPlatform, s.upgrade},
 	}
 }
