@@ -190,3 +190,73 @@ func TestUpgradeKeepsTheBrainAndRollsBackARefusedVersion(t *testing.T) {
 		})
 	}
 }
+
+// TestKilledDuringUpgrade SIGKILLs the orchestrator (its own process) in
+// the middle of an upgrade, while the new version warms up, and restarts
+// it on the same database: the upgrade is finished or rolled back, never
+// left half-done, and the engine runs the version its row names with its
+// brain intact. To a version that comes up, it may end either way; to one
+// the engine refuses, it is rolled back onto the snapshot.
+func TestKilledDuringUpgrade(t *testing.T) {
+	for _, tc := range []struct{ to, want string }{{"v2", ""}, {"v-bad", "v1"}} {
+		for _, st := range stores() {
+			t.Run(tc.to+"/"+st.name, func(t *testing.T) { killedDuringUpgrade(t, st, tc.to, tc.want) })
+		}
+	}
+}
+
+func killedDuringUpgrade(t *testing.T, st store, to, want string) {
+	env := upgradeEnv(t, st.url(t))
+	env["ENGINE_WARMUP_S"] = "1"
+	env["ORCH_ENGINE_ENV_PASSTHROUGH"] += ",ENGINE_WARMUP_S"
+	env["ORCH_BOOT_TIMEOUT_S"] = "4"
+	ctx := context.Background()
+
+	c := startChild(t, env)
+	prod, err := adminClient(c.url, env).RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
+	require.NoError(t, err)
+	pc := client.New(c.url, client.WithPlatformKey(prod.PlatformAPIKey))
+	eng, err := pc.Provision(ctx, client.ProvisionRequest{UserID: "alice", EngineVersion: "v1"})
+	require.NoError(t, err)
+	remember(t, eng.URL, eng.APIKey, "before")
+
+	go func() { _, _ = pc.Upgrade(ctx, "alice", to) }()
+	var phases []string
+	require.Eventually(t, func() bool {
+		e, err := pc.Get(ctx, "alice")
+		if err != nil || e.Operation == nil {
+			return false
+		}
+		if len(phases) == 0 || phases[len(phases)-1] != e.Operation.Phase {
+			phases = append(phases, e.Operation.Phase)
+		}
+		return e.Operation.Phase == "waiting_for_health"
+	}, 15*time.Second, 5*time.Millisecond, "the upgrade reaches its wait for the new version")
+	t.Logf("phases seen before the kill: %v", phases)
+	c.kill(t)
+
+	c = startChild(t, env)
+	pc = client.New(c.url, client.WithPlatformKey(prod.PlatformAPIKey))
+	var got client.Engine
+	require.Eventually(t, func() bool {
+		got, err = pc.Get(ctx, "alice")
+		return err == nil && got.Operation == nil
+	}, 20*time.Second, 20*time.Millisecond, "the interrupted upgrade is taken over")
+	require.Equal(t, "running", got.Status)
+	require.Contains(t, []string{"v1", to}, got.EngineVersion)
+	if want != "" {
+		require.Equal(t, want, got.EngineVersion)
+	}
+	require.Equal(t, got.EngineVersion, versionOf(t, got.URL), "the engine runs the version its row names")
+	counter, notes := brainOf(t, got.URL, eng.APIKey)
+	require.Equal(t, 1, counter, "brain intact")
+	require.Equal(t, []string{"before"}, notes)
+	page, err := pc.Audit(ctx, "alice", client.AuditOptions{})
+	require.NoError(t, err)
+	require.Contains(t, []string{"upgrade", "upgrade_rolled_back"}, page.Entries[0].Action)
+	require.Equal(t, true, page.Entries[0].Metadata["recovered"])
+	t.Logf("recovered to %s by %s", got.EngineVersion, page.Entries[0].Action)
+
+	_, err = pc.Destroy(ctx, "alice")
+	require.NoError(t, err)
+}
