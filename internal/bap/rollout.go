@@ -25,9 +25,12 @@ type Rollout struct {
 	MaxFailures int
 	State       RolloutState
 	// Reason says why the rollout paused itself (empty otherwise).
-	Reason    string
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	Reason string
+	// FailureBase is how many of its upgrades had been rolled back when it
+	// was last resumed: max_failures counts the rolled-back ones since.
+	FailureBase int
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
 }
 
 // Active reports whether the rollout is under way (running or paused).

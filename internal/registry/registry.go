@@ -276,7 +276,7 @@ type Store interface {
 	ListRollouts(ctx context.Context, productID string) ([]bap.Rollout, error)
 	// RolloutsInState returns every rollout in one of states, oldest first.
 	RolloutsInState(ctx context.Context, states ...bap.RolloutState) ([]bap.Rollout, error)
-	// UpdateRollout writes r's percent, state and reason (UpdatedAt is set
+	// UpdateRollout writes r's percent, state, reason and failure base (UpdatedAt is set
 	// to now) and appends entries, atomically. ErrNotFound.
 	UpdateRollout(ctx context.Context, r bap.Rollout, entries ...audit.Entry) error
 	// SetRolloutEngine records (inserts or replaces) a rollout's outcome

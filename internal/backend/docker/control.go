@@ -181,7 +181,8 @@ func (b *Backend) waitGone(ctx context.Context, name string) bool {
 	}
 }
 
-// Destroy deletes the engine's container and its data volume. Idempotent.
+// Destroy deletes the engine's container, its data volume and its
+// snapshots. Idempotent.
 // A volume labelled for another engine is left alone: it is not this
 // engine's data.
 func (b *Backend) Destroy(ctx context.Context, engineID string) error {

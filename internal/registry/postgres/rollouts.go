@@ -12,12 +12,12 @@ import (
 )
 
 const rolloutCols = `id::text, product_id::text, engine_version, percent, max_parallel, max_failures,
-	state, COALESCE(reason, ''), created_at, updated_at`
+	state, COALESCE(reason, ''), failure_base, created_at, updated_at`
 
 func scanRollout(row pgx.CollectableRow) (bap.Rollout, error) {
 	var r bap.Rollout
 	err := row.Scan(&r.ID, &r.ProductID, &r.EngineVersion, &r.Percent, &r.MaxParallel, &r.MaxFailures,
-		&r.State, &r.Reason, &r.CreatedAt, &r.UpdatedAt)
+		&r.State, &r.Reason, &r.FailureBase, &r.CreatedAt, &r.UpdatedAt)
 	r.CreatedAt, r.UpdatedAt = bap.Timestamp(r.CreatedAt), bap.Timestamp(r.UpdatedAt)
 	return r, err
 }
@@ -30,10 +30,10 @@ func (s *Store) CreateRollout(ctx context.Context, r bap.Rollout, e audit.Entry)
 	return s.InTx(ctx, func(tx registry.Store) error {
 		t := tx.(*Store)
 		_, err := t.db.Exec(ctx, `INSERT INTO rollouts (id, product_id, engine_version, percent, max_parallel,
-			max_failures, state, reason, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF($8, ''), $9, $10)`,
+			max_failures, state, reason, failure_base, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF($8, ''), $9, $10, $11)`,
 			r.ID, r.ProductID, r.EngineVersion, r.Percent, r.MaxParallel, r.MaxFailures, string(r.State),
-			r.Reason, bap.Timestamp(r.CreatedAt), bap.Timestamp(r.UpdatedAt))
+			r.Reason, r.FailureBase, bap.Timestamp(r.CreatedAt), bap.Timestamp(r.UpdatedAt))
 		if err != nil {
 			return fmt.Errorf("create rollout: %w", translate(err))
 		}
@@ -91,7 +91,7 @@ func (s *Store) UpdateRollout(ctx context.Context, r bap.Rollout, entries ...aud
 	return s.InTx(ctx, func(tx registry.Store) error {
 		t := tx.(*Store)
 		tag, err := t.db.Exec(ctx, `UPDATE rollouts SET percent = $2, state = $3, reason = NULLIF($4, ''),
-			updated_at = $5 WHERE id = $1`, r.ID, r.Percent, string(r.State), r.Reason, bap.Now())
+			failure_base = $5, updated_at = $6 WHERE id = $1`, r.ID, r.Percent, string(r.State), r.Reason, r.FailureBase, bap.Now())
 		if err != nil {
 			return fmt.Errorf("update rollout %s: %w", r.ID, translate(err))
 		}

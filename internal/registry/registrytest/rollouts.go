@@ -41,13 +41,14 @@ func testRolloutRoundTrip(t *testing.T, s registry.Store) {
 	require.Equal(t, []audit.Action{audit.RolloutCreate}, auditActions(listAudit(t, s, registry.AuditFilter{ProductID: p.ID, Actions: []audit.Action{audit.RolloutCreate}})))
 
 	before := bap.Now()
-	r.Percent, r.State, r.Reason = 50, bap.RolloutPaused, "1 rolled back (max_failures 1)"
+	r.Percent, r.State, r.Reason, r.FailureBase = 50, bap.RolloutPaused, "1 rolled back (max_failures 1)", 1
 	require.NoError(t, s.UpdateRollout(ctx, r, audit.Entry{ProductID: p.ID, Action: audit.RolloutUpdate, Actor: audit.ActorSystem}))
 	got, err = s.GetRollout(ctx, r.ID)
 	require.NoError(t, err)
 	require.Equal(t, 50, got.Percent)
 	require.Equal(t, bap.RolloutPaused, got.State)
 	require.Equal(t, r.Reason, got.Reason)
+	require.Equal(t, 1, got.FailureBase)
 	require.False(t, got.UpdatedAt.Before(before), "updated_at is set to now")
 	require.Equal(t, r.CreatedAt, got.CreatedAt)
 

@@ -9,12 +9,12 @@ import (
 )
 
 const rolloutCols = `id, product_id, engine_version, percent, max_parallel, max_failures,
-	state, COALESCE(reason, ''), created_at, updated_at`
+	state, COALESCE(reason, ''), failure_base, created_at, updated_at`
 
 func scanRollout(row rowScanner) (bap.Rollout, error) {
 	var r bap.Rollout
 	err := row.Scan(&r.ID, &r.ProductID, &r.EngineVersion, &r.Percent, &r.MaxParallel, &r.MaxFailures,
-		&r.State, &r.Reason, timeScanner{&r.CreatedAt}, timeScanner{&r.UpdatedAt})
+		&r.State, &r.Reason, &r.FailureBase, timeScanner{&r.CreatedAt}, timeScanner{&r.UpdatedAt})
 	return r, err
 }
 
@@ -23,10 +23,10 @@ func (s *Store) CreateRollout(ctx context.Context, r bap.Rollout, e audit.Entry)
 	const op = "create rollout"
 	return s.inTx(ctx, func(tx *Store) error {
 		_, err := tx.tx.ExecContext(ctx, `INSERT INTO rollouts (id, product_id, engine_version, percent,
-			max_parallel, max_failures, state, reason, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			max_parallel, max_failures, state, reason, failure_base, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			r.ID, r.ProductID, r.EngineVersion, r.Percent, r.MaxParallel, r.MaxFailures, string(r.State),
-			nullStr(r.Reason), ts(r.CreatedAt), ts(r.UpdatedAt))
+			nullStr(r.Reason), r.FailureBase, ts(r.CreatedAt), ts(r.UpdatedAt))
 		if err != nil {
 			return translate(op, err)
 		}
@@ -84,7 +84,8 @@ func (s *Store) RolloutsInState(ctx context.Context, states ...bap.RolloutState)
 func (s *Store) UpdateRollout(ctx context.Context, r bap.Rollout, entries ...audit.Entry) error {
 	return s.inTx(ctx, func(tx *Store) error {
 		if err := tx.updateOne(ctx, "update rollout "+r.ID, `UPDATE rollouts SET percent = ?, state = ?,
-			reason = ?, updated_at = ? WHERE id = ?`, r.Percent, string(r.State), nullStr(r.Reason), ts(bap.Now()), r.ID); err != nil {
+			reason = ?, failure_base = ?, updated_at = ? WHERE id = ?`,
+			r.Percent, string(r.State), nullStr(r.Reason), r.FailureBase, ts(bap.Now()), r.ID); err != nil {
 			return err
 		}
 		return tx.appendAudit(ctx, entries...)

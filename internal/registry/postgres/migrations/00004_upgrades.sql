@@ -15,6 +15,9 @@ CREATE TABLE rollouts (
     max_failures   integer NOT NULL CHECK (max_failures >= 1),
     state          text NOT NULL CHECK (state IN ('running', 'paused', 'done', 'aborted')),
     reason         text,
+    -- Rolled-back upgrades before the last resume: the failure budget
+    -- (max_failures) counts those after it.
+    failure_base   integer NOT NULL DEFAULT 0,
     created_at     timestamptz NOT NULL,
     updated_at     timestamptz NOT NULL
 );

@@ -15,6 +15,7 @@ CREATE TABLE rollouts (
     max_failures   INTEGER NOT NULL CHECK (max_failures >= 1),
     state          TEXT NOT NULL CHECK (state IN ('running', 'paused', 'done', 'aborted')),
     reason         TEXT,
+    failure_base   INTEGER NOT NULL DEFAULT 0,
     created_at     TEXT NOT NULL,
     updated_at     TEXT NOT NULL
 ) STRICT;
