@@ -226,3 +226,40 @@ type Replica struct {
 type ReplicaList struct {
 	Replicas []Replica `json:"replicas"`
 }
+
+// RolloutRequest starts a rollout (SPEC §16). Zero MaxParallel and
+// MaxFailures take the server's defaults (2 and 1).
+type RolloutRequest struct {
+	EngineVersion string `json:"engine_version"`
+	Percent       int    `json:"percent"`
+	MaxParallel   int    `json:"max_parallel,omitempty"`
+	MaxFailures   int    `json:"max_failures,omitempty"`
+}
+
+// RolloutCounts are a rollout's chosen engines by outcome.
+type RolloutCounts struct {
+	Pending    int `json:"pending"`
+	Upgraded   int `json:"upgraded"`
+	RolledBack int `json:"rolled_back"`
+	Skipped    int `json:"skipped"`
+}
+
+// Rollout is a canary or fleet upgrade of a product's engines.
+type Rollout struct {
+	RolloutID     string        `json:"rollout_id"`
+	EngineVersion string        `json:"engine_version"`
+	Percent       int           `json:"percent"`
+	MaxParallel   int           `json:"max_parallel"`
+	MaxFailures   int           `json:"max_failures"`
+	State         string        `json:"state"`
+	Reason        string        `json:"reason,omitempty"`
+	Counts        RolloutCounts `json:"counts"`
+	CreatedAt     time.Time     `json:"created_at"`
+	UpdatedAt     time.Time     `json:"updated_at"`
+}
+
+// RolloutList is the answer of Rollouts.
+type RolloutList struct {
+	Rollouts []Rollout `json:"rollouts"`
+	Total    int       `json:"total"`
+}
