@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -22,12 +20,18 @@ type cliFlags struct {
 	url         string
 	platformKey string
 	adminKey    string
-	json        bool
+	out         *printer
 }
 
+// register gives a command group the shared flags (--url, -o/--json) and
+// checks the output format before any of its commands calls the API.
 func (f *cliFlags) register(cmd *cobra.Command, getenv func(string) string) {
 	cmd.PersistentFlags().StringVar(&f.url, "url", firstNonEmpty(getenv("BAP_URL"), "http://127.0.0.1:8000"), "orchestrator URL (BAP_URL)")
-	cmd.PersistentFlags().BoolVar(&f.json, "json", false, "print JSON instead of a table")
+	f.out.registerFlags(cmd.PersistentFlags())
+	cmd.PersistentPreRunE = func(*cobra.Command, []string) error {
+		_, err := f.out.mode()
+		return err
+	}
 	f.platformKey = getenv("BAP_PLATFORM_KEY")
 	f.adminKey = getenv("BAP_ADMIN_KEY")
 }
@@ -47,8 +51,8 @@ func firstNonEmpty(vs ...string) string {
 
 // clientCmds are the operator commands over the HTTP API.
 func clientCmds(getenv func(string) string, stdout, stderr io.Writer) []*cobra.Command {
-	f := &cliFlags{}
-	out := &printer{w: stdout, flags: f}
+	out := &printer{w: stdout}
+	f := &cliFlags{out: out}
 
 	products := &cobra.Command{Use: "products", Short: "Register products and set their policies (BAP_ADMIN_KEY)"}
 	f.register(products, getenv)
@@ -116,30 +120,30 @@ func clientCmds(getenv func(string) string, stdout, stderr io.Writer) []*cobra.C
 	ls.Flags().IntVar(&lsOffset, "offset", 0, "page offset")
 	get := userCmd("get", "Show one engine, with its key", func(ctx context.Context, c *client.Client, user string) (any, error) {
 		return c.Get(ctx, user)
-	}, f, out, nil)
+	}, f, out, nil, "")
 	var version string
 	provision := userCmd("provision", "Provision an engine and wait until it is healthy", func(ctx context.Context, c *client.Client, user string) (any, error) {
 		return c.Provision(ctx, client.ProvisionRequest{UserID: user, EngineVersion: version})
-	}, f, out, stderr)
+	}, f, out, stderr, "creating the engine and waiting for its health")
 	provision.Flags().StringVar(&version, "engine-version", "", "engine image (default: the orchestrator's ORCH_ENGINE_IMAGE)")
 	var autoProvision, autoWake bool
 	admit := userCmd("admit", "Admit a user: the engine URL and key, or why not", func(ctx context.Context, c *client.Client, user string) (any, error) {
 		return c.Admit(ctx, user, client.AdmitOptions{AutoProvision: autoProvision, AutoWake: autoWake})
-	}, f, out, stderr)
+	}, f, out, stderr, "admitting (provisioning or waking as asked)")
 	admit.Flags().BoolVar(&autoProvision, "auto-provision", false, "provision an engine if the user has none")
 	admit.Flags().BoolVar(&autoWake, "auto-wake", false, "wake a sleeping or stopped engine")
 	start := userCmd("start", "Start a stopped, sleeping or failed engine", func(ctx context.Context, c *client.Client, user string) (any, error) {
 		return c.Start(ctx, user)
-	}, f, out, stderr)
+	}, f, out, stderr, "starting and waiting for health")
 	stop := userCmd("stop", "Stop an engine (its data is kept)", func(ctx context.Context, c *client.Client, user string) (any, error) {
 		return c.Stop(ctx, user)
-	}, f, out, stderr)
+	}, f, out, stderr, "stopping (up to the 30 s grace)")
 	destroy := userCmd("destroy", "Destroy an engine and its data", func(ctx context.Context, c *client.Client, user string) (any, error) {
 		return c.Destroy(ctx, user)
-	}, f, out, stderr)
+	}, f, out, stderr, "destroying the engine and its data")
 	rotate := userCmd("rotate-key", "Give an engine a new key (the old one stops working)", func(ctx context.Context, c *client.Client, user string) (any, error) {
 		return c.RotateKey(ctx, user)
-	}, f, out, stderr)
+	}, f, out, stderr, "recreating with the new key and waiting for health")
 	var auLimit, auOffset int
 	auditCmd := &cobra.Command{
 		Use:   "audit USER_ID",
@@ -227,58 +231,21 @@ func clientCmds(getenv func(string) string, stdout, stderr io.Writer) []*cobra.C
 }
 
 // userCmd builds a command taking one USER_ID whose call may take long:
-// when stderr is given, progress is shown there while it runs.
-func userCmd(name, short string, call func(context.Context, *client.Client, string) (any, error), f *cliFlags, out *printer, stderr io.Writer) *cobra.Command {
+// when stderr is given, progress naming phase is shown there while it runs.
+func userCmd(name, short string, call func(context.Context, *client.Client, string) (any, error), f *cliFlags, out *printer, stderr io.Writer, phase string) *cobra.Command {
 	return &cobra.Command{
 		Use:   name + " USER_ID",
 		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			stopProgress := progress(stderr, name+" "+args[0])
+			p := startProgress(stderr, name+" "+args[0], phase)
 			v, err := call(cmd.Context(), f.client(), args[0])
-			stopProgress(err)
+			p.done(err)
 			if err != nil {
 				return err
 			}
 			return out.value(v)
 		},
-	}
-}
-
-// progress prints "<what>… Ns" on w once a second while a call runs longer
-// than a second, and a final line with the elapsed time.
-func progress(w io.Writer, what string) func(error) {
-	if w == nil {
-		return func(error) {}
-	}
-	began := time.Now()
-	done := make(chan struct{})
-	stopped := make(chan struct{})
-	shown := false
-	go func() {
-		defer close(stopped)
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				shown = true
-				fmt.Fprintf(w, "\r%s… %ds", what, int(time.Since(began).Seconds()))
-			}
-		}
-	}()
-	return func(err error) {
-		close(done)
-		<-stopped
-		if shown {
-			result := "done"
-			if err != nil {
-				result = "failed"
-			}
-			fmt.Fprintf(w, "\r%s: %s in %s\n", what, result, time.Since(began).Round(100*time.Millisecond))
-		}
 	}
 }
 
@@ -298,84 +265,6 @@ func fmtTime(t *time.Time) string {
 		return "-"
 	}
 	return t.UTC().Format(time.RFC3339)
-}
-
-// printer renders results as tables or JSON.
-type printer struct {
-	w     io.Writer
-	flags *cliFlags
-}
-
-func (p *printer) jsonOut(v any) error {
-	enc := json.NewEncoder(p.w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-func (p *printer) table(v any, rows [][]string, footer string) error {
-	if p.flags.json {
-		return p.jsonOut(v)
-	}
-	tw := tabwriter.NewWriter(p.w, 0, 4, 2, ' ', 0)
-	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	_, err := fmt.Fprintln(p.w, footer)
-	return err
-}
-
-func (p *printer) kv(v any, pairs [][2]string) error {
-	if p.flags.json {
-		return p.jsonOut(v)
-	}
-	tw := tabwriter.NewWriter(p.w, 0, 4, 2, ' ', 0)
-	for _, kv := range pairs {
-		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
-	}
-	return tw.Flush()
-}
-
-// value prints any result struct: JSON with --json, else its fields as
-// key: value lines.
-func (p *printer) value(v any) error {
-	if p.flags.json {
-		return p.jsonOut(v)
-	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		return p.jsonOut(v)
-	}
-	return p.kv(v, flatten("", m))
-}
-
-func flatten(prefix string, m map[string]any) [][2]string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var out [][2]string
-	for _, k := range keys {
-		name := prefix + k
-		switch x := m[k].(type) {
-		case map[string]any:
-			out = append(out, flatten(name+".", x)...)
-		case nil:
-			out = append(out, [2]string{name, "-"})
-		default:
-			b, _ := json.Marshal(x)
-			s := strings.Trim(string(b), `"`)
-			out = append(out, [2]string{name, s})
-		}
-	}
-	return out
 }
 
 // describeError renders an error for the terminal, with the API code when
