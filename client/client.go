@@ -105,6 +105,21 @@ func (c *Client) RotateKey(ctx context.Context, userID string) (KeyRotated, erro
 	return out, err
 }
 
+// Upgrade moves the user's engine to engineVersion on the same brain, key
+// and URL; the brain is snapshotted first and the upgrade rolled back if
+// the new version does not become healthy. It waits for the outcome (up to
+// twice the boot timeout and more). Errors: ENGINE_NOT_FOUND, ENGINE_BUSY,
+// ENGINE_NOT_RUNNING, UPGRADE_FAILED (rolled back; the message has the
+// engine's reason), IMAGE_NOT_FOUND, VALIDATION_ERROR.
+func (c *Client) Upgrade(ctx context.Context, userID, engineVersion string) (Upgraded, error) {
+	var out Upgraded
+	in := struct {
+		EngineVersion string `json:"engine_version"`
+	}{engineVersion}
+	err := c.do(ctx, http.MethodPost, enginePath(userID, "upgrade"), nil, authPlatform, in, &out)
+	return out, err
+}
+
 // Get returns the user's engine with its key. Errors: ENGINE_NOT_FOUND.
 func (c *Client) Get(ctx context.Context, userID string) (Engine, error) {
 	var out Engine
@@ -209,6 +224,55 @@ func (c *Client) RotatePlatformKey(ctx context.Context, productID string) (Platf
 func (c *Client) Replicas(ctx context.Context) (ReplicaList, error) {
 	var out ReplicaList
 	err := c.do(ctx, http.MethodGet, "/replicas", nil, authAdmin, nil, &out)
+	return out, err
+}
+
+func rolloutsPath(product string, rest ...string) string {
+	p := "/products/" + url.PathEscape(product) + "/rollouts"
+	for _, r := range rest {
+		p += "/" + url.PathEscape(r)
+	}
+	return p
+}
+
+// CreateRollout starts a rollout of the product's engines (admin key;
+// product is its id or slug). Errors: ROLLOUT_IN_PROGRESS,
+// PRODUCT_NOT_FOUND, VALIDATION_ERROR.
+func (c *Client) CreateRollout(ctx context.Context, product string, req RolloutRequest) (Rollout, error) {
+	var out Rollout
+	err := c.do(ctx, http.MethodPost, rolloutsPath(product), nil, authAdmin, req, &out)
+	return out, err
+}
+
+// Rollouts lists the product's rollouts, newest first (admin key).
+func (c *Client) Rollouts(ctx context.Context, product string) (RolloutList, error) {
+	var out RolloutList
+	err := c.do(ctx, http.MethodGet, rolloutsPath(product), nil, authAdmin, nil, &out)
+	return out, err
+}
+
+// Rollout returns one rollout (admin key). Errors: ROLLOUT_NOT_FOUND.
+func (c *Client) Rollout(ctx context.Context, product, rolloutID string) (Rollout, error) {
+	var out Rollout
+	err := c.do(ctx, http.MethodGet, rolloutsPath(product, rolloutID), nil, authAdmin, nil, &out)
+	return out, err
+}
+
+// RaiseRollout raises a rollout's percent (never lowers: VALIDATION_ERROR).
+func (c *Client) RaiseRollout(ctx context.Context, product, rolloutID string, percent int) (Rollout, error) {
+	var out Rollout
+	in := struct {
+		Percent int `json:"percent"`
+	}{percent}
+	err := c.do(ctx, http.MethodPatch, rolloutsPath(product, rolloutID), nil, authAdmin, in, &out)
+	return out, err
+}
+
+// RolloutAction pauses, resumes or aborts a rollout (action is "pause",
+// "resume" or "abort").
+func (c *Client) RolloutAction(ctx context.Context, product, rolloutID, action string) (Rollout, error) {
+	var out Rollout
+	err := c.do(ctx, http.MethodPost, rolloutsPath(product, rolloutID, action), nil, authAdmin, nil, &out)
 	return out, err
 }
 

@@ -30,6 +30,9 @@ const (
 	CodeNotFound             = "NOT_FOUND"
 	CodeMethodNotAllowed     = "METHOD_NOT_ALLOWED"
 	CodeInternal             = "INTERNAL"
+	CodeUpgradeFailed        = "UPGRADE_FAILED"
+	CodeRolloutInProgress    = "ROLLOUT_IN_PROGRESS"
+	CodeRolloutNotFound      = "ROLLOUT_NOT_FOUND"
 )
 
 // Error is a non-2xx answer of the API.

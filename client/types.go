@@ -39,6 +39,25 @@ type Engine struct {
 	EngineVersion string     `json:"engine_version"`
 	CreatedAt     time.Time  `json:"created_at"`
 	LastHealthAt  *time.Time `json:"last_health_at"`
+	// Operation is the operation in flight, if any (an upgrade shows its
+	// phase: snapshotting, creating, waiting_for_health, rolling_back).
+	Operation *Operation `json:"operation,omitempty"`
+}
+
+// Operation is an operation in flight on an engine.
+type Operation struct {
+	Op    string `json:"op"`
+	Phase string `json:"phase,omitempty"`
+}
+
+// Upgraded is the answer of Upgrade.
+type Upgraded struct {
+	EngineID        string `json:"engine_id"`
+	UserID          string `json:"user_id"`
+	Status          string `json:"status"`
+	URL             string `json:"url"`
+	EngineVersion   string `json:"engine_version"`
+	PreviousVersion string `json:"previous_version"`
 }
 
 // ProvisionRequest asks for a new engine. EngineVersion (an image
@@ -260,4 +279,41 @@ type FleetEngineList struct {
 type LogOptions struct {
 	Tail   int
 	Follow bool
+}
+
+// RolloutRequest starts a rollout (SPEC §16). Zero MaxParallel and
+// MaxFailures take the server's defaults (2 and 1).
+type RolloutRequest struct {
+	EngineVersion string `json:"engine_version"`
+	Percent       int    `json:"percent"`
+	MaxParallel   int    `json:"max_parallel,omitempty"`
+	MaxFailures   int    `json:"max_failures,omitempty"`
+}
+
+// RolloutCounts are a rollout's chosen engines by outcome.
+type RolloutCounts struct {
+	Pending    int `json:"pending"`
+	Upgraded   int `json:"upgraded"`
+	RolledBack int `json:"rolled_back"`
+	Skipped    int `json:"skipped"`
+}
+
+// Rollout is a canary or fleet upgrade of a product's engines.
+type Rollout struct {
+	RolloutID     string        `json:"rollout_id"`
+	EngineVersion string        `json:"engine_version"`
+	Percent       int           `json:"percent"`
+	MaxParallel   int           `json:"max_parallel"`
+	MaxFailures   int           `json:"max_failures"`
+	State         string        `json:"state"`
+	Reason        string        `json:"reason,omitempty"`
+	Counts        RolloutCounts `json:"counts"`
+	CreatedAt     time.Time     `json:"created_at"`
+	UpdatedAt     time.Time     `json:"updated_at"`
+}
+
+// RolloutList is the answer of Rollouts.
+type RolloutList struct {
+	Rollouts []Rollout `json:"rollouts"`
+	Total    int       `json:"total"`
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/september/bap-engine/internal/registry/postgres"
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/replica"
+	"github.com/september/bap-engine/internal/rollout"
 	"github.com/september/bap-engine/internal/secret"
 	"github.com/september/bap-engine/internal/ui"
 )
@@ -74,6 +75,7 @@ type server struct {
 	discovery *discovery.Service
 	checker   *health.Checker
 	idle      *health.IdleSweeper
+	rollouts  *rollout.Service
 	handler   http.Handler
 }
 
@@ -144,6 +146,7 @@ func openBackend(ctx context.Context, cfg config.Config, getenv func(string) str
 			URLMode:      cfg.EngineURLMode,
 			EngineHost:   cfg.EngineHost,
 			DefaultImage: cfg.EngineImage,
+			HelperImage:  cfg.HelperImage,
 			Host:         cfg.DockerHost,
 		})
 		if err != nil {
@@ -245,6 +248,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 			BackoffMax:  cfg.RestartBackoffMax,
 		},
 		OrphanGrace:             cfg.ReconcileGrace,
+		SnapshotsKept:           cfg.SnapshotsKept,
 		MaxConcurrentProvisions: provisionLimit(cfg),
 		Replica:                 rep,
 		Logger:                  log,
@@ -282,10 +286,12 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		Observer:    met,
 	})
 	idle := health.NewIdleSweeper(store, lm, health.IdleConfig{IdleTimeout: cfg.IdleTimeout, Logger: log})
+	rollouts := rollout.New(rollout.Config{Store: store, Lifecycle: lm, Replica: rep, Logger: log})
 	handler := api.New(api.Deps{
 		Store:            store,
 		Lifecycle:        lm,
 		Discovery:        disc,
+		Rollouts:         rollouts,
 		Metrics:          met,
 		AdminKey:         cfg.AdminKey,
 		PlatformKeyGrace: cfg.PlatformKeyGrace,
@@ -306,7 +312,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 	})
 	return &server{
 		cfg: cfg, log: log, store: store, backend: be, replica: rep, lifecycle: lm,
-		discovery: disc, checker: checker, idle: idle, handler: handler,
+		discovery: disc, checker: checker, idle: idle, rollouts: rollouts, handler: handler,
 	}, nil
 }
 
@@ -363,6 +369,7 @@ func (s *server) serve(ctx context.Context, door *frontDoor, ready func()) error
 	g.Go(func() error { return s.checker.RunCrashWatch(gctx) })
 	g.Go(func() error { return ignoreCanceled(s.idle.Run(gctx)) })
 	g.Go(func() error { return reconciler.Run(gctx) })
+	g.Go(func() error { return s.rollouts.Run(gctx) })
 	if pprofLn != nil {
 		g.Go(func() error { servePprof(gctx, pprofLn, s.log); return nil })
 	}

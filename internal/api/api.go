@@ -11,6 +11,7 @@ import (
 	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/metrics"
 	"github.com/september/bap-engine/internal/registry"
+	"github.com/september/bap-engine/internal/rollout"
 )
 
 // UIPath is where Deps.UI is served.
@@ -25,6 +26,8 @@ type Deps struct {
 	Store     registry.Store
 	Lifecycle *lifecycle.Manager
 	Discovery *discovery.Service
+	// Rollouts serves /products/{product}/rollouts; nil answers them 404.
+	Rollouts *rollout.Service
 	// Metrics records request and admit metrics and serves
 	// /metrics/prometheus; nil disables both (that route answers 404).
 	Metrics *metrics.Metrics
@@ -65,6 +68,7 @@ type server struct {
 	store     registry.Store
 	lifecycle *lifecycle.Manager
 	discovery *discovery.Service
+	rollouts  *rollout.Service
 	metrics   *metrics.Metrics
 	promHTTP  http.Handler // metrics.Handler(), built once
 	adminKey  string
@@ -96,6 +100,7 @@ func New(d Deps) http.Handler {
 		store:     d.Store,
 		lifecycle: d.Lifecycle,
 		discovery: d.Discovery,
+		rollouts:  d.Rollouts,
 		metrics:   d.Metrics,
 		adminKey:  d.AdminKey,
 		grace:     d.PlatformKeyGrace,

@@ -27,6 +27,8 @@ type engineInfo struct {
 	EngineVersion string  `json:"engine_version"`
 	CreatedAt     string  `json:"created_at"`
 	LastHealthAt  *string `json:"last_health_at"`
+	// Operation is the operation in flight (additive; absent when none).
+	Operation *operationInfo `json:"operation,omitempty"`
 }
 
 func toEngineInfo(e bap.Engine, key *string) engineInfo {
@@ -38,6 +40,7 @@ func toEngineInfo(e bap.Engine, key *string) engineInfo {
 		APIKey:        key,
 		EngineVersion: e.Image,
 		CreatedAt:     bap.FormatTime(e.CreatedAt),
+		Operation:     operationOf(e),
 	}
 	if e.LastHealthAt != nil {
 		t := bap.FormatTime(*e.LastHealthAt)

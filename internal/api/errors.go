@@ -35,6 +35,9 @@ var statusOf = map[string]int{
 	bap.CodeNotFound:             http.StatusNotFound,
 	bap.CodeMethodNotAllowed:     http.StatusMethodNotAllowed,
 	bap.CodeInternal:             http.StatusInternalServerError,
+	bap.CodeUpgradeFailed:        http.StatusBadGateway,
+	bap.CodeRolloutInProgress:    http.StatusConflict,
+	bap.CodeRolloutNotFound:      http.StatusNotFound,
 }
 
 // statusClientClosedRequest is what the access log and the metrics show of

@@ -67,7 +67,7 @@ func TestEveryRouteRequiresItsKey(t *testing.T) {
 			}
 			checked++
 		}
-		require.Equal(t, 25, checked, "every route of SPEC §2 and the additive ones")
+		require.Equal(t, 34, checked, "every route of SPEC §2 and the additive ones")
 		require.Equal(t, 0, h.engineCount(p.ProductID))
 		require.Equal(t, 1, h.auditTotal(p.ProductID), "only the registration: rejected requests leave nothing")
 	})
@@ -409,6 +409,9 @@ func TestStatusTableCoversEveryCode(t *testing.T) {
 		bap.CodeNotFound:             client.CodeNotFound,
 		bap.CodeMethodNotAllowed:     client.CodeMethodNotAllowed,
 		bap.CodeInternal:             client.CodeInternal,
+		bap.CodeUpgradeFailed:        client.CodeUpgradeFailed,
+		bap.CodeRolloutInProgress:    client.CodeRolloutInProgress,
+		bap.CodeRolloutNotFound:      client.CodeRolloutNotFound,
 	}
 	table := api.StatusOf()
 	require.Len(t, table, len(codes))
@@ -424,6 +427,7 @@ func TestStatusTableCoversEveryCode(t *testing.T) {
 		"INVALID_ADMIN_KEY": 401, "PRODUCT_SLUG_EXISTS": 409, "PRODUCT_NOT_FOUND": 404,
 		"VALIDATION_ERROR": 422, "PAYLOAD_TOO_LARGE": 413, "NOT_FOUND": 404,
 		"METHOD_NOT_ALLOWED": 405, "INTERNAL": 500,
+		"UPGRADE_FAILED": 502, "ROLLOUT_IN_PROGRESS": 409, "ROLLOUT_NOT_FOUND": 404,
 	}
 	require.Equal(t, want, table)
 }

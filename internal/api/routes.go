@@ -61,5 +61,14 @@ func (s *server) routes() []route {
 		{http.MethodGet, "/livez", authNone, s.livez},
 		{http.MethodGet, "/readyz", authNone, s.readyz},
 		{http.MethodGet, "/version", authNone, s.version},
+		// Upgrades and rollouts (SPEC §16).
+		{http.MethodPost, "/engines/{user_id}/upgrade", authPlatform, s.upgrade},
+		{http.MethodPost, "/products/{product}/rollouts", authAdmin, s.createRollout},
+		{http.MethodGet, "/products/{product}/rollouts", authAdmin, s.listRollouts},
+		{http.MethodGet, "/products/{product}/rollouts/{rollout_id}", authAdmin, s.rolloutOp("get")},
+		{http.MethodPatch, "/products/{product}/rollouts/{rollout_id}", authAdmin, s.rolloutOp("patch")},
+		{http.MethodPost, "/products/{product}/rollouts/{rollout_id}/pause", authAdmin, s.rolloutOp("pause")},
+		{http.MethodPost, "/products/{product}/rollouts/{rollout_id}/resume", authAdmin, s.rolloutOp("resume")},
+		{http.MethodPost, "/products/{product}/rollouts/{rollout_id}/abort", authAdmin, s.rolloutOp("abort")},
 	}
 }

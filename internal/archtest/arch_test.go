@@ -60,6 +60,7 @@ func TestAllowedInternalImports(t *testing.T) {
 		"internal/policy":            {"internal/bap"},
 		"internal/discovery":         {"internal/bap", "internal/registry", "internal/policy", "internal/lifecycle", "internal/audit", "internal/secret"},
 		"internal/health":            {"internal/bap", "internal/registry", "internal/lifecycle", "internal/metrics", "internal/audit", "internal/loop"},
+		"internal/rollout":           {"internal/bap", "internal/registry", "internal/lifecycle", "internal/audit", "internal/replica"},
 		"internal/ui":                {"internal/api", "internal/bap", "internal/audit", "internal/registry", "internal/lifecycle", "internal/discovery", "internal/policy", "internal/secret"},
 	}
 	pkgs := imports(t)

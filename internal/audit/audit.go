@@ -32,6 +32,12 @@ const (
 	AdmitDenied        Action = "admit_denied"
 	OrphanRemoved      Action = "orphan_removed"
 	ReconcileFailed    Action = "reconcile_failed"
+	// Upgrades (SPEC §16): an engine moved to another image, or an upgrade
+	// that did not come up and was undone; a rollout's changes of state.
+	Upgrade           Action = "upgrade"
+	UpgradeRolledBack Action = "upgrade_rolled_back"
+	RolloutCreate     Action = "rollout_create"
+	RolloutUpdate     Action = "rollout_update"
 )
 
 // CrashActions are the actions that record a transition to failed; /metrics

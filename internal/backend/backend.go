@@ -45,7 +45,8 @@ type Spec struct {
 	// Replica is the creating replica's id (LabelReplica); it does not make
 	// two otherwise equal specs differ.
 	Replica string
-	// Image is the engine image (docker) and is ignored by subprocess.
+	// Image is the engine image (docker); subprocess engines get it as
+	// ENGINE_VERSION, the stand-in for an image (an upgrade changes it).
 	Image string
 	// Port is the host port the engine is published on (docker) or listens
 	// on (subprocess, as PORT).
@@ -127,8 +128,21 @@ type Backend interface {
 	// Remove deletes the instance but keeps the engine's data (volume or
 	// data dir): used to recreate with a new spec. Missing is success.
 	Remove(ctx context.Context, engineID string) error
-	// Destroy deletes the instance and its data. Idempotent.
+	// Destroy deletes the instance, its data and its snapshots. Idempotent.
 	Destroy(ctx context.Context, engineID string) error
+	// Snapshot copies the engine's data (its brain) beside it as a new
+	// snapshot and returns the snapshot's name (SPEC §16; snapshots of one
+	// engine are numbered, newer ones higher). The instance must not be
+	// running (the caller stops it first). ErrNotFound when the engine has
+	// no data, ErrUnavailable.
+	Snapshot(ctx context.Context, engineID string) (string, error)
+	// Restore replaces the engine's data with the named snapshot's; the
+	// snapshot is kept. The instance must not be running. ErrNotFound when
+	// there is no such snapshot, ErrUnavailable.
+	Restore(ctx context.Context, engineID, snapshot string) error
+	// PruneSnapshots deletes all but the newest keep snapshots of the
+	// engine and returns the names kept, oldest first. ErrUnavailable.
+	PruneSnapshots(ctx context.Context, engineID string, keep int) ([]string, error)
 	// Inspect describes the engine's instance. ErrNotFound.
 	Inspect(ctx context.Context, engineID string) (Instance, error)
 	// List returns every instance labelled as managed by this deployment.

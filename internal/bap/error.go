@@ -30,6 +30,10 @@ const (
 	CodeNotFound             = "NOT_FOUND"
 	CodeMethodNotAllowed     = "METHOD_NOT_ALLOWED"
 	CodeInternal             = "INTERNAL"
+	// Engine upgrades and rollouts (SPEC §16).
+	CodeUpgradeFailed     = "UPGRADE_FAILED"
+	CodeRolloutInProgress = "ROLLOUT_IN_PROGRESS"
+	CodeRolloutNotFound   = "ROLLOUT_NOT_FOUND"
 )
 
 // Error is an error meant for the caller: a documented code and a human

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strings"
 )
 
 // Policy is a product's policy (SPEC §6). Raw keeps the whole JSON object as
@@ -16,7 +17,11 @@ type Policy struct {
 	MaxRunning     *int
 	EngineMemoryMB *int
 	EngineCPUs     *float64
-	Raw            json.RawMessage
+	// EngineVersion pins the image of the product's new engines (SPEC
+	// §16); a provision's engine_version still overrides it. A rollout to
+	// 100 % sets it.
+	EngineVersion *string
+	Raw           json.RawMessage
 }
 
 // ParsePolicy validates and parses a policy object. Empty input is {}. Wrong
@@ -58,7 +63,33 @@ func ParsePolicy(raw []byte) (Policy, error) {
 		}
 		p.EngineCPUs = &x
 	}
+	if v, ok := fields["engine_version"]; ok && !bytes.Equal(bytes.TrimSpace(v), []byte("null")) {
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil || s == "" || len(s) > 255 || strings.ContainsAny(s, " \t\r\n") {
+			return Policy{}, Errorf(CodeValidation, "policy.engine_version must be a non-empty image reference")
+		}
+		p.EngineVersion = &s
+	}
 	return p, nil
+}
+
+// WithEngineVersion returns the policy with engine_version set to v, its
+// other keys (unknown ones included) kept.
+func (p Policy) WithEngineVersion(v string) (Policy, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(p.JSON(), &fields); err != nil || fields == nil {
+		fields = map[string]json.RawMessage{}
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return Policy{}, err
+	}
+	fields["engine_version"] = b
+	raw, err := json.Marshal(fields)
+	if err != nil {
+		return Policy{}, err
+	}
+	return ParsePolicy(raw)
 }
 
 func parseNonNegInt(v json.RawMessage) (int, error) {

@@ -18,10 +18,11 @@ const (
 	OpDestroy     Op = "destroy"
 	OpAutoRestart Op = "auto-restart"
 	OpRepair      Op = "repair"
+	OpUpgrade     Op = "upgrade"
 )
 
 // Ops lists every operation, for validation.
-var Ops = []Op{OpProvision, OpStart, OpWake, OpStop, OpSleep, OpRotateKey, OpDestroy, OpAutoRestart, OpRepair}
+var Ops = []Op{OpProvision, OpStart, OpWake, OpStop, OpSleep, OpRotateKey, OpDestroy, OpAutoRestart, OpRepair, OpUpgrade}
 
 // Claim is who runs an operation on an engine: the operation, the owner
 // replica and the fencing epoch. The zero Claim means no operation is in
@@ -34,6 +35,10 @@ type Claim struct {
 	// cannot commit.
 	Epoch     int64
 	StartedAt *time.Time
+	// Detail is what the operation needs to be finished or undone by a
+	// takeover after its replica died (an upgrade's images and snapshot,
+	// as JSON); empty for most operations. Set by UpdateEngine.
+	Detail string
 }
 
 // Held reports whether an operation is claimed.

@@ -59,6 +59,11 @@ type Config struct {
 
 	// EngineImage is the default image of engine containers.
 	EngineImage string
+	// HelperImage is the orchestrator's own image, run briefly by the
+	// docker backend to copy brain snapshots.
+	HelperImage string
+	// SnapshotsKept is how many brain snapshots are kept per engine.
+	SnapshotsKept int
 	// EngineBackend is BackendDocker or BackendSubprocess.
 	EngineBackend string
 	// EngineEnvPassthrough names the orchestrator variables forwarded to engines.
@@ -258,6 +263,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("master_key", redactSecret(c.MasterKey)),
 		slog.String("admin_key", redactSecret(c.AdminKey)),
 		slog.String("engine_image", c.EngineImage),
+		slog.String("helper_image", c.HelperImage),
+		slog.Int("snapshots_kept", c.SnapshotsKept),
 		slog.String("engine_backend", c.EngineBackend),
 		slog.Any("engine_env_passthrough", c.EngineEnvPassthrough),
 		slog.String("engine_network", c.EngineNetwork),

@@ -218,6 +218,16 @@ var table = []Var{
 		parse: duration(func(c *Config) *time.Duration { return &c.ReconcileGrace }, zeroAllowed),
 	},
 	{
+		Name: "ORCH_SNAPSHOTS_KEPT", Default: "2",
+		Help:  "Brain snapshots kept per engine: an upgrade snapshots the brain first and deletes all but this many (they are deleted with the engine).",
+		parse: integer(func(c *Config) *int { return &c.SnapshotsKept }, 1, 1000),
+	},
+	{
+		Name: "ORCH_HELPER_IMAGE", Default: "bap-engine:latest",
+		Help:  "The orchestrator's own image (docker backend): a short-lived container of it copies an engine's brain to a snapshot volume and back. Nothing else needs to be pulled.",
+		parse: word(func(c *Config) *string { return &c.HelperImage }),
+	},
+	{
 		Name: "ORCH_REPLICA_TTL_S", Default: "10",
 		Help:  "Seconds without a heartbeat after which an orchestrator replica is dead: its shards move and its unfinished operations are taken over within this plus 5 s.",
 		parse: duration(func(c *Config) *time.Duration { return &c.ReplicaTTL }, positive),

@@ -11,6 +11,10 @@
 //   - The brain is a SQLite file at SQLITE_DB_PATH: a counter and the notes
 //     written by POST /execute, which survive restarts.
 //   - CATALOG_DIR is only read (GET /catalog lists it).
+//   - ENGINE_VERSION (what the orchestrator runs it as) is reported by
+//     /health; when ENGINE_REFUSE_VERSIONS (comma-separated) names it, the
+//     engine refuses to serve: /health answers 503 {"status":"refused",
+//     "reason":...}, so an upgrade to that version fails and is rolled back.
 //   - Cancelling Run's context (SIGTERM in the command) stops accepting
 //     connections, lets in-flight requests (including streams) finish within
 //     a bound, closes the brain and returns.

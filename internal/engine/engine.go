@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -40,6 +41,16 @@ type config struct {
 	// drain keeps serving this long after SIGTERM before shutting down, as
 	// an engine behind a load balancer would (ENGINE_SHUTDOWN_DELAY_S).
 	drain time.Duration
+	// engineVersion is what the orchestrator runs this engine as
+	// (ENGINE_VERSION: the image reference, or its subprocess stand-in);
+	// reported by /health.
+	engineVersion string
+	// refused says why this engine will not serve: its engineVersion is
+	// named by ENGINE_REFUSE_VERSIONS (a comma-separated list), as an engine
+	// whose brain is newer than it understands would refuse. /health then
+	// answers 503 {"status":"refused","reason":...} and nothing is served;
+	// the tests drive an upgrade's rollback with it.
+	refused string
 }
 
 // optionalSeconds parses a non-negative, possibly fractional, number of
@@ -82,6 +93,12 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if cfg.drain, err = optionalSeconds(getenv, "ENGINE_SHUTDOWN_DELAY_S"); err != nil {
 		return config{}, err
 	}
+	cfg.engineVersion = getenv("ENGINE_VERSION")
+	for _, v := range strings.Split(getenv("ENGINE_REFUSE_VERSIONS"), ",") {
+		if v = strings.TrimSpace(v); v != "" && v == cfg.engineVersion {
+			cfg.refused = fmt.Sprintf("engine version %s is refused (ENGINE_REFUSE_VERSIONS)", v)
+		}
+	}
 	h := getenv("ENGINE_KEY_HASH")
 	if h == "" {
 		return config{}, errors.New("ENGINE_KEY_HASH is required (lowercase hex SHA-256 of the engine key)")
@@ -99,7 +116,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 // PORT (default 8000), ENGINE_KEY_HASH (required), SQLITE_DB_PATH (default
 // /data/brain.sqlite; its directory is created), CATALOG_DIR (optional) and
 // ENGINE_LISTEN_HOST (default: all interfaces), ENGINE_WARMUP_S and
-// ENGINE_SHUTDOWN_DELAY_S (optional, seconds) through getenv, and writes
+// ENGINE_SHUTDOWN_DELAY_S (optional, seconds), ENGINE_VERSION and
+// ENGINE_REFUSE_VERSIONS (optional) through getenv, and writes
 // JSON log lines to logw.
 func Run(ctx context.Context, getenv func(string) string, logw io.Writer) error {
 	log := slog.New(slog.NewJSONHandler(logw, nil))
@@ -126,6 +144,9 @@ func Run(ctx context.Context, getenv func(string) string, logw io.Writer) error 
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+	if cfg.refused != "" {
+		log.Warn("engine refuses to serve", "reason", cfg.refused)
+	}
 	if cfg.warmup > 0 {
 		log.Info("engine warming up", "addr", ln.Addr().String(), "for", cfg.warmup.String())
 	}

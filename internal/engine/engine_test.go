@@ -521,3 +521,25 @@ func TestDelayValidation(t *testing.T) {
 		require.ErrorContains(t, err, "ENGINE_WARMUP_S")
 	}
 }
+
+func TestHealthReportsEngineVersion(t *testing.T) {
+	t.Parallel()
+	b := setup(t, map[string]string{"ENGINE_VERSION": "v2", "ENGINE_REFUSE_VERSIONS": "v3, v4"})
+	resp, data := b.do(t, http.MethodGet, "/health", "", "")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "v2", decode(t, data)["engine_version"])
+}
+
+func TestRefusedVersionDoesNotServe(t *testing.T) {
+	t.Parallel()
+	b := setup(t, map[string]string{"ENGINE_VERSION": "v4", "ENGINE_REFUSE_VERSIONS": "v3, v4"})
+	resp, data := b.do(t, http.MethodGet, "/health", "", "")
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	body := decode(t, data)
+	require.Equal(t, "refused", body["status"])
+	require.Equal(t, "v4", body["engine_version"])
+	require.Contains(t, body["reason"], "v4")
+	resp, data = b.do(t, http.MethodGet, "/brain", testKey, "")
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	require.Equal(t, "ENGINE_REFUSED", errorCode(t, data))
+}

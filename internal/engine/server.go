@@ -66,6 +66,10 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.mux.ServeHTTP(w, r)
 		return
 	}
+	if s.cfg.refused != "" {
+		writeError(w, http.StatusServiceUnavailable, "ENGINE_REFUSED", s.cfg.refused)
+		return
+	}
 	start := time.Now()
 	if !s.authorized(r.Header.Get("X-Engine-Key")) {
 		writeError(w, http.StatusUnauthorized, "INVALID_ENGINE_KEY", "missing or invalid X-Engine-Key")
@@ -90,6 +94,13 @@ func (s *server) authorized(key string) bool {
 func (s *server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	checks := s.healthChecks.Add(1)
 	uptime := time.Since(s.started).Seconds()
+	if s.cfg.refused != "" {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{
+			"status": "refused", "reason": s.cfg.refused, "version": Version,
+			"engine_version": s.cfg.engineVersion, "uptime_s": uptime,
+		})
+		return
+	}
 	if !s.ready.Load() {
 		status := "starting"
 		if s.stopping.Load() {
@@ -111,6 +122,7 @@ func (s *server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"status":         "ok",
 		"version":        Version,
+		"engine_version": s.cfg.engineVersion,
 		"uptime_s":       uptime,
 		"uptime_seconds": uptime,
 		"health_checks":  checks,

@@ -110,7 +110,12 @@ func (m *Manager) claim(ctx context.Context, id string, spec claimSpec) (claimOu
 		if op == "" {
 			op = bap.OpRepair
 		}
-		cur.Claim = bap.Claim{Op: op, Owner: m.rep.ID(), Epoch: cur.Claim.Epoch + 1, StartedAt: ptr(bap.Now())}
+		var detail string
+		if spec.takeover != nil {
+			// The takeover finishes or undoes what the detail says was done.
+			detail = cur.Claim.Detail
+		}
+		cur.Claim = bap.Claim{Op: op, Owner: m.rep.ID(), Epoch: cur.Claim.Epoch + 1, StartedAt: ptr(bap.Now()), Detail: detail}
 		if err := tx.UpdateEngine(ctx, cur); err != nil {
 			return err
 		}

@@ -62,6 +62,9 @@ type Config struct {
 	OpTimeout time.Duration
 	// Restart is the automatic restart policy.
 	Restart RestartPolicy
+	// SnapshotsKept is how many brain snapshots an upgrade keeps per engine
+	// (ORCH_SNAPSHOTS_KEPT, default 2).
+	SnapshotsKept int
 	// MaxConcurrentProvisions bounds the provisions in flight in this
 	// process (ORCH_MAX_CONCURRENT_PROVISIONS); the others wait their turn,
 	// first come, first served, before anything of them exists. 0: no bound.
@@ -138,6 +141,7 @@ func New(store registry.Store, be backend.Backend, sealer *secret.Sealer, cfg Co
 	cfg.ProbeTimeout = cmp.Or(cfg.ProbeTimeout, 2*time.Second)
 	cfg.OpTimeout = cmp.Or(cfg.OpTimeout, cfg.BootTimeout+2*cfg.StopGrace+60*time.Second)
 	cfg.ProvisionQueueWait = cmp.Or(cfg.ProvisionQueueWait, cfg.BootTimeout)
+	cfg.SnapshotsKept = cmp.Or(cfg.SnapshotsKept, 2)
 	cfg.Restart.MaxAttempts = cmp.Or(cfg.Restart.MaxAttempts, 8)
 	cfg.Restart.BackoffBase = cmp.Or(cfg.Restart.BackoffBase, 5*time.Second)
 	cfg.Restart.BackoffMax = cmp.Or(cfg.Restart.BackoffMax, 300*time.Second)
@@ -402,4 +406,25 @@ func (g guarded) Destroy(ctx context.Context, id string) error {
 		return err
 	}
 	return g.Backend.Destroy(ctx, id)
+}
+
+func (g guarded) Snapshot(ctx context.Context, id string) (string, error) {
+	if err := g.check(ctx, "snapshot", id); err != nil {
+		return "", err
+	}
+	return g.Backend.Snapshot(ctx, id)
+}
+
+func (g guarded) Restore(ctx context.Context, id, snapshot string) error {
+	if err := g.check(ctx, "restore", id); err != nil {
+		return err
+	}
+	return g.Backend.Restore(ctx, id, snapshot)
+}
+
+func (g guarded) PruneSnapshots(ctx context.Context, id string, keep int) ([]string, error) {
+	if err := g.check(ctx, "prune snapshots of", id); err != nil {
+		return nil, err
+	}
+	return g.Backend.PruneSnapshots(ctx, id, keep)
 }

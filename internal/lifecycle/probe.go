@@ -55,13 +55,24 @@ func Probe(ctx context.Context, c *http.Client, url string, timeout time.Duratio
 	if err != nil {
 		return fmt.Errorf("health body: %w", err)
 	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("health: status %d", resp.StatusCode)
-	}
 	var h struct {
 		Status string `json:"status"`
+		Reason string `json:"reason"`
 	}
-	if err := json.Unmarshal(body, &h); err != nil || h.Status != "ok" {
+	jsonErr := json.Unmarshal(body, &h)
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		if jsonErr == nil && h.Status != "" {
+			// The engine's own word on why it does not serve (an upgrade's
+			// UPGRADE_FAILED carries it), bounded.
+			why := h.Status
+			if h.Reason != "" {
+				why += ": " + h.Reason
+			}
+			return fmt.Errorf("health: status %d (%s)", resp.StatusCode, truncate(why, 200))
+		}
+		return fmt.Errorf("health: status %d", resp.StatusCode)
+	}
+	if jsonErr != nil || h.Status != "ok" {
 		return fmt.Errorf("health: status is not ok")
 	}
 	return nil

@@ -25,6 +25,10 @@ import (
 // BACKEND_ERROR, DATABASE_UNAVAILABLE.
 func (m *Manager) Provision(ctx context.Context, p bap.Product, uid bap.UserID, image, actor string) (Result, error) {
 	userID := string(uid)
+	if image == "" && p.Policy.EngineVersion != nil {
+		// The product's pinned image (policy.engine_version, SPEC §16).
+		image = *p.Policy.EngineVersion
+	}
 	if image == "" {
 		image = m.cfg.DefaultImage
 	} else if err := validateImage(image); err != nil {

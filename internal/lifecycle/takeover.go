@@ -28,6 +28,9 @@ import (
 //     come up).
 //   - rotate-key: the new key died with its replica, so the instance is
 //     recreated with the key the row holds (rotate_key_failed, "interrupted").
+//   - upgrade: before its snapshot, the engine is put back as it was; an
+//     instance of the new image that answers healthy finishes it; otherwise
+//     the snapshot is restored under the old image (upgrade_rolled_back).
 //   - auto-restart: the claim ends; the engine stays failed with its restart
 //     due, so the restart scheduler makes the next attempt.
 //
@@ -116,6 +119,8 @@ func (m *Manager) repair(ctx context.Context, c *opClaim, e bap.Engine, op bap.O
 			return m.failBringUp(ctx, c, e, action, audit.ActorSystem, err)
 		}
 		return m.commitRunning(ctx, c, e.Status, inst, boot, action, audit.ActorSystem, meta)
+	case bap.OpUpgrade:
+		return m.repairUpgrade(ctx, c, e, meta)
 	case bap.OpRotateKey:
 		if e.Status != bap.StateRunning {
 			return nil

@@ -258,6 +258,26 @@ type Store interface {
 	// transaction ends, so the writes that follow are fenced by it.
 	CheckLease(ctx context.Context, l Lease) error
 
+	// CreateRollout inserts r (ID and times set by the caller) and appends
+	// e. ErrConflict when the product has a rollout under way (running or
+	// paused); ErrNotFound when the product does not exist.
+	CreateRollout(ctx context.Context, r bap.Rollout, e audit.Entry) error
+	// GetRollout returns a rollout by id. ErrNotFound.
+	GetRollout(ctx context.Context, id string) (bap.Rollout, error)
+	// ListRollouts returns a product's rollouts, newest first.
+	ListRollouts(ctx context.Context, productID string) ([]bap.Rollout, error)
+	// RolloutsInState returns every rollout in one of states, oldest first.
+	RolloutsInState(ctx context.Context, states ...bap.RolloutState) ([]bap.Rollout, error)
+	// UpdateRollout writes r's percent, state, reason and failure base (UpdatedAt is set
+	// to now) and appends entries, atomically. ErrNotFound.
+	UpdateRollout(ctx context.Context, r bap.Rollout, entries ...audit.Entry) error
+	// SetRolloutEngine records (inserts or replaces) a rollout's outcome
+	// for one engine; UpdatedAt is set to now. ErrNotFound when the rollout
+	// does not exist.
+	SetRolloutEngine(ctx context.Context, re bap.RolloutEngine) error
+	// RolloutEngines returns the outcomes a rollout recorded, by engine id.
+	RolloutEngines(ctx context.Context, rolloutID string) ([]bap.RolloutEngine, error)
+
 	// AppendAudit inserts entries (Timestamp zero means now).
 	AppendAudit(ctx context.Context, entries ...audit.Entry) error
 	// ListAudit returns matching entries newest first (timestamp desc, id

@@ -15,15 +15,18 @@ import (
 
 // Method names, for Fake's call counters and error knobs.
 const (
-	MethodCreate  = "Create"
-	MethodStart   = "Start"
-	MethodStop    = "Stop"
-	MethodPause   = "Pause"
-	MethodUnpause = "Unpause"
-	MethodRemove  = "Remove"
-	MethodDestroy = "Destroy"
-	MethodInspect = "Inspect"
-	MethodList    = "List"
+	MethodCreate   = "Create"
+	MethodStart    = "Start"
+	MethodStop     = "Stop"
+	MethodPause    = "Pause"
+	MethodUnpause  = "Unpause"
+	MethodRemove   = "Remove"
+	MethodDestroy  = "Destroy"
+	MethodInspect  = "Inspect"
+	MethodList     = "List"
+	MethodSnapshot = "Snapshot"
+	MethodRestore  = "Restore"
+	MethodPrune    = "PruneSnapshots"
 )
 
 // AllEngines, given as the engine id to SetUnhealthy or CrashAfterProbes,
@@ -66,6 +69,9 @@ type Fake struct {
 	crashAt   map[string]int
 	seq       int
 	logs      fakeLogs
+	// snaps holds each engine's snapshots of its brain, oldest first.
+	snaps   map[string][]fakeSnap
+	refused map[string]bool
 }
 
 var _ backend.Backend = (*Fake)(nil)
@@ -104,6 +110,8 @@ func NewFake() *Fake {
 		next:      map[string]error{},
 		unhealthy: map[string]bool{},
 		crashAt:   map[string]int{},
+		snaps:     map[string][]fakeSnap{},
+		refused:   map[string]bool{},
 	}
 }
 

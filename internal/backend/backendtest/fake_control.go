@@ -126,6 +126,7 @@ func (f *Fake) drop(method, engineID string, data bool) error {
 	if data {
 		delete(f.brains, engineID)
 		f.logs.drop(engineID)
+		delete(f.snaps, engineID)
 	}
 	f.mu.Unlock()
 	if run != nil {

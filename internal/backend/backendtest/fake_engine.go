@@ -111,6 +111,11 @@ func (f *Fake) health(w http.ResponseWriter, engineID string, run *fakeRun) {
 		crashAt = f.crashAt[AllEngines]
 	}
 	booting := time.Since(run.started) < f.bootDelay
+	var refused bool
+	if e := f.engines[engineID]; e != nil {
+		refused = f.refused[e.spec.Image]
+	}
+	unhealthy = unhealthy || refused
 	crash := false
 	if !booting && !unhealthy {
 		run.probes++
@@ -120,6 +125,8 @@ func (f *Fake) health(w http.ResponseWriter, engineID string, run *fakeRun) {
 	switch {
 	case booting:
 		fakeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "starting"})
+	case refused:
+		fakeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "refused", "reason": "engine version refused"})
 	case unhealthy:
 		fakeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unhealthy"})
 	default:

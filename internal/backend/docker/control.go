@@ -181,11 +181,15 @@ func (b *Backend) waitGone(ctx context.Context, name string) bool {
 	}
 }
 
-// Destroy deletes the engine's container and its data volume. Idempotent.
+// Destroy deletes the engine's container, its data volume and its
+// snapshots. Idempotent.
 // A volume labelled for another engine is left alone: it is not this
 // engine's data.
 func (b *Backend) Destroy(ctx context.Context, engineID string) error {
 	if err := b.Remove(ctx, engineID); err != nil {
+		return err
+	}
+	if _, err := b.PruneSnapshots(ctx, engineID, 0); err != nil {
 		return err
 	}
 	name := VolumeName(engineID)

@@ -21,6 +21,7 @@ const (
 	DefaultDeployment  = "default"                 // ORCH_DEPLOYMENT_ID's default
 	DefaultImage       = "september-engine:latest" // ORCH_ENGINE_IMAGE's default
 	DefaultEngineHost  = "127.0.0.1"               // ORCH_ENGINE_HOST's default
+	DefaultHelperImage = "bap-engine:latest"       // ORCH_HELPER_IMAGE's default
 	DefaultCallTimeout = 10 * time.Second          // bound of one daemon call
 	DefaultPullTimeout = 5 * time.Minute           // bound of pulling a missing image
 )
@@ -75,6 +76,9 @@ type Config struct {
 	PullTimeout time.Duration
 	// DefaultImage is used when a Spec names no image (ORCH_ENGINE_IMAGE).
 	DefaultImage string
+	// HelperImage is the orchestrator's own image (ORCH_HELPER_IMAGE): its
+	// /bap-engine binary copies brain snapshots in a short-lived container.
+	HelperImage string
 	// Host is the daemon address (DOCKER_HOST); empty uses the client's
 	// environment (DOCKER_HOST, DOCKER_TLS_VERIFY, ...) or the local socket.
 	Host string
@@ -91,6 +95,7 @@ func (c Config) withDefaults() (Config, error) {
 	c.CallTimeout = cmp.Or(c.CallTimeout, DefaultCallTimeout)
 	c.PullTimeout = cmp.Or(c.PullTimeout, DefaultPullTimeout)
 	c.DefaultImage = cmp.Or(c.DefaultImage, DefaultImage)
+	c.HelperImage = cmp.Or(c.HelperImage, DefaultHelperImage)
 	if c.Getenv == nil {
 		c.Getenv = os.Getenv
 	}

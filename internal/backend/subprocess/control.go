@@ -108,6 +108,9 @@ func (b *Backend) Destroy(ctx context.Context, engineID string) error {
 	if err := removeDir(ctx, b.dir(engineID)); err != nil {
 		return fmt.Errorf("destroy engine %s: remove data dir: %w", engineID, err)
 	}
+	if _, err := b.pruneSnapshots(engineID, 0); err != nil {
+		return fmt.Errorf("destroy engine %s: %w", engineID, err)
+	}
 	return nil
 }
 

@@ -117,11 +117,12 @@ func (b *Backend) env(spec specFile) []string {
 		envDBPath + "=" + filepath.Join(dir, brainFileName),
 		envListenHost + "=" + b.cfg.Host,
 		envEngineID + "=" + spec.EngineID,
+		envVersion + "=" + spec.Image,
 	}
 	if b.cfg.CatalogDir != "" {
 		own = append(own, envCatalogDir+"="+b.cfg.CatalogDir)
 	}
-	reserved := map[string]bool{envPort: true, envKeyHash: true, envDBPath: true, envListenHost: true, envEngineID: true, envCatalogDir: true}
+	reserved := map[string]bool{envVersion: true, envPort: true, envKeyHash: true, envDBPath: true, envListenHost: true, envEngineID: true, envCatalogDir: true}
 	env := own
 	for _, name := range append(slices.Clone(inherited), b.cfg.Passthrough...) {
 		if reserved[name] || name == "" {

@@ -26,6 +26,8 @@ const (
 	envDBPath     = "SQLITE_DB_PATH"
 	envCatalogDir = "CATALOG_DIR"
 	envListenHost = "ENGINE_LISTEN_HOST"
+	// envVersion is the subprocess stand-in for the image (SPEC §10).
+	envVersion = "ENGINE_VERSION"
 	// envEngineID marks the process as this engine's, for re-adoption.
 	envEngineID = "BAP_ENGINE_ID"
 )

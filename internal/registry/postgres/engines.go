@@ -20,7 +20,8 @@ const engineCols = `e.id, e.product_id, e.user_id, e.status, COALESCE(e.port, 0)
 	COALESCE(e.url, ''), COALESCE(e.instance_id, ''), e.boot_duration_ms,
 	COALESCE(e.health_failures, 0), COALESCE(e.restart_attempts, 0), e.next_restart_at,
 	e.last_health_at, e.last_active_at, COALESCE(e.failure_reason, ''), COALESCE(e.op, ''),
-	COALESCE(e.op_owner, ''), COALESCE(e.op_epoch, 0), e.op_started_at, e.created_at, e.updated_at`
+	COALESCE(e.op_owner, ''), COALESCE(e.op_epoch, 0), e.op_started_at, COALESCE(e.op_detail, ''),
+	e.created_at, e.updated_at`
 
 // engineRow receives engineCols.
 type engineRow struct {
@@ -36,7 +37,7 @@ func (r *engineRow) dest() []any {
 		&r.e.URL, &r.e.InstanceID, &r.e.BootDurationMS,
 		&r.e.HealthFailures, &r.e.RestartAttempts, &r.e.NextRestartAt,
 		&r.e.LastHealthAt, &r.e.LastActiveAt, &r.e.FailureReason, &r.op, &r.e.Claim.Owner,
-		&r.e.Claim.Epoch, &r.e.Claim.StartedAt, &r.createdAt, &r.updatedAt}
+		&r.e.Claim.Epoch, &r.e.Claim.StartedAt, &r.e.Claim.Detail, &r.createdAt, &r.updatedAt}
 }
 
 // engine returns the scanned engine, false when the LEFT JOIN found none.
@@ -253,9 +254,9 @@ var sqlUpdateEngine = `WITH e AS (
 		instance_id = NULLIF($8::text, ''), boot_duration_ms = $9, health_failures = $10,
 		restart_attempts = $11, next_restart_at = $12, last_health_at = $13, last_active_at = $14,
 		failure_reason = NULLIF($15::text, ''), updated_at = $16, op = NULLIF($17::text, ''),
-		op_owner = NULLIF($18::text, ''), op_epoch = $19, op_started_at = $20
+		op_owner = NULLIF($18::text, ''), op_epoch = $19, op_started_at = $20, op_detail = NULLIF($21::text, '')
 	WHERE id = $1::uuid RETURNING id
-), audit AS (` + auditInsert(21, " CROSS JOIN e") + `)
+), audit AS (` + auditInsert(22, " CROSS JOIN e") + `)
 SELECT count(*) FROM e`
 
 // UpdateEngine writes every mutable column of e and appends entries in one
@@ -272,7 +273,7 @@ func (s *Store) UpdateEngine(ctx context.Context, e bap.Engine, entries ...audit
 	args = append([]any{e.ID, string(e.Status), e.Port, e.KeyHash, e.KeyEnc, e.Image, e.URL,
 		e.InstanceID, e.BootDurationMS, e.HealthFailures, e.RestartAttempts, timePtr(e.NextRestartAt),
 		timePtr(e.LastHealthAt), timePtr(e.LastActiveAt), e.FailureReason, bap.Now(),
-		string(e.Claim.Op), e.Claim.Owner, e.Claim.Epoch, timePtr(e.Claim.StartedAt)}, args...)
+		string(e.Claim.Op), e.Claim.Owner, e.Claim.Epoch, timePtr(e.Claim.StartedAt), e.Claim.Detail}, args...)
 	var n int
 	err = s.db.QueryRow(ctx, sqlUpdateEngine, args...).Scan(&n)
 	if err == nil && n == 0 {

@@ -285,6 +285,7 @@ func testEngineUpdateRoundTrip(t *testing.T, s registry.Store) {
 	// Every mutable field to a non-empty value.
 	full := fullEngine(p.ID, "u1", 9100)
 	full.ID, full.CreatedAt = e.ID, e.CreatedAt
+	full.Claim.Detail = `{"from":"v1","to":"v2","snapshot":"snap-3"}` // an upgrade's, for its takeover
 	before := bap.Now()
 	require.NoError(t, s.UpdateEngine(ctx, full,
 		audit.Entry{ProductID: p.ID, EngineID: e.ID, UserID: "u1", Action: audit.HealthFailed, Actor: audit.ActorSystem},

@@ -60,6 +60,7 @@ func Run(t *testing.T, newStore func(t *testing.T) registry.Store) {
 		{"Replica", replicaTests()},
 		{"Claim", claimTests()},
 		{"Pool", poolTests()},
+		{"Rollout", rolloutTests()},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

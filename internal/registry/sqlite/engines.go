@@ -20,7 +20,7 @@ const engineCols = `COALESCE(e.id, ''), COALESCE(e.product_id, ''), COALESCE(e.u
 	COALESCE(e.instance_id, ''), e.boot_duration_ms, COALESCE(e.health_failures, 0),
 	COALESCE(e.restart_attempts, 0), e.next_restart_at, e.last_health_at, e.last_active_at,
 	COALESCE(e.failure_reason, ''), COALESCE(e.op, ''), COALESCE(e.op_owner, ''),
-	COALESCE(e.op_epoch, 0), e.op_started_at, e.created_at, e.updated_at`
+	COALESCE(e.op_epoch, 0), e.op_started_at, COALESCE(e.op_detail, ''), e.created_at, e.updated_at`
 
 // sqliteMaxParams bounds the ids bound into one IN list.
 const sqliteMaxParams = 500
@@ -30,7 +30,7 @@ func engineDest(e *bap.Engine) []any {
 		&e.Image, &e.URL, &e.InstanceID, &e.BootDurationMS, &e.HealthFailures, &e.RestartAttempts,
 		nullTimeScanner{&e.NextRestartAt}, nullTimeScanner{&e.LastHealthAt},
 		nullTimeScanner{&e.LastActiveAt}, &e.FailureReason, &e.Claim.Op, &e.Claim.Owner,
-		&e.Claim.Epoch, nullTimeScanner{&e.Claim.StartedAt},
+		&e.Claim.Epoch, nullTimeScanner{&e.Claim.StartedAt}, &e.Claim.Detail,
 		timeScanner{&e.CreatedAt}, timeScanner{&e.UpdatedAt}}
 }
 
@@ -194,14 +194,14 @@ func (s *Store) UpdateEngine(ctx context.Context, e bap.Engine, entries ...audit
 			status = ?, port = ?, engine_key_hash = ?, engine_key_enc = ?, image = ?, url = ?,
 			instance_id = ?, boot_duration_ms = ?, health_failures = ?, restart_attempts = ?,
 			next_restart_at = ?, last_health_at = ?, last_active_at = ?, failure_reason = ?,
-			updated_at = ?, op = ?, op_owner = ?, op_epoch = ?, op_started_at = ?
+			updated_at = ?, op = ?, op_owner = ?, op_epoch = ?, op_started_at = ?, op_detail = ?
 			WHERE id = ?`,
 			string(e.Status), e.Port, nullStr(e.KeyHash), nullStr(e.KeyEnc), nullStr(e.Image),
 			nullStr(e.URL), nullStr(e.InstanceID), nullInt64(e.BootDurationMS), e.HealthFailures,
 			e.RestartAttempts, nullTS(e.NextRestartAt), nullTS(e.LastHealthAt),
 			nullTS(e.LastActiveAt), nullStr(e.FailureReason), ts(bap.Now()),
 			nullStr(string(e.Claim.Op)), nullStr(e.Claim.Owner), e.Claim.Epoch,
-			nullTS(e.Claim.StartedAt), e.ID); err != nil {
+			nullTS(e.Claim.StartedAt), nullStr(e.Claim.Detail), e.ID); err != nil {
 			return err
 		}
 		return tx.appendAudit(ctx, entries...)
