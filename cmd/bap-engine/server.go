@@ -75,6 +75,7 @@ type server struct {
 	checker   *health.Checker
 	idle      *health.IdleSweeper
 	handler   http.Handler
+	metrics   *metrics.Metrics
 }
 
 // newLogger builds the slog logger ORCH_LOG_LEVEL and ORCH_LOG_FORMAT ask for.
@@ -267,6 +268,22 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		st := disc.CacheStats()
 		return metrics.AdmitCacheStats{Live: st.Live, Engines: st.Engines, Hits: st.Hits, Reads: st.Reads}
 	})
+	b := currentBuild()
+	met.BuildInfo(b.Version, b.Commit, b.Go)
+	met.Database(store.Ping)
+	met.Ports(func(ctx context.Context) (metrics.PortStats, error) {
+		allocs, err := store.ListPortAllocations(ctx)
+		if err != nil {
+			return metrics.PortStats{}, err
+		}
+		st := metrics.PortStats{Total: cfg.PortMax - cfg.PortMin + 1}
+		for _, a := range allocs {
+			if a.Port >= cfg.PortMin && a.Port <= cfg.PortMax {
+				st.Used++
+			}
+		}
+		return st, nil
+	})
 	if p, ok := store.(registry.Pooled); ok {
 		met.DBPool(func() metrics.DBPoolStats {
 			st := p.PoolStats()
@@ -297,6 +314,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		WriteTimeout: cfg.HTTPReadTimeout,
 		Context:      ctx,
 		Build:        apiBuild(),
+		MetricsToken: cfg.MetricsToken,
 		Ready: func(ctx context.Context) error {
 			if p, ok := be.(interface{ Ping(context.Context) error }); ok {
 				return p.Ping(ctx)
@@ -306,7 +324,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 	})
 	return &server{
 		cfg: cfg, log: log, store: store, backend: be, replica: rep, lifecycle: lm,
-		discovery: disc, checker: checker, idle: idle, handler: handler,
+		discovery: disc, checker: checker, idle: idle, handler: handler, metrics: met,
 	}, nil
 }
 
@@ -347,16 +365,22 @@ func (s *server) serve(ctx context.Context, door *frontDoor, ready func()) error
 		defer close(repDone)
 		_ = s.replica.Run(repCtx)
 	}()
-	if st, err := s.lifecycle.Reconcile(ctx); err != nil {
-		s.log.Warn("startup reconciliation incomplete; the periodic pass will retry", "err", err)
+	st, rerr := s.lifecycle.Reconcile(ctx)
+	s.metrics.Reconciled(metrics.ReconcilePass{TakenOver: st.TakenOver, RunningLost: st.RunningLost,
+		OrphansRemoved: st.OrphansRemoved, PortsFreed: st.PortsFreed, Errors: st.Errors}, rerr)
+	if rerr != nil {
+		s.log.Warn("startup reconciliation incomplete; the periodic pass will retry", "err", rerr)
 	} else {
-		s.log.Info("startup reconciliation", "engines", st.Engines, "taken_over", st.TakenOver,
-			"running_lost", st.RunningLost, "orphans_removed", st.OrphansRemoved, "ports_freed", st.PortsFreed)
+		s.log.Info("startup reconciliation", "stats", st)
 	}
 
 	loopCtx, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLoops()
-	reconciler := lifecycle.NewReconciler(s.lifecycle, lifecycle.ReconcilerConfig{Every: reconcileEvery, Logger: s.log})
+	reconciler := lifecycle.NewReconciler(s.lifecycle, lifecycle.ReconcilerConfig{Every: reconcileEvery, Logger: s.log,
+		OnPass: func(st lifecycle.ReconcileStats, err error) {
+			s.metrics.Reconciled(metrics.ReconcilePass{TakenOver: st.TakenOver, RunningLost: st.RunningLost,
+				OrphansRemoved: st.OrphansRemoved, PortsFreed: st.PortsFreed, Errors: st.Errors}, err)
+		}})
 	g, gctx := errgroup.WithContext(loopCtx)
 	g.Go(func() error { return ignoreCanceled(s.discovery.Run(gctx)) })
 	g.Go(func() error { return ignoreCanceled(s.checker.Run(gctx)) })

@@ -69,6 +69,8 @@ func (s *server) handle(rt route) http.Handler {
 			p, err = s.authPlatform(r)
 		case authAdmin:
 			err = s.authAdmin(r)
+		case authMetrics:
+			err = s.authMetrics(r)
 		}
 		if err == nil {
 			err = rt.h(w, r, p)

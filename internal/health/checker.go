@@ -75,6 +75,12 @@ type Observer interface {
 	Restart(productID string, err error)
 }
 
+// GiveUpObserver is an Observer that also hears when an engine's automatic
+// restarts are exhausted (it stays failed until started): an alert's signal.
+type GiveUpObserver interface {
+	RestartsExhausted(productID string)
+}
+
 // Stats describes one pass of the Checker.
 type Stats struct {
 	// Engines is the number of engines being probed at the end of the pass.

@@ -152,6 +152,9 @@ func (c *Checker) restart(ctx context.Context, e bap.Engine) {
 		c.ctr.restarts.Add(1)
 		c.ctr.gaveUp.Add(1)
 		c.obs.Restart(e.ProductID, errRestartFailed)
+		if g, ok := c.obs.(GiveUpObserver); ok {
+			g.RestartsExhausted(e.ProductID)
+		}
 		log.Error("engine restart gave up: it stays failed until started", "attempts", c.lm.Config().Restart.MaxAttempts)
 	case lifecycle.RestartDeferred:
 		log.Warn("engine restart deferred: backend unavailable")

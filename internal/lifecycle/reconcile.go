@@ -26,6 +26,15 @@ type ReconcileStats struct {
 	Errors         int
 }
 
+// LogValue logs the statistics as structured fields (a group), never as
+// one formatted string.
+func (st ReconcileStats) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.Int("engines", st.Engines), slog.Int("taken_over", st.TakenOver),
+		slog.Int("running_lost", st.RunningLost), slog.Int("orphans_removed", st.OrphansRemoved),
+		slog.Int("ports_freed", st.PortsFreed), slog.Int("errors", st.Errors))
+}
+
 // maxTakeovers bounds the takeovers running at once, well below a
 // database pool's size so takeovers never starve other work.
 const maxTakeovers = 4
@@ -263,8 +272,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			r.cfg.OnPass(st, err)
 		}
 		if err == nil && (st.TakenOver > 0 || st.RunningLost > 0 || st.OrphansRemoved > 0 || st.PortsFreed > 0 || st.Errors > 0) {
-			r.log.Info("reconciliation repaired", "taken_over", st.TakenOver, "running_lost", st.RunningLost,
-				"orphans_removed", st.OrphansRemoved, "ports_freed", st.PortsFreed, "errors", st.Errors)
+			r.log.Info("reconciliation repaired", "stats", st)
 		}
 		return err
 	})
