@@ -29,6 +29,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		rekeyCmd(getenv, stdout),
 		engineCmd(getenv, stdout),
 		versionCmd(stdout),
+		probeCmd(stdout),
 	)
 	root.AddCommand(clientCmds(getenv, stdout, root.ErrOrStderr())...)
 	refuseUnknownSubcommands(root)
