@@ -29,6 +29,7 @@ import (
 	"github.com/september/bap-engine/internal/registry/postgres"
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/replica"
+	"github.com/september/bap-engine/internal/requestid"
 	"github.com/september/bap-engine/internal/secret"
 	"github.com/september/bap-engine/internal/ui"
 )
@@ -81,10 +82,13 @@ type server struct {
 // newLogger builds the slog logger ORCH_LOG_LEVEL and ORCH_LOG_FORMAT ask for.
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	// requestid.Handler adds the request id of the work a line belongs to
+	// (an API request's, or a health restart's) to lines logged with its
+	// context.
 	if cfg.LogFormat == config.LogFormatText {
-		return slog.New(slog.NewTextHandler(w, opts))
+		return slog.New(requestid.Handler(slog.NewTextHandler(w, opts)))
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(requestid.Handler(slog.NewJSONHandler(w, opts)))
 }
 
 // openStore opens (and migrates) the registry ORCH_DATABASE_URL names.
