@@ -47,6 +47,16 @@ if ! command -v chromium >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
 fi
 
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "==> promtool missing (checks deploy/monitoring's alert rules): installing Debian's prometheus package"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || true
+  if ! command -v promtool >/dev/null 2>&1 && [ "${CI:-}" = "true" ]; then
+    echo "FAIL: promtool is needed in CI and could not be installed (apt-get install prometheus)" >&2
+    exit 1
+  fi
+fi
+
 if [ "${CI:-}" = "true" ] && ! docker info >/dev/null 2>&1; then
   echo "==> Docker daemon not answering: trying to start it"
   (command -v service >/dev/null && service docker start) || (command -v dockerd >/dev/null && (dockerd >/tmp/dockerd.log 2>&1 &) ) || true
@@ -54,6 +64,15 @@ if [ "${CI:-}" = "true" ] && ! docker info >/dev/null 2>&1; then
 fi
 
 start=$(date +%s)
+if command -v promtool >/dev/null 2>&1; then
+  echo "==> promtool: alert rules, their unit tests and the example scrape config (deploy/monitoring)"
+  promtool check rules deploy/monitoring/alerts.yml
+  promtool test rules deploy/monitoring/tests/alerts_test.yml
+  promtool check config --syntax-only deploy/monitoring/prometheus.yml
+else
+  echo "==> promtool missing and not installable here: alert rules NOT checked (CI fails on this)"
+fi
+
 echo "==> go vet ./..."
 go vet ./...
 

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -166,4 +168,26 @@ func (b *syncBuf) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+func TestVersionAndProbe(t *testing.T) {
+	out := mustCLI(t, nil, "version")
+	require.Equal(t, "bap-engine dev (commit "+currentBuild().Commit+", "+runtime.Version()+")\n", out)
+	require.Equal(t, out, mustCLI(t, nil, "--version"))
+	var b map[string]string
+	require.NoError(t, json.Unmarshal([]byte(mustCLI(t, nil, "version", "-o", "json")), &b))
+	require.Equal(t, "dev", b["version"])
+	require.Equal(t, runtime.Version(), b["go"])
+
+	env := baseEnv(t, stores()[0].url(t))
+	o := startServe(t, env)
+	require.Contains(t, mustCLI(t, nil, "probe", o.url+"/livez"), "200")
+	_, err := cli(t, nil, "probe", o.url+"/engines")
+	require.ErrorContains(t, err, "401")
+	var v map[string]string
+	resp, err := http.Get(o.url + "/version")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&v))
+	require.Equal(t, b, v, "GET /version is the binary's own")
 }

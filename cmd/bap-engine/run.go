@@ -30,6 +30,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		engineCmd(getenv, stdout),
 		versionCmd(stdout),
 		snapshotCmd(),
+		probeCmd(stdout),
 	)
 	root.AddCommand(clientCmds(getenv, stdout, root.ErrOrStderr())...)
 	refuseUnknownSubcommands(root)

@@ -29,6 +29,7 @@ import (
 	"github.com/september/bap-engine/internal/registry/postgres"
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/replica"
+	"github.com/september/bap-engine/internal/requestid"
 	"github.com/september/bap-engine/internal/rollout"
 	"github.com/september/bap-engine/internal/secret"
 	"github.com/september/bap-engine/internal/ui"
@@ -77,15 +78,19 @@ type server struct {
 	idle      *health.IdleSweeper
 	rollouts  *rollout.Service
 	handler   http.Handler
+	metrics   *metrics.Metrics
 }
 
 // newLogger builds the slog logger ORCH_LOG_LEVEL and ORCH_LOG_FORMAT ask for.
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	// requestid.Handler adds the request id of the work a line belongs to
+	// (an API request's, or a health restart's) to lines logged with its
+	// context.
 	if cfg.LogFormat == config.LogFormatText {
-		return slog.New(slog.NewTextHandler(w, opts))
+		return slog.New(requestid.Handler(slog.NewTextHandler(w, opts)))
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(requestid.Handler(slog.NewJSONHandler(w, opts)))
 }
 
 // openStore opens (and migrates) the registry ORCH_DATABASE_URL names.
@@ -271,6 +276,22 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		st := disc.CacheStats()
 		return metrics.AdmitCacheStats{Live: st.Live, Engines: st.Engines, Hits: st.Hits, Reads: st.Reads}
 	})
+	b := currentBuild()
+	met.BuildInfo(b.Version, b.Commit, b.Go)
+	met.Database(store.Ping)
+	met.Ports(func(ctx context.Context) (metrics.PortStats, error) {
+		allocs, err := store.ListPortAllocations(ctx)
+		if err != nil {
+			return metrics.PortStats{}, err
+		}
+		st := metrics.PortStats{Total: cfg.PortMax - cfg.PortMin + 1}
+		for _, a := range allocs {
+			if a.Port >= cfg.PortMin && a.Port <= cfg.PortMax {
+				st.Used++
+			}
+		}
+		return st, nil
+	})
 	if p, ok := store.(registry.Pooled); ok {
 		met.DBPool(func() metrics.DBPoolStats {
 			st := p.PoolStats()
@@ -303,6 +324,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		WriteTimeout: cfg.HTTPReadTimeout,
 		Context:      ctx,
 		Build:        apiBuild(),
+		MetricsToken: cfg.MetricsToken,
 		Ready: func(ctx context.Context) error {
 			if p, ok := be.(interface{ Ping(context.Context) error }); ok {
 				return p.Ping(ctx)
@@ -312,7 +334,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 	})
 	return &server{
 		cfg: cfg, log: log, store: store, backend: be, replica: rep, lifecycle: lm,
-		discovery: disc, checker: checker, idle: idle, rollouts: rollouts, handler: handler,
+		discovery: disc, checker: checker, idle: idle, rollouts: rollouts, handler: handler, metrics: met,
 	}, nil
 }
 
@@ -353,16 +375,22 @@ func (s *server) serve(ctx context.Context, door *frontDoor, ready func()) error
 		defer close(repDone)
 		_ = s.replica.Run(repCtx)
 	}()
-	if st, err := s.lifecycle.Reconcile(ctx); err != nil {
-		s.log.Warn("startup reconciliation incomplete; the periodic pass will retry", "err", err)
+	st, rerr := s.lifecycle.Reconcile(ctx)
+	s.metrics.Reconciled(metrics.ReconcilePass{TakenOver: st.TakenOver, RunningLost: st.RunningLost,
+		OrphansRemoved: st.OrphansRemoved, PortsFreed: st.PortsFreed, Errors: st.Errors}, rerr)
+	if rerr != nil {
+		s.log.Warn("startup reconciliation incomplete; the periodic pass will retry", "err", rerr)
 	} else {
-		s.log.Info("startup reconciliation", "engines", st.Engines, "taken_over", st.TakenOver,
-			"running_lost", st.RunningLost, "orphans_removed", st.OrphansRemoved, "ports_freed", st.PortsFreed)
+		s.log.Info("startup reconciliation", "stats", st)
 	}
 
 	loopCtx, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLoops()
-	reconciler := lifecycle.NewReconciler(s.lifecycle, lifecycle.ReconcilerConfig{Every: reconcileEvery, Logger: s.log})
+	reconciler := lifecycle.NewReconciler(s.lifecycle, lifecycle.ReconcilerConfig{Every: reconcileEvery, Logger: s.log,
+		OnPass: func(st lifecycle.ReconcileStats, err error) {
+			s.metrics.Reconciled(metrics.ReconcilePass{TakenOver: st.TakenOver, RunningLost: st.RunningLost,
+				OrphansRemoved: st.OrphansRemoved, PortsFreed: st.PortsFreed, Errors: st.Errors}, err)
+		}})
 	g, gctx := errgroup.WithContext(loopCtx)
 	g.Go(func() error { return ignoreCanceled(s.discovery.Run(gctx)) })
 	g.Go(func() error { return ignoreCanceled(s.checker.Run(gctx)) })

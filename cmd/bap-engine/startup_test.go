@@ -118,3 +118,40 @@ func TestServeWaitsForTheBackendAndStopsWhileWaiting(t *testing.T) {
 		t.Fatal("serve did not stop while waiting")
 	}
 }
+
+// TestMetricsTokenAndOperatorMetrics scrapes /metrics/prometheus with the
+// bearer token alone and finds the build, capacity and reconcile metrics.
+func TestMetricsTokenAndOperatorMetrics(t *testing.T) {
+	env := baseEnv(t, stores()[0].url(t))
+	env["ORCH_METRICS_TOKEN"] = "scrape-token-0123456789abcdef"
+	o := startServe(t, env)
+	scrape := func(auth string) (int, string) {
+		req, err := http.NewRequest(http.MethodGet, o.url+"/metrics/prometheus", nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", auth)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(b)
+	}
+	code, _ := scrape("Bearer wrong-token-0123456789abcdef")
+	require.Equal(t, http.StatusUnauthorized, code)
+	code, _ = scrape("")
+	require.Equal(t, http.StatusUnauthorized, code)
+	code, text := scrape("Bearer " + env["ORCH_METRICS_TOKEN"])
+	require.Equal(t, http.StatusOK, code)
+	for _, want := range []string{
+		`bap_engine_build_info{commit="`,
+		"bap_engine_ports_total 40",
+		"bap_engine_ports_used 0",
+		"bap_engine_ports_free 40",
+		"bap_engine_database_up 1",
+		`bap_engine_reconcile_runs_total{outcome="ok"} `,
+		"bap_engine_orphans_removed_total 0",
+	} {
+		require.Contains(t, text, want)
+	}
+	require.NotContains(t, text, env["ORCH_METRICS_TOKEN"])
+}

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"runtime"
 	"runtime/debug"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -65,5 +68,36 @@ func versionCmd(stdout io.Writer) *cobra.Command {
 		},
 	}
 	out.registerFlags(cmd.Flags())
+	return cmd
+}
+
+// probeCmd GETs a URL and succeeds on a 2xx answer: a health check for
+// images without a shell or curl (docker-compose.yml's healthcheck).
+func probeCmd(stdout io.Writer) *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "probe URL",
+		Short: "GET URL and exit 0 on a 2xx answer (a container health check, e.g. http://127.0.0.1:8000/livez)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, args[0], nil)
+			if err != nil {
+				return err
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode/100 != 2 {
+				return fmt.Errorf("%s answered %s", args[0], resp.Status)
+			}
+			_, err = fmt.Fprintln(stdout, resp.Status)
+			return err
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "how long the answer may take")
 	return cmd
 }

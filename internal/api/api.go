@@ -53,6 +53,9 @@ type Deps struct {
 	// begins (and each piece of a Stream); a client that stops reading is
 	// cut off then, so it holds no handler. 0 leaves answers unbounded.
 	WriteTimeout time.Duration
+	// MetricsToken, when set, is a bearer token GET /metrics/prometheus
+	// accepts besides the admin key (ORCH_METRICS_TOKEN).
+	MetricsToken string
 	// Build names this build for GET /version.
 	Build BuildInfo
 	// Ready, when set, is what GET /readyz checks besides the database:
@@ -79,9 +82,10 @@ type server struct {
 	// writeTimeout is Deps.WriteTimeout.
 	writeTimeout time.Duration
 	// ctx is Deps.Context (nil: streams end with their client only).
-	ctx   context.Context
-	build BuildInfo
-	ready func(ctx context.Context) error
+	ctx          context.Context
+	build        BuildInfo
+	ready        func(ctx context.Context) error
+	metricsToken string
 }
 
 // New returns the HTTP handler of the whole API. It panics when a required
@@ -112,6 +116,7 @@ func New(d Deps) http.Handler {
 		ctx:          d.Context,
 		build:        d.Build,
 		ready:        d.Ready,
+		metricsToken: d.MetricsToken,
 	}
 	if s.metrics != nil {
 		s.promHTTP = s.metrics.Handler()

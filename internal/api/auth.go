@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/registry"
@@ -49,4 +50,21 @@ func (s *server) authAdmin(r *http.Request) error {
 	}
 	setProduct(r.Context(), "admin")
 	return nil
+}
+
+// authMetrics lets a Prometheus scraper in with the admin key, or with
+// Authorization: Bearer <ORCH_METRICS_TOKEN> when that is set, so it need
+// not hold the admin key. A wrong token is INVALID_ADMIN_KEY, as on every
+// admin route.
+func (s *server) authMetrics(r *http.Request) error {
+	if s.metricsToken != "" {
+		if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && tok != "" {
+			if secret.Equal(strings.TrimSpace(tok), s.metricsToken) {
+				setProduct(r.Context(), "metrics")
+				return nil
+			}
+			return bap.Errorf(bap.CodeInvalidAdminKey, msgInvalidAdminKey)
+		}
+	}
+	return s.authAdmin(r)
 }

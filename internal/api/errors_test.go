@@ -49,7 +49,7 @@ func TestEveryRouteRequiresItsKey(t *testing.T) {
 					require.Equal(t, http.StatusUnauthorized, r.status, "%s %s with %s key: %s", rt.Method, path, name, r.body)
 					checkGolden(t, "invalid_platform_key", r)
 				}
-			case "admin":
+			case "admin", "metrics":
 				for name, hdr := range map[string]map[string]string{
 					"missing":      nil,
 					"wrong":        {api.HeaderAdminKey: h.adminKey + "x"},

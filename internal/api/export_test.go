@@ -10,7 +10,7 @@ type RouteInfo struct {
 
 // Routes returns the route table as New registers it.
 func Routes() []RouteInfo {
-	names := map[authKind]string{authNone: "none", authPlatform: "platform", authAdmin: "admin", authSelf: "self"}
+	names := map[authKind]string{authNone: "none", authPlatform: "platform", authAdmin: "admin", authSelf: "self", authMetrics: "metrics"}
 	var out []RouteInfo
 	for _, rt := range (&server{}).routes() {
 		out = append(out, RouteInfo{Method: rt.method, Path: rt.path, Auth: names[rt.auth]})

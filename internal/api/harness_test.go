@@ -30,6 +30,7 @@ import (
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/postgres"
 	"github.com/september/bap-engine/internal/registry/sqlite"
+	"github.com/september/bap-engine/internal/requestid"
 	"github.com/september/bap-engine/internal/secret"
 	"github.com/september/bap-engine/internal/testmain"
 )
@@ -145,7 +146,7 @@ func newHarness(t testing.TB, store registry.Store, o options) *harness {
 	require.NoError(t, err)
 	clk := &clock{t: time.Now().UTC().Truncate(time.Second)}
 	logs := &syncBuffer{}
-	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := slog.New(requestid.Handler(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 
 	m := metrics.New(metrics.Config{
 		Engines: func(ctx context.Context) (map[string]map[string]int, error) {

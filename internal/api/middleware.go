@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/requestid"
 )
 
 // HeaderRequestID carries the request id in and out.
@@ -69,6 +70,8 @@ func (s *server) handle(rt route) http.Handler {
 			p, err = s.authPlatform(r)
 		case authAdmin:
 			err = s.authAdmin(r)
+		case authMetrics:
+			err = s.authMetrics(r)
 		}
 		if err == nil {
 			err = rt.h(w, r, p)
@@ -98,7 +101,9 @@ func (s *server) middleware(mux *http.ServeMux) http.Handler {
 		id := requestID(r.Header.Get(HeaderRequestID))
 		w.Header().Set(HeaderRequestID, id)
 		info := &reqInfo{id: id, window: s.writeTimeout}
-		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, info))
+		// The id also rides the context for requestid.Handler, so the
+		// lifecycle and health logs of this request's work carry it.
+		r = r.WithContext(requestid.With(context.WithValue(r.Context(), ctxKey{}, info), id))
 		rw := &responseWriter{ResponseWriter: w, method: r.Method, path: r.URL.Path}
 		if s.writeTimeout > 0 {
 			// The window opens with the answer's first byte, so a handler

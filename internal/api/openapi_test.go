@@ -108,6 +108,8 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 			require.Equal(t, []string{"PlatformKey"}, schemes, "%s %s", rt.Method, rt.Path)
 		case "admin":
 			require.Equal(t, []string{"AdminKey"}, schemes, "%s %s", rt.Method, rt.Path)
+		case "metrics":
+			require.ElementsMatch(t, []string{"AdminKey", "MetricsToken"}, schemes, "%s %s", rt.Method, rt.Path)
 		case "none":
 			require.Empty(t, schemes, "%s %s", rt.Method, rt.Path)
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/september/bap-engine/client"
 	"github.com/september/bap-engine/internal/api"
+	"github.com/september/bap-engine/internal/backend/backendtest"
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/registry"
 )
@@ -293,4 +294,27 @@ func TestStartingHandler(t *testing.T) {
 	waiting.Store(bap.Errorf(bap.CodeBackendUnavailable, "waiting for the engine backend"))
 	_, body = get("/readyz")
 	require.Equal(t, bap.CodeBackendUnavailable, body["error"].(map[string]any)["code"])
+}
+
+// TestRequestIDReachesLifecycleLogs: the lifecycle's own log lines about a
+// request's work carry the request's id.
+func TestRequestIDReachesLifecycleLogs(t *testing.T) {
+	h := newHarness(t, openSQLite(t), options{})
+	_, p := h.product("acme", "")
+	h.fake.FailNext(backendtest.MethodStart, errors.New("engine would not start"))
+	r := h.do(http.MethodPost, "/engines/provision", `{"user_id":"alice"}`,
+		map[string]string{api.HeaderPlatformKey: p.PlatformAPIKey, api.HeaderRequestID: "trace-abc-123"})
+	require.Equal(t, http.StatusBadGateway, r.status, "%s", r.body)
+	found := false
+	for _, line := range strings.Split(h.logs.String(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) != nil {
+			continue
+		}
+		if rec["msg"] == "provision failed" {
+			require.Equal(t, "trace-abc-123", rec["request_id"], line)
+			found = true
+		}
+	}
+	require.True(t, found, "lifecycle logged the failed provision:\n%s", h.logs.String())
 }

@@ -10,6 +10,7 @@ const (
 	authPlatform          // X-Platform-Key: the handler gets the calling product
 	authAdmin             // X-Admin-Key
 	authSelf              // the handler authenticates itself (admit: one query)
+	authMetrics           // X-Admin-Key, or Authorization: Bearer <Deps.MetricsToken>
 )
 
 // route is one entry of the API.
@@ -47,7 +48,7 @@ func (s *server) routes() []route {
 		{http.MethodGet, "/health", authNone, s.health},
 		// Beyond the original.
 		{http.MethodGet, "/openapi.json", authNone, s.openAPI},
-		{http.MethodGet, "/metrics/prometheus", authAdmin, s.prometheus},
+		{http.MethodGet, "/metrics/prometheus", authMetrics, s.prometheus},
 		{http.MethodGet, "/engines/{user_id}/audit", authPlatform, s.engineAudit},
 		{http.MethodPost, "/products/{product_id}/rotate-platform-key", authAdmin, s.rotatePlatformKey},
 		{http.MethodGet, "/replicas", authAdmin, s.replicas},

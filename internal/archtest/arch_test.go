@@ -43,7 +43,7 @@ func internalImports(deps []string) []string {
 
 func TestLeavesImportNothingInternal(t *testing.T) {
 	pkgs := imports(t)
-	for _, leaf := range []string{"internal/bap", "internal/config", "internal/secret", "internal/backend", "internal/metrics", "internal/loop", "internal/hub"} {
+	for _, leaf := range []string{"internal/bap", "internal/config", "internal/secret", "internal/backend", "internal/metrics", "internal/loop", "internal/hub", "internal/requestid"} {
 		require.Contains(t, pkgs, leaf)
 		require.Empty(t, internalImports(pkgs[leaf]), "%s is a leaf", leaf)
 	}
@@ -56,10 +56,10 @@ func TestAllowedInternalImports(t *testing.T) {
 		"internal/replica":           {"internal/bap", "internal/registry", "internal/loop"},
 		"internal/registry/postgres": {"internal/bap", "internal/audit", "internal/registry"},
 		"internal/registry/sqlite":   {"internal/bap", "internal/audit", "internal/registry"},
-		"internal/lifecycle":         {"internal/bap", "internal/registry", "internal/backend", "internal/audit", "internal/secret", "internal/metrics", "internal/replica", "internal/loop"},
+		"internal/lifecycle":         {"internal/bap", "internal/registry", "internal/backend", "internal/audit", "internal/secret", "internal/metrics", "internal/replica", "internal/loop", "internal/requestid"},
 		"internal/policy":            {"internal/bap"},
 		"internal/discovery":         {"internal/bap", "internal/registry", "internal/policy", "internal/lifecycle", "internal/audit", "internal/secret"},
-		"internal/health":            {"internal/bap", "internal/registry", "internal/lifecycle", "internal/metrics", "internal/audit", "internal/loop"},
+		"internal/health":            {"internal/bap", "internal/registry", "internal/lifecycle", "internal/metrics", "internal/audit", "internal/loop", "internal/requestid"},
 		"internal/rollout":           {"internal/bap", "internal/registry", "internal/lifecycle", "internal/audit", "internal/replica"},
 		"internal/ui":                {"internal/api", "internal/bap", "internal/audit", "internal/registry", "internal/lifecycle", "internal/discovery", "internal/policy", "internal/secret"},
 	}

@@ -127,6 +127,9 @@ type Config struct {
 	ReplicaTTL time.Duration
 	// PprofAddr is the loopback address serving /debug/pprof; empty: off.
 	PprofAddr string
+	// MetricsToken is ORCH_METRICS_TOKEN: a bearer token accepted by
+	// /metrics/prometheus besides the admin key; empty: none.
+	MetricsToken string
 	// MaxConcurrentProvisions bounds the provisions in flight; 0 sizes it
 	// to the engine backend.
 	MaxConcurrentProvisions int

@@ -123,6 +123,7 @@ var getters = map[string]func(Config) any{
 	"ORCH_SNAPSHOTS_KEPT":            func(c Config) any { return c.SnapshotsKept },
 	"ORCH_HELPER_IMAGE":              func(c Config) any { return c.HelperImage },
 	"ORCH_PPROF_ADDR":                func(c Config) any { return c.PprofAddr },
+	"ORCH_METRICS_TOKEN":             func(c Config) any { return c.MetricsToken },
 	"ORCH_MAX_CONCURRENT_PROVISIONS": func(c Config) any { return c.MaxConcurrentProvisions },
 	"ORCH_ADMIT_CACHE_S":             func(c Config) any { return c.AdmitCache },
 	"ORCH_AUDIT_RETENTION_DAYS":      func(c Config) any { return c.AuditRetentionDays },
@@ -213,6 +214,7 @@ var goodCases = map[string][]goodCase{
 	"ORCH_SNAPSHOTS_KEPT":            {{"1", 1}, {"5", 5}},
 	"ORCH_HELPER_IMAGE":              {{"registry.local/bap-engine:1.2", "registry.local/bap-engine:1.2"}},
 	"ORCH_PPROF_ADDR":                {{"127.0.0.1:6060", "127.0.0.1:6060"}, {"[::1]:0", "[::1]:0"}},
+	"ORCH_METRICS_TOKEN":             {{"scrape-token-0123456789", "scrape-token-0123456789"}},
 	"ORCH_MAX_CONCURRENT_PROVISIONS": {{"0", 0}, {"64", 64}},
 	"ORCH_ADMIT_CACHE_S":             {{"0", time.Duration(0)}, {"30", 30 * time.Second}},
 	"ORCH_AUDIT_RETENTION_DAYS":      {{"0", 0}, {"90", 90}, {"36500", 36500}},
@@ -298,6 +300,7 @@ var badCases = map[string][]badCase{
 	"ORCH_SNAPSHOTS_KEPT":            {{"0", "between 1 and 1000"}, {"two", "not a whole number"}},
 	"ORCH_HELPER_IMAGE":              {{"two words", "whitespace"}},
 	"ORCH_PPROF_ADDR":                {{":6060", "loopback"}, {"0.0.0.0:6060", "loopback"}, {"localhost", "not host:port"}},
+	"ORCH_METRICS_TOKEN":             {{"short", "at least 16"}, {"has a space in it, long enough", "without spaces"}},
 	"ORCH_MAX_CONCURRENT_PROVISIONS": {{"-1", "between 0 and"}, {"many", "not a whole number"}},
 	"ORCH_ADMIT_CACHE_S":             {{"-5", "negative"}, {"long", "not a number"}},
 	"ORCH_AUDIT_RETENTION_DAYS":      {{"-1", "between 0 and 36500"}, {"36501", "between 0 and 36500"}, {"7.5", "not a whole number"}},
@@ -364,7 +367,7 @@ func TestEveryVarIsTested(t *testing.T) {
 		}
 	}
 	require.Len(t, seen, len(getters), "getters name a variable that is not in the table")
-	require.Equal(t, map[string]bool{"ORCH_DATABASE_URL": true, "ORCH_MASTER_KEY": true, "ORCH_ADMIN_KEY": true}, secrets)
+	require.Equal(t, map[string]bool{"ORCH_DATABASE_URL": true, "ORCH_MASTER_KEY": true, "ORCH_ADMIN_KEY": true, "ORCH_METRICS_TOKEN": true}, secrets)
 
 	// Vars returns a copy: changing it does not change Load.
 	vs := Vars()

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -156,6 +157,17 @@ var table = []Var{
 		Name:  "ORCH_PPROF_ADDR",
 		Help:  "Loopback address (127.0.0.1:port or [::1]:port) serving Go's /debug/pprof profiles, with block and mutex profiling on; empty: off.",
 		parse: parsePprofAddr,
+	},
+	{
+		Name: "ORCH_METRICS_TOKEN", Secret: true,
+		Help: "Bearer token GET /metrics/prometheus also accepts (Authorization: Bearer <token>), so a scraper need not hold the admin key; at least 16 characters; empty: the admin key only.",
+		parse: func(c *Config, v string) error {
+			if v != "" && (len(v) < MinAdminKeyLen || strings.ContainsAny(v, " \t\r\n")) {
+				return fmt.Errorf("must be at least %d characters without spaces", MinAdminKeyLen)
+			}
+			c.MetricsToken = v
+			return nil
+		},
 	},
 	{
 		Name: "ORCH_HTTP_READ_TIMEOUT_S", Default: "30",

@@ -15,6 +15,7 @@ import (
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/registry"
+	"github.com/september/bap-engine/internal/requestid"
 )
 
 // Config tunes a Checker. Zero values take the documented defaults; a
@@ -73,6 +74,12 @@ type Observer interface {
 	// Restart counts one restart attempt and whether it brought the engine
 	// back (err == nil).
 	Restart(productID string, err error)
+}
+
+// GiveUpObserver is an Observer that also hears when an engine's automatic
+// restarts are exhausted (it stays failed until started): an alert's signal.
+type GiveUpObserver interface {
+	RestartsExhausted(productID string)
 }
 
 // Stats describes one pass of the Checker.
@@ -323,6 +330,9 @@ func (c *Checker) markFailed(ctx context.Context, engineID, reason string) {
 	c.marking[engineID] = true
 	c.mu.Unlock()
 	c.marks.Add(1)
+	// The marking (and the lifecycle transition it makes) logs under an id
+	// of its own, as an API request's work does.
+	ctx = requestid.With(ctx, requestid.New("health-"))
 	go func() {
 		defer c.marks.Done()
 		defer func() {
@@ -338,14 +348,14 @@ func (c *Checker) markFailed(ctx context.Context, engineID, reason string) {
 		}
 		if err := c.w.flush(ctx); err != nil {
 			c.ctr.errors.Add(1)
-			c.log.Warn("health: record results before marking failed", "engine_id", engineID, "err", err)
+			c.log.WarnContext(ctx, "health: record results before marking failed", "engine_id", engineID, "err", err)
 			return
 		}
 		e, err := c.store.GetEngine(ctx, engineID)
 		if err != nil {
 			if ctx.Err() == nil && !isNotFound(err) {
 				c.ctr.errors.Add(1)
-				c.log.Warn("health: read engine", "engine_id", engineID, "err", err)
+				c.log.WarnContext(ctx, "health: read engine", "engine_id", engineID, "err", err)
 			}
 			return
 		}
@@ -359,13 +369,13 @@ func (c *Checker) markFailed(ctx context.Context, engineID, reason string) {
 		if err != nil {
 			if ctx.Err() == nil {
 				c.ctr.errors.Add(1)
-				c.log.Warn("health: mark engine failed", "engine_id", engineID, "err", err)
+				c.log.WarnContext(ctx, "health: mark engine failed", "engine_id", engineID, "err", err)
 			}
 			return
 		}
 		if marked {
 			c.ctr.marked.Add(1)
-			c.log.Warn("engine failed its health checks", "engine_id", engineID,
+			c.log.WarnContext(ctx, "engine failed its health checks", "engine_id", engineID,
 				"product_id", e.ProductID, "failures", e.HealthFailures, "reason", reason)
 			c.Kick()
 		}

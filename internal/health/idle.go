@@ -118,7 +118,7 @@ func (s *IdleSweeper) runOnce(ctx context.Context) IdleStats {
 	if err != nil {
 		if ctx.Err() == nil {
 			st.Errors++
-			s.log.Warn("idle sweep: read running engines", "err", err)
+			s.log.WarnContext(ctx, "idle sweep: read running engines", "err", err)
 		}
 		st.Duration = time.Since(began)
 		return st
@@ -160,10 +160,10 @@ func (s *IdleSweeper) runOnce(ctx context.Context) IdleStats {
 			switch {
 			case err != nil:
 				fails.Add(1)
-				s.log.Warn("idle sweep: sleep engine", "engine_id", e.ID, "err", err)
+				s.log.WarnContext(ctx, "idle sweep: sleep engine", "engine_id", e.ID, "err", err)
 			case ok:
 				slept.Add(1)
-				s.log.Info("engine put to sleep", "engine_id", e.ID, "product_id", e.ProductID,
+				s.log.InfoContext(ctx, "engine put to sleep", "engine_id", e.ID, "product_id", e.ProductID,
 					"idle_since", bap.FormatTime(last))
 			default:
 				kept.Add(1)

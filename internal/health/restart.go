@@ -9,6 +9,7 @@ import (
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/loop"
+	"github.com/september/bap-engine/internal/requestid"
 )
 
 // errRestartFailed is what the Observer sees for an attempt that did not
@@ -42,7 +43,7 @@ func (c *Checker) restartLoop(ctx context.Context) {
 			c.ctr.errors.Add(1)
 			wait = loop.Backoff(c.cfg.RestartPoll, 30*time.Second, fails)
 			fails++
-			c.log.Warn("health: read failed engines", "err", err, "retry_in", wait)
+			c.log.WarnContext(ctx, "health: read failed engines", "err", err, "retry_in", wait)
 		} else {
 			fails = 0
 		}
@@ -133,6 +134,7 @@ func (c *Checker) startRestart(ctx context.Context, e bap.Engine, read time.Time
 
 // restart runs one attempt and accounts for its outcome.
 func (c *Checker) restart(ctx context.Context, e bap.Engine) {
+	ctx = requestid.With(ctx, requestid.New("restart-"))
 	out, err := c.lm.AutoRestart(ctx, e.ID)
 	if ctx.Err() != nil {
 		return // shutdown: the attempt finishes detached and is recorded by lifecycle
@@ -143,22 +145,25 @@ func (c *Checker) restart(ctx context.Context, e bap.Engine) {
 		c.ctr.restarts.Add(1)
 		c.ctr.restarted.Add(1)
 		c.obs.Restart(e.ProductID, nil)
-		log.Info("engine restarted")
+		log.InfoContext(ctx, "engine restarted")
 	case lifecycle.RestartFailed:
 		c.ctr.restarts.Add(1)
 		c.obs.Restart(e.ProductID, errRestartFailed)
-		log.Warn("engine restart attempt failed")
+		log.WarnContext(ctx, "engine restart attempt failed")
 	case lifecycle.RestartGaveUp:
 		c.ctr.restarts.Add(1)
 		c.ctr.gaveUp.Add(1)
 		c.obs.Restart(e.ProductID, errRestartFailed)
-		log.Error("engine restart gave up: it stays failed until started", "attempts", c.lm.Config().Restart.MaxAttempts)
+		if g, ok := c.obs.(GiveUpObserver); ok {
+			g.RestartsExhausted(e.ProductID)
+		}
+		log.ErrorContext(ctx, "engine restart gave up: it stays failed until started", "attempts", c.lm.Config().Restart.MaxAttempts)
 	case lifecycle.RestartDeferred:
-		log.Warn("engine restart deferred: backend unavailable")
+		log.WarnContext(ctx, "engine restart deferred: backend unavailable")
 	}
 	if err != nil {
 		c.ctr.errors.Add(1)
-		log.Warn("engine restart", "err", err)
+		log.WarnContext(ctx, "engine restart", "err", err)
 	}
 	if out == lifecycle.RestartDeferred || err != nil {
 		// The attempt was not counted and its due time did not move: hold

@@ -296,7 +296,7 @@ func (m *Manager) commitOp(ctx context.Context, c *opClaim, release bool, mutate
 	})
 	if errors.Is(err, errFenced) {
 		c.released = true // someone else's now: nothing of ours to end
-		m.log.Warn("operation lost its claim; nothing more is written", "engine_id", c.engineID, "op", c.op, "err", err)
+		m.log.WarnContext(ctx, "operation lost its claim; nothing more is written", "engine_id", c.engineID, "op", c.op, "err", err)
 	}
 	if err == nil && release {
 		c.released = true
@@ -387,7 +387,7 @@ func (m *Manager) release(ctx context.Context, c *opClaim) {
 	if err != nil {
 		// The claim stays until this process's repair pass or, if it dies,
 		// another replica's takeover ends it.
-		m.log.Warn("end operation claim", "engine_id", c.engineID, "op", c.op, "err", err)
+		m.log.WarnContext(ctx, "end operation claim", "engine_id", c.engineID, "op", c.op, "err", err)
 		return
 	}
 	c.released = true

@@ -145,7 +145,7 @@ func (m *Manager) restartAttempt(ctx context.Context, c *opClaim, e bap.Engine) 
 		return RestartSkipped, nil // taken over by another replica
 	}
 	if errors.Is(err, backend.ErrUnavailable) {
-		m.log.Warn("auto-restart deferred: backend unavailable", "engine_id", e.ID, "err", err)
+		m.log.WarnContext(ctx, "auto-restart deferred: backend unavailable", "engine_id", e.ID, "err", err)
 		return RestartDeferred, nil
 	}
 	if err == nil {
@@ -236,11 +236,11 @@ func (m *Manager) WatchCrashes(ctx context.Context, onCrash func(engineID string
 		notSince := func(cur bap.Engine) bool { return ev.At.IsZero() || !cur.UpdatedAt.After(at) }
 		marked, err := m.MarkFailed(ctx, ev.EngineID, audit.EngineDied, "engine exited with code "+strconv.Itoa(ev.ExitCode), notSince)
 		if err != nil {
-			m.log.Warn("record engine death", "engine_id", ev.EngineID, "err", err)
+			m.log.WarnContext(ctx, "record engine death", "engine_id", ev.EngineID, "err", err)
 			continue
 		}
 		if marked {
-			m.log.Warn("engine died", "engine_id", ev.EngineID, "exit_code", ev.ExitCode)
+			m.log.WarnContext(ctx, "engine died", "engine_id", ev.EngineID, "exit_code", ev.ExitCode)
 			if onCrash != nil {
 				onCrash(ev.EngineID)
 			}

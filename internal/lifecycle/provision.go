@@ -223,14 +223,14 @@ func (m *Manager) failProvision(ctx context.Context, c *opClaim, e bap.Engine, c
 		return opErr(cause, m.cfg.BootTimeout)
 	}
 	reason := failureReason(cause)
-	m.log.Warn("provision failed", "engine_id", e.ID, "product_id", e.ProductID, "reason", reason)
+	m.log.WarnContext(ctx, "provision failed", "engine_id", e.ID, "product_id", e.ProductID, "reason", reason)
 	if errors.Is(cause, backend.ErrUnavailable) {
 		// The backend could not be reached: nothing is known to exist, and
 		// the engine is not to blame. Whatever appears later is removed by
 		// reconciliation; the caller sees 503.
 		_ = m.backend.Destroy(ctx, e.ID)
 	} else if derr := m.backend.Destroy(ctx, e.ID); derr != nil {
-		m.log.Warn("cleanup after failed provision", "engine_id", e.ID, "err", derr)
+		m.log.WarnContext(ctx, "cleanup after failed provision", "engine_id", e.ID, "err", derr)
 	}
 	err := m.commitOp(ctx, c, true, func(cur *bap.Engine) (*audit.Entry, error) {
 		if cur.Status != bap.StateProvisioning {
@@ -245,7 +245,7 @@ func (m *Manager) failProvision(ctx context.Context, c *opClaim, e bap.Engine, c
 		}, nil
 	})
 	if err != nil {
-		m.log.Error("record failed provision", "engine_id", e.ID, "err", err)
+		m.log.ErrorContext(ctx, "record failed provision", "engine_id", e.ID, "err", err)
 	}
 	return opErr(cause, m.cfg.BootTimeout)
 }

@@ -26,6 +26,15 @@ type ReconcileStats struct {
 	Errors         int
 }
 
+// LogValue logs the statistics as structured fields (a group), never as
+// one formatted string.
+func (st ReconcileStats) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.Int("engines", st.Engines), slog.Int("taken_over", st.TakenOver),
+		slog.Int("running_lost", st.RunningLost), slog.Int("orphans_removed", st.OrphansRemoved),
+		slog.Int("ports_freed", st.PortsFreed), slog.Int("errors", st.Errors))
+}
+
 // maxTakeovers bounds the takeovers running at once, well below a
 // database pool's size so takeovers never starve other work.
 const maxTakeovers = 4
@@ -90,7 +99,7 @@ func (m *Manager) Reconcile(ctx context.Context) (ReconcileStats, error) {
 		marked, err := m.MarkFailed(ctx, e.ID, audit.ReconcileFailed, reason, unchanged)
 		if err != nil {
 			st.Errors++
-			m.log.Warn("reconcile engine", "engine_id", e.ID, "status", e.Status, "err", err)
+			m.log.WarnContext(ctx, "reconcile engine", "engine_id", e.ID, "status", e.Status, "err", err)
 		}
 		if marked {
 			st.RunningLost++
@@ -106,7 +115,7 @@ func (m *Manager) Reconcile(ctx context.Context) (ReconcileStats, error) {
 		removed, err := m.removeOrphan(ctx, in)
 		if err != nil {
 			st.Errors++
-			m.log.Warn("remove orphan", "engine_id", in.EngineID, "err", err)
+			m.log.WarnContext(ctx, "remove orphan", "engine_id", in.EngineID, "err", err)
 		}
 		if removed {
 			st.OrphansRemoved++
@@ -211,7 +220,7 @@ func (m *Manager) startTakeover(ctx context.Context, e bap.Engine, lease registr
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.OpTimeout)
 		defer cancel()
 		if err := m.takeOver(ctx, e, lease); err != nil && !errors.Is(err, errSkip) {
-			m.log.Warn("take over interrupted operation", "engine_id", e.ID, "op", e.Claim.Op, "err", err)
+			m.log.WarnContext(ctx, "take over interrupted operation", "engine_id", e.ID, "op", e.Claim.Op, "err", err)
 		}
 	}()
 	return true
@@ -263,8 +272,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			r.cfg.OnPass(st, err)
 		}
 		if err == nil && (st.TakenOver > 0 || st.RunningLost > 0 || st.OrphansRemoved > 0 || st.PortsFreed > 0 || st.Errors > 0) {
-			r.log.Info("reconciliation repaired", "taken_over", st.TakenOver, "running_lost", st.RunningLost,
-				"orphans_removed", st.OrphansRemoved, "ports_freed", st.PortsFreed, "errors", st.Errors)
+			r.log.InfoContext(ctx, "reconciliation repaired", "stats", st)
 		}
 		return err
 	})

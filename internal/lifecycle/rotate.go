@@ -66,7 +66,7 @@ func (m *Manager) RotateKey(ctx context.Context, engineID, actor string) (Result
 			next.KeyEnc = token
 			inst, err := m.recreate(ctx, next, p)
 			if err != nil {
-				m.log.Warn("rotate-key failed, restoring the old key", "engine_id", e.ID, "reason", failureReason(err))
+				m.log.WarnContext(ctx, "rotate-key failed, restoring the old key", "engine_id", e.ID, "reason", failureReason(err))
 				if _, rerr := m.recreate(ctx, e, p); rerr != nil {
 					return Result{}, m.failBringUp(ctx, c, e, audit.RotateKeyFailed, actor, err)
 				}

@@ -129,7 +129,7 @@ func (m *Manager) failBringUp(ctx context.Context, c *opClaim, e bap.Engine, act
 		return opErr(cause, m.cfg.BootTimeout)
 	}
 	reason := failureReason(cause)
-	m.log.Warn(string(action)+" failed", "engine_id", e.ID, "reason", reason)
+	m.log.WarnContext(ctx, string(action)+" failed", "engine_id", e.ID, "reason", reason)
 	err := m.commitOp(ctx, c, true, func(cur *bap.Engine) (*audit.Entry, error) {
 		if cur.Status == bap.StateDestroying || cur.Status == bap.StateProvisioning {
 			return nil, nil
@@ -143,7 +143,7 @@ func (m *Manager) failBringUp(ctx context.Context, c *opClaim, e bap.Engine, act
 		}, nil
 	})
 	if err != nil {
-		m.log.Error("record failed start", "engine_id", e.ID, "err", err)
+		m.log.ErrorContext(ctx, "record failed start", "engine_id", e.ID, "err", err)
 	}
 	return opErr(cause, m.cfg.BootTimeout)
 }

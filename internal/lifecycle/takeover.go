@@ -59,7 +59,7 @@ func (m *Manager) takeOver(ctx context.Context, e bap.Engine, lease registry.Lea
 		return err
 	}
 	cur := out.cur
-	m.log.Warn("taking over an interrupted operation", "engine_id", e.ID, "op", was.Op,
+	m.log.WarnContext(ctx, "taking over an interrupted operation", "engine_id", e.ID, "op", was.Op,
 		"dead_replica", was.Owner, "status", cur.Status)
 	meta := map[string]any{"recovered": true}
 	if was.Owner != "" {

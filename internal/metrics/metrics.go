@@ -73,6 +73,11 @@ type Metrics struct {
 	restarts      *prometheus.CounterVec
 	httpRequests  *prometheus.CounterVec
 	httpDuration  *prometheus.HistogramVec
+
+	reconcileRuns     *prometheus.CounterVec
+	reconcileRepairs  *prometheus.CounterVec
+	orphansRemoved    prometheus.Counter
+	restartsExhausted *prometheus.CounterVec
 }
 
 var (
@@ -129,8 +134,29 @@ func New(cfg Config) *Metrics {
 			Buckets:   latencyBuckets,
 		}, []string{"route"}),
 	}
+	m.reconcileRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace,
+		Name:      "reconcile_runs_total",
+		Help:      "Full reconciliation passes (database against backend) by outcome.",
+	}, []string{"outcome"})
+	m.reconcileRepairs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace,
+		Name:      "reconcile_repairs_total",
+		Help:      "What reconciliation repaired, by kind: taken_over, running_lost, orphans_removed, ports_freed, errors.",
+	}, []string{"kind"})
+	m.orphansRemoved = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: Namespace,
+		Name:      "orphans_removed_total",
+		Help:      "Labelled engine instances without an engine row, removed by reconciliation.",
+	})
+	m.restartsExhausted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace,
+		Name:      "restarts_exhausted_total",
+		Help:      "Engines whose automatic restarts ran out (ORCH_RESTART_MAX_ATTEMPTS), by product slug: they stay failed until started.",
+	}, []string{"product"})
 	m.registry.MustRegister(
 		m.admit, m.operation, m.boot, m.probeFailures, m.restarts, m.httpRequests, m.httpDuration,
+		m.reconcileRuns, m.reconcileRepairs, m.orphansRemoved, m.restartsExhausted,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
