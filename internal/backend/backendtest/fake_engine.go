@@ -62,6 +62,8 @@ func (f *Fake) handler(engineID string, run *fakeRun) http.Handler {
 			f.health(w, engineID, run)
 			return
 		}
+		// Like the reference engine, log every request but health probes.
+		f.logs.printf(engineID, "request %s %q", r.Method, r.URL.Path)
 		f.mu.Lock()
 		e := f.engines[engineID]
 		var want string
