@@ -32,6 +32,7 @@ import (
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/requestid"
 	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/testclock"
 	"github.com/september/bap-engine/internal/testmain"
 )
 
@@ -68,25 +69,6 @@ func openPostgres(t *testing.T) registry.Store {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
 	return s
-}
-
-// clock is the harness's controllable time for key grace, the rate limiter
-// and the /metrics window. It stands still unless advanced.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
 }
 
 // syncBuffer collects the log output of concurrent requests.
@@ -126,7 +108,7 @@ type harness struct {
 	fake     *backendtest.Fake
 	lm       *lifecycle.Manager
 	metrics  *metrics.Metrics
-	clock    *clock
+	clock    *testclock.Clock // key grace, the rate limiter and the /metrics window; still unless advanced
 	srv      *httptest.Server
 	admin    *client.Client
 	adminKey string
@@ -144,7 +126,7 @@ func newHarness(t testing.TB, store registry.Store, o options) *harness {
 	require.NoError(t, err)
 	sealer, err := secret.NewSealer(fkey)
 	require.NoError(t, err)
-	clk := &clock{t: time.Now().UTC().Truncate(time.Second)}
+	clk := testclock.Fixed(time.Now().UTC().Truncate(time.Second))
 	logs := &syncBuffer{}
 	log := slog.New(requestid.Handler(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 
