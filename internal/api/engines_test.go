@@ -18,6 +18,7 @@ import (
 	"github.com/september/bap-engine/internal/api"
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/registry"
+	"github.com/september/bap-engine/internal/registry/storetest"
 )
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
@@ -220,7 +221,7 @@ func TestEngineInfoShapes(t *testing.T) {
 }
 
 func TestRequestID(t *testing.T) {
-	h := newHarness(t, openSQLite(t), options{})
+	h := newHarness(t, storetest.SQLite(t), options{})
 	r := h.do(http.MethodGet, "/health", "", map[string]string{api.HeaderRequestID: "req-123.abc"})
 	require.Equal(t, "req-123.abc", r.header.Get(api.HeaderRequestID))
 	r = h.do(http.MethodGet, "/nowhere", "", map[string]string{api.HeaderRequestID: "bad id with spaces"})

@@ -18,6 +18,7 @@ import (
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/registrytest"
+	"github.com/september/bap-engine/internal/registry/storetest"
 )
 
 // samplePath fills a route's path parameters.
@@ -74,7 +75,7 @@ func TestEveryRouteRequiresItsKey(t *testing.T) {
 }
 
 func TestUnknownRouteAndWrongMethod(t *testing.T) {
-	h := newHarness(t, openSQLite(t), options{})
+	h := newHarness(t, storetest.SQLite(t), options{})
 	r := h.do(http.MethodGet, "/nowhere", "", nil)
 	require.Equal(t, http.StatusNotFound, r.status)
 	checkGolden(t, "not_found_route", r)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/september/bap-engine/internal/api"
 	"github.com/september/bap-engine/internal/bap"
+	"github.com/september/bap-engine/internal/registry/storetest"
 )
 
 // onlyValidation fails unless err is nil or a VALIDATION_ERROR: a decoder
@@ -104,7 +105,7 @@ func FuzzUserID(f *testing.F) {
 	for _, s := range []string{"u1", "user@example.com", ".x", "a/b", "", "a b", "é", "..", "%00", "x:y-z_1.2"} {
 		f.Add(s)
 	}
-	h := newHarness(f, openSQLite(f), options{})
+	h := newHarness(f, storetest.SQLite(f), options{})
 	_, p := h.product("fuzzed", "")
 	hc := h.srv.Client()
 	f.Fuzz(func(t *testing.T, userID string) {
@@ -195,7 +196,7 @@ func FuzzHTTP(f *testing.F) {
 	}
 	// A rotated platform key keeps working (the harness clock stands
 	// still), so the fuzzer keeps its way into the platform routes.
-	h := newHarness(f, openSQLite(f), options{grace: time.Hour})
+	h := newHarness(f, storetest.SQLite(f), options{grace: time.Hour})
 	_, p := h.product("fuzzed", `{"max_engines": 5}`)
 	handler := h.srv.Config.Handler
 	f.Fuzz(func(t *testing.T, method, target, headers string, body []byte, auth uint8) {

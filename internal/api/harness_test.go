@@ -9,11 +9,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/september/bap-engine/internal/registry/storetest"
 
 	"github.com/stretchr/testify/require"
 
@@ -25,11 +26,8 @@ import (
 	"github.com/september/bap-engine/internal/discovery"
 	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/metrics"
-	"github.com/september/bap-engine/internal/pgtest"
 	"github.com/september/bap-engine/internal/policy"
 	"github.com/september/bap-engine/internal/registry"
-	"github.com/september/bap-engine/internal/registry/postgres"
-	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/requestid"
 	"github.com/september/bap-engine/internal/secret"
 	"github.com/september/bap-engine/internal/testclock"
@@ -44,31 +42,7 @@ func TestMain(m *testing.M) {
 // (skipped without PostgreSQL, failed when CI=true).
 func runBoth(t *testing.T, fn func(t *testing.T, store registry.Store)) {
 	t.Helper()
-	t.Run("sqlite", func(t *testing.T) {
-		t.Parallel()
-		fn(t, openSQLite(t))
-	})
-	t.Run("postgres", func(t *testing.T) {
-		t.Parallel()
-		fn(t, openPostgres(t))
-	})
-}
-
-func openSQLite(t testing.TB) registry.Store {
-	t.Helper()
-	s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "registry.db"))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
-	return s
-}
-
-func openPostgres(t *testing.T) registry.Store {
-	t.Helper()
-	url := pgtest.URL(t)
-	s, err := postgres.Open(context.Background(), url)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
-	return s
+	storetest.Each(t, func(t *testing.T, open func(testing.TB) registry.Store) { fn(t, open(t)) })
 }
 
 // syncBuffer collects the log output of concurrent requests.

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/september/bap-engine/internal/api"
+	"github.com/september/bap-engine/internal/registry/storetest"
 )
 
 // openAPIDoc fetches the served document.
@@ -63,7 +64,7 @@ func refs(v any, out *[]string) {
 }
 
 func TestOpenAPIDescribesEveryRoute(t *testing.T) {
-	h := newHarness(t, openSQLite(t), options{})
+	h := newHarness(t, storetest.SQLite(t), options{})
 	doc := openAPIDoc(t, h)
 	require.Equal(t, "3.1.0", doc["openapi"])
 	paths := doc["paths"].(map[string]any)
@@ -155,7 +156,7 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 // TestOpenAPISchemasMatchAnswers checks the documented success schemas
 // against real answers: the same required keys, nothing undocumented.
 func TestOpenAPISchemasMatchAnswers(t *testing.T) {
-	h := newHarness(t, openSQLite(t), options{})
+	h := newHarness(t, storetest.SQLite(t), options{})
 	doc := openAPIDoc(t, h)
 	_, p := h.product("documented", "")
 	key := map[string]string{api.HeaderPlatformKey: p.PlatformAPIKey}

@@ -20,6 +20,7 @@ import (
 	"github.com/september/bap-engine/internal/backend/backendtest"
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/registry"
+	"github.com/september/bap-engine/internal/registry/storetest"
 )
 
 func TestProductsListAndGetBySlugOrID(t *testing.T) {
@@ -234,7 +235,7 @@ func TestEngineLogsTailAndFollow(t *testing.T) {
 
 func TestProbesAndVersion(t *testing.T) {
 	var backendDown atomic.Bool
-	h := newHarness(t, openSQLite(t), options{
+	h := newHarness(t, storetest.SQLite(t), options{
 		build: api.BuildInfo{Version: "v9.9.9", Commit: "abc123", Go: "go1.x"},
 		ready: func(context.Context) error {
 			if backendDown.Load() {
@@ -299,7 +300,7 @@ func TestStartingHandler(t *testing.T) {
 // TestRequestIDReachesLifecycleLogs: the lifecycle's own log lines about a
 // request's work carry the request's id.
 func TestRequestIDReachesLifecycleLogs(t *testing.T) {
-	h := newHarness(t, openSQLite(t), options{})
+	h := newHarness(t, storetest.SQLite(t), options{})
 	_, p := h.product("acme", "")
 	h.fake.FailNext(backendtest.MethodStart, errors.New("engine would not start"))
 	r := h.do(http.MethodPost, "/engines/provision", `{"user_id":"alice"}`,

@@ -12,6 +12,7 @@ import (
 	"github.com/september/bap-engine/internal/api"
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/registry"
+	"github.com/september/bap-engine/internal/registry/storetest"
 )
 
 func TestRegisterProduct(t *testing.T) {
@@ -171,7 +172,7 @@ func TestRotatePlatformKey(t *testing.T) {
 }
 
 func TestRotatePlatformKeyWithoutGrace(t *testing.T) {
-	h := newHarness(t, openSQLite(t), options{})
+	h := newHarness(t, storetest.SQLite(t), options{})
 	ctx := t.Context()
 	old, p := h.product("nograce", "")
 	rot, err := h.admin.RotatePlatformKey(ctx, p.ProductID)

@@ -8,11 +8,12 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/september/bap-engine/internal/registry/storetest"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
@@ -23,12 +24,9 @@ import (
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/discovery"
 	"github.com/september/bap-engine/internal/lifecycle"
-	"github.com/september/bap-engine/internal/pgtest"
 	"github.com/september/bap-engine/internal/policy"
 	"github.com/september/bap-engine/internal/registry"
-	"github.com/september/bap-engine/internal/registry/postgres"
 	"github.com/september/bap-engine/internal/registry/registrytest"
-	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/replica"
 	"github.com/september/bap-engine/internal/secret"
 	"github.com/september/bap-engine/internal/testclock"
@@ -39,34 +37,10 @@ func TestMain(m *testing.M) {
 	os.Exit(testmain.Run(m, testmain.Goroutines(testmain.IdleHTTP()...)))
 }
 
-// stores are the registry implementations every test runs against.
-var stores = []struct {
-	name string
-	open func(t testing.TB) registry.Store
-}{
-	{"sqlite", func(t testing.TB) registry.Store {
-		s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "registry.db"))
-		require.NoError(t, err)
-		t.Cleanup(func() { s.Close() })
-		return s
-	}},
-	{"postgres", func(t testing.TB) registry.Store {
-		s, err := postgres.Open(context.Background(), pgtest.URL(t))
-		require.NoError(t, err)
-		t.Cleanup(func() { s.Close() })
-		return s
-	}},
-}
-
 // eachStore runs fn as a parallel subtest per store implementation.
 func eachStore(t *testing.T, fn func(t *testing.T, open func(testing.TB) registry.Store)) {
 	t.Parallel()
-	for _, st := range stores {
-		t.Run(st.name, func(t *testing.T) {
-			t.Parallel()
-			fn(t, st.open)
-		})
-	}
+	storetest.Each(t, fn)
 }
 
 // env is one test's world: a real store (behind a hook wrapper), the fake
@@ -835,7 +809,7 @@ func TestDenialAuditSampling(t *testing.T) {
 
 func TestNewDefaults(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, stores[0].open, envOptions{})
+	e := newEnv(t, storetest.SQLite, envOptions{})
 	svc := discovery.New(e.store, e.lm, e.lim, discovery.Config{})
 	cfg := svc.Config()
 	require.Equal(t, 5*time.Second, cfg.TouchInterval)
@@ -850,7 +824,7 @@ func TestNewDefaults(t *testing.T) {
 func BenchmarkAdmitRunning(b *testing.B) {
 	for _, mode := range []string{"serial", "parallel"} {
 		b.Run(mode, func(b *testing.B) {
-			e := newEnv(b, stores[0].open, envOptions{})
+			e := newEnv(b, storetest.SQLite, envOptions{})
 			p, h := e.product(b, `{}`)
 			users := make([]string, 16)
 			for i := range users {

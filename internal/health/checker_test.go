@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/september/bap-engine/internal/registry/storetest"
+
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
@@ -94,10 +96,10 @@ func (o *countingObserver) get() (probeFailures, restarts, restartErrors map[str
 // neighbour is untouched.
 func TestUnhealthyEngineFailsAndIsRestarted(t *testing.T) {
 	t.Parallel()
-	for _, s := range stores {
-		t.Run(s.name, func(t *testing.T) {
+	for _, s := range storetest.Both {
+		t.Run(s.Name, func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t, envOptions{store: s.open(t), bootTimeout: 2 * time.Second})
+			e := newEnv(t, envOptions{store: s.Open(t), bootTimeout: 2 * time.Second})
 			sick, sickKey := e.provision(t, "sick")
 			well, _ := e.provision(t, "well")
 			require.Equal(t, 1, execute(t, sick, sickKey))
@@ -167,10 +169,10 @@ func TestUnhealthyEngineFailsAndIsRestarted(t *testing.T) {
 // only the kick and the timer to the due time can restart it.
 func TestCrashedEngineIsRestarted(t *testing.T) {
 	t.Parallel()
-	for _, s := range stores {
-		t.Run(s.name, func(t *testing.T) {
+	for _, s := range storetest.Both {
+		t.Run(s.Name, func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t, envOptions{store: s.open(t),
+			e := newEnv(t, envOptions{store: s.Open(t),
 				restart: lifecycle.RestartPolicy{BackoffBase: 200 * time.Millisecond, BackoffMax: 400 * time.Millisecond}})
 			en, key := e.provision(t, "crashy")
 			require.Equal(t, 1, execute(t, en, key))
@@ -245,12 +247,12 @@ func TestRestartGivesUp(t *testing.T) {
 // is honoured by the next.
 func TestFailureCountersSurviveCheckerRestart(t *testing.T) {
 	t.Parallel()
-	for _, s := range stores {
-		t.Run(s.name, func(t *testing.T) {
+	for _, s := range storetest.Both {
+		t.Run(s.Name, func(t *testing.T) {
 			t.Parallel()
 			// The restart delay is long enough to see that no restart runs
 			// before the due time the second process wrote.
-			e := newEnv(t, envOptions{store: s.open(t),
+			e := newEnv(t, envOptions{store: s.Open(t),
 				restart: lifecycle.RestartPolicy{BackoffBase: 300 * time.Millisecond, BackoffMax: 400 * time.Millisecond}})
 			en, _ := e.provision(t, "flaky")
 			e.fake.SetUnhealthy(en.ID, true)

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/september/bap-engine/internal/registry/storetest"
+
 	"github.com/google/uuid"
 	"github.com/moby/moby/client"
 	"github.com/stretchr/testify/require"
@@ -41,8 +43,8 @@ func (f *failingStarts) Start(ctx context.Context, id string) error {
 func TestDockerEngineHungKilledAndGivenUp(t *testing.T) {
 	cli := dockertest.Client(t)
 	image := dockertest.BuildEngineImage(t, "bap-engine-ref:health-test")
-	for _, st := range stores {
-		t.Run(st.name, func(t *testing.T) {
+	for _, st := range storetest.Both {
+		t.Run(st.Name, func(t *testing.T) {
 			ctx := context.Background()
 			dep := "baph-" + uuid.NewString()[:8]
 			dockertest.CleanupDeployment(t, cli, dep, dep+"-net")
@@ -50,7 +52,7 @@ func TestDockerEngineHungKilledAndGivenUp(t *testing.T) {
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = be.Close() })
 			flaky := &failingStarts{Backend: be}
-			e := newEnv(t, envOptions{store: st.open(t), backend: flaky, image: image, bootTimeout: 20 * time.Second,
+			e := newEnv(t, envOptions{store: st.Open(t), backend: flaky, image: image, bootTimeout: 20 * time.Second,
 				restart: lifecycle.RestartPolicy{MaxAttempts: 2, BackoffBase: 100 * time.Millisecond, BackoffMax: 400 * time.Millisecond}})
 			en, key := e.provision(t, "boxed")
 			require.Equal(t, 1, execute(t, en, key))

@@ -8,11 +8,12 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/september/bap-engine/internal/registry/storetest"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
@@ -25,10 +26,7 @@ import (
 	"github.com/september/bap-engine/internal/engine"
 	"github.com/september/bap-engine/internal/health"
 	"github.com/september/bap-engine/internal/lifecycle"
-	"github.com/september/bap-engine/internal/pgtest"
 	"github.com/september/bap-engine/internal/registry"
-	"github.com/september/bap-engine/internal/registry/postgres"
-	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/secret"
 	"github.com/september/bap-engine/internal/testmain"
 )
@@ -55,31 +53,6 @@ func TestMain(m *testing.M) {
 		os.Exit(runBenchReplica())
 	}
 	os.Exit(testmain.Run(m, testmain.Goroutines()))
-}
-
-// stores are the registry implementations the key scenarios run on.
-var stores = []struct {
-	name string
-	open func(t testing.TB) registry.Store
-}{
-	{"sqlite", openSQLite},
-	{"postgres", openPostgres},
-}
-
-func openSQLite(t testing.TB) registry.Store {
-	t.Helper()
-	s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "registry.db"))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
-	return s
-}
-
-func openPostgres(t testing.TB) registry.Store {
-	t.Helper()
-	s, err := postgres.Open(context.Background(), pgtest.URL(t))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
-	return s
 }
 
 // env is one test's world: a registry, a backend, a lifecycle manager and a
@@ -137,7 +110,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	ctx := context.Background()
 	store := o.store
 	if store == nil {
-		store = openSQLite(t)
+		store = storetest.SQLite(t)
 	}
 	e := &env{store: store}
 	if o.backend != nil {

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/september/bap-engine/internal/registry/storetest"
+
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
@@ -224,10 +226,10 @@ func benchmarkSweep(b *testing.B, tick bool) {
 	ports := startListeners(b, fleetSize, fleetHanging)
 	require.Len(b, ports, fleetSize)
 	listening := time.Since(began)
-	for _, s := range stores {
-		b.Run(s.name, func(b *testing.B) {
+	for _, s := range storetest.Both {
+		b.Run(s.Name, func(b *testing.B) {
 			began := time.Now()
-			e := newEnv(b, envOptions{store: s.open(b)})
+			e := newEnv(b, envOptions{store: s.Open(b)})
 			registerFleet(b, e, ports)
 			b.Logf("setup: %d listeners in %s, %d engines registered in %s",
 				fleetSize, listening.Round(time.Millisecond), fleetSize, time.Since(began).Round(time.Millisecond))

@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/september/bap-engine/internal/registry/storetest"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
@@ -15,28 +16,11 @@ import (
 	"github.com/september/bap-engine/internal/pgtest"
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/postgres"
-	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/replica"
 	"github.com/september/bap-engine/internal/testmain"
 )
 
 func TestMain(m *testing.M) { os.Exit(testmain.Run(m)) }
-
-func openPostgres(t *testing.T) registry.Store {
-	t.Helper()
-	s, err := postgres.Open(context.Background(), pgtest.URL(t))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
-	return s
-}
-
-func openSQLite(t *testing.T) registry.Store {
-	t.Helper()
-	s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "registry.db"))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
-	return s
-}
 
 // fast is a replica configuration for tests: a 1 s TTL, rebalanced every
 // 50 ms.
@@ -164,7 +148,7 @@ func TestOwnerBalancesAndMovesOnlyWhatItMust(t *testing.T) {
 }
 
 func TestReplicasDivideShardsAndTakeOverTheDead(t *testing.T) {
-	for name, open := range map[string]func(*testing.T) registry.Store{"postgres": openPostgres} {
+	for name, open := range map[string]func(testing.TB) registry.Store{"postgres": storetest.Postgres} {
 		t.Run(name, func(t *testing.T) {
 			s := open(t)
 			a := start(t, s, fast("host-a"))
@@ -217,7 +201,7 @@ func TestReplicasDivideShardsAndTakeOverTheDead(t *testing.T) {
 // nothing meanwhile; when it runs again it re-reads before acting and takes
 // a share again, under new epochs.
 func TestFrozenReplicaRejoins(t *testing.T) {
-	s := openPostgres(t)
+	s := storetest.Postgres(t)
 	a := start(t, s, fast("host-a"))
 	b := start(t, s, fast("host-b"))
 	require.Eventually(t, func() bool { return requireDivided(t, s, a.Replica, b.Replica) }, 5*time.Second, 10*time.Millisecond)
@@ -308,7 +292,7 @@ func TestDeadProcessIsDeadBeforeItsTTL(t *testing.T) {
 // TestExclusiveReplicaOwnsTheDatabase: with SQLite's file lock there is one
 // orchestrator, so every other replica row is dead at start.
 func TestExclusiveReplicaOwnsTheDatabase(t *testing.T) {
-	s := openSQLite(t)
+	s := storetest.SQLite(t)
 	ctx := t.Context()
 	other := bap.Replica{ID: uuid.NewString(), Host: "somewhere", Pid: 1, Version: "old", StartedAt: bap.Now()}
 	require.NoError(t, s.RegisterReplica(ctx, other))
@@ -346,7 +330,7 @@ func (f *failingHeartbeats) HeartbeatReplica(ctx context.Context, id string) err
 // call it dead; when it gets through again it re-reads before holding
 // anything.
 func TestLeasesLapseWithoutHeartbeat(t *testing.T) {
-	s := &failingHeartbeats{Store: openSQLite(t), fail: make(chan struct{})}
+	s := &failingHeartbeats{Store: storetest.SQLite(t), fail: make(chan struct{})}
 	r := start(t, s, fast("host"))
 	require.True(t, r.Valid())
 	require.Len(t, held(r.Replica), replica.Shards)
@@ -365,7 +349,7 @@ func TestLeasesLapseWithoutHeartbeat(t *testing.T) {
 // nobody can take over, so heartbeats that fail (a database busy with a
 // burst of writes) do not stop this replica from acting.
 func TestExclusiveReplicaOutlivesSlowHeartbeats(t *testing.T) {
-	s := &failingHeartbeats{Store: openSQLite(t), fail: make(chan struct{})}
+	s := &failingHeartbeats{Store: storetest.SQLite(t), fail: make(chan struct{})}
 	cfg := fast("host")
 	cfg.Exclusive = true
 	r := start(t, s, cfg)
@@ -385,7 +369,7 @@ func TestExclusiveReplicaOutlivesSlowHeartbeats(t *testing.T) {
 // deleted (others declared it dead) holds nothing until it registered and
 // rebalanced again.
 func TestDeclaredDeadReplicaDropsEverything(t *testing.T) {
-	s := openSQLite(t)
+	s := storetest.SQLite(t)
 	r := start(t, s, fast("host"))
 	require.Len(t, held(r.Replica), replica.Shards)
 	gen := r.Generation()
@@ -400,7 +384,7 @@ func TestDeclaredDeadReplicaDropsEverything(t *testing.T) {
 }
 
 func TestSoloHoldsEverythingUnfenced(t *testing.T) {
-	r := replica.Solo(openSQLite(t))
+	r := replica.Solo(storetest.SQLite(t))
 	require.True(t, r.Valid())
 	require.Len(t, held(r), replica.Shards)
 	l, ok := r.Lease(uuid.NewString())
