@@ -11,4 +11,10 @@
 // Every object the package creates carries the backend.Label* labels, and
 // List and Events only ever see containers labelled with this deployment, so
 // two orchestrators sharing a daemon never touch each other's engines.
+//
+// Files: docker.go (Config, New, names and URLs), network.go (the engine
+// network), create.go (image, volume and container creation, adoption of a
+// matching container), control.go (start, stop, pause, remove, destroy),
+// inspect.go (Inspect, List, status), events.go (die events), logs.go,
+// snapshot.go (brain snapshots by a helper container), errors.go (classify).
 package docker

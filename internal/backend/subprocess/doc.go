@@ -21,4 +21,10 @@
 // a child is reaped by a goroutine, an adopted process is polled.
 //
 // Linux only (it reads /proc).
+//
+// Files: subprocess.go (Config, New), locks.go (per-engine locks and the
+// spec file), spawn.go (create, start, spawn and terminate), adopt.go
+// (finding and adopting processes, the exit poller), control.go (stop,
+// pause, remove, destroy), inspect.go, proc.go (/proc reading), files.go
+// (pid and spec files), logs.go, snapshot.go.
 package subprocess
