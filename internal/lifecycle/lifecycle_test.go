@@ -7,11 +7,9 @@ import (
 	"errors"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -38,13 +36,7 @@ const engineEnv = "BAP_LIFECYCLE_TEST_ENGINE"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(engineEnv) == "1" {
-		ctx, stop := signalContext()
-		defer stop()
-		if err := engine.Run(ctx, os.Getenv, os.Stderr); err != nil {
-			os.Stderr.WriteString(err.Error() + "\n")
-			os.Exit(1)
-		}
-		os.Exit(0)
+		engine.Main()
 	}
 	os.Exit(testmain.Run(m))
 }
@@ -631,8 +623,4 @@ func TestLifecycleSubprocess(t *testing.T) {
 		_, err := os.Stat(filepath.Join(root.(string), engineID))
 		return errors.Is(err, os.ErrNotExist)
 	})
-}
-
-func signalContext() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }

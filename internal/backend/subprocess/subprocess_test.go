@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -31,14 +30,7 @@ const envTestEngine = "BAP_TEST_ENGINE"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(envTestEngine) == "1" {
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-		err := engine.Run(ctx, os.Getenv, os.Stderr)
-		stop()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
+		engine.Main()
 	}
 	os.Exit(testmain.Run(m, testmain.Goroutines()))
 }
