@@ -197,7 +197,7 @@ func (b *Backend) copyVolume(ctx context.Context, engineID, from, to string) err
 			// run unprivileged): the brain files belong to the engine's user
 			// and must be copied with their contents intact.
 			User: "0:0",
-			Cmd:        []string{"snapshot", helperFrom, helperTo},
+			Cmd:  []string{"snapshot", helperFrom, helperTo},
 			Labels: map[string]string{
 				backend.LabelManaged:    "true",
 				backend.LabelDeployment: b.cfg.Deployment,
