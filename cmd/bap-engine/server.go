@@ -307,7 +307,8 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		Observer:    met,
 	})
 	idle := health.NewIdleSweeper(store, lm, health.IdleConfig{IdleTimeout: cfg.IdleTimeout, Logger: log})
-	rollouts := rollout.New(rollout.Config{Store: store, Lifecycle: lm, Replica: rep, Logger: log})
+	rollouts := rollout.New(rollout.Config{Store: store, Lifecycle: lm, Replica: rep, Logger: log,
+		ProductChanged: disc.ForgetProduct})
 	handler := api.New(api.Deps{
 		Store:            store,
 		Lifecycle:        lm,
