@@ -5,3 +5,9 @@
 # The reference engine as a local Docker image (TAG=bap-engine-ref:dev).
 engine-image:
 	./scripts/engine-image.sh $(TAG)
+
+.PHONY: controlplane
+# The real kube-apiserver and etcd the Kubernetes tests start, built once
+# per machine into ~/.cache/bap-engine/controlplane/<version>.
+controlplane:
+	./scripts/controlplane.sh

@@ -295,7 +295,24 @@ func (cp *ControlPlane) PIDs() map[string]int {
 func (cp *ControlPlane) Dir() string { return cp.dir }
 
 func (cp *ControlPlane) describe() string {
-	return fmt.Sprintf("kube-apiserver %s at %s (ready in %s), etcd data in %s", Version, cp.host, cp.Started.Round(time.Millisecond), cp.dir)
+	pids := cp.PIDs()
+	return fmt.Sprintf("kube-apiserver %s at %s (ready in %s, %d MiB resident; etcd %d MiB), etcd data in %s",
+		Version, cp.host, cp.Started.Round(time.Millisecond), RSS(pids["kube-apiserver"])>>20, RSS(pids["etcd"])>>20, cp.dir)
+}
+
+// RSS returns a process's resident memory in bytes (0 if unknown).
+func RSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }
 
 // Close kills the processes (the apiserver takes half a minute to stop
