@@ -20,9 +20,12 @@ cache=${BAP_CACHE_DIR:-$HOME/.cache/bap-engine}
 dir="$cache/controlplane/$k8s_version"
 mkdir -p "$dir"
 
-build() { # build NAME PACKAGE VERSION
-  local name=$1 pkg=$2 version=$3 stamp="$dir/$1.version"
-  if [ -x "$dir/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then
+build() { # build NAME PACKAGE VERSION [LDFLAGS]
+  local name=$1 pkg=$2 version=$3 ldflags="-s -w ${4:-}" stamp="$dir/$1.version"
+  # The stamp records how the binary was built, so a change of recipe
+  # rebuilds it.
+  local recipe="$version $ldflags"
+  if [ -x "$dir/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$recipe" ]; then
     echo "==> $name $version: cached in $dir" >&2
     return
   fi
@@ -32,13 +35,18 @@ build() { # build NAME PACKAGE VERSION
   tmp="$dir/.$name.$$"
   # A build that dies halfway leaves no binary behind that looks complete.
   trap 'rm -f "$tmp"' EXIT
-  CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$tmp" "$pkg"
+  CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$tmp" "$pkg"
   mv -f "$tmp" "$dir/$name"
-  echo "$version" >"$stamp"
+  echo "$recipe" >"$stamp"
   trap - EXIT
   echo "==> $name $version: built in $(( $(date +%s) - start ))s ($(du -h "$dir/$name" | cut -f1))" >&2
 }
 
 build etcd go.etcd.io/etcd/server/v3 "$etcd_version"
-build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_version"
+# Kubernetes' own build stamps the version into the binary (the apiserver
+# reports it at /version, which clients and helm's kubeVersion checks read).
+minor=$(echo "$k8s_version" | cut -d. -f2)
+vpkg=k8s.io/component-base/version
+build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_version" \
+  "-X $vpkg.gitVersion=$k8s_version -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean"
 echo "$dir"

@@ -22,6 +22,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -124,7 +125,7 @@ func TestChartAppliesToARealAPIServer(t *testing.T) {
 		kinds = append(kinds, gvk.Kind)
 		mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 		require.NoError(t, err, "%s is a kind the apiserver serves", gvk)
-		require.Equal(t, "namespaced", string(mapping.Scope.Name()), "%s %s is namespaced: the chart makes nothing cluster-wide", gvk.Kind, obj.GetName())
+		require.Equal(t, meta.RESTScopeNameNamespace, mapping.Scope.Name(), "%s %s is namespaced: the chart makes nothing cluster-wide", gvk.Kind, obj.GetName())
 		ns := obj.GetNamespace()
 		require.NotEmpty(t, ns, "%s %s names its namespace", gvk.Kind, obj.GetName())
 		body, err := obj.MarshalJSON()
