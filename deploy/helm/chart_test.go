@@ -131,7 +131,7 @@ func TestChartAppliesToARealAPIServer(t *testing.T) {
 		body, err := obj.MarshalJSON()
 		require.NoError(t, err)
 		_, err = dyn.Resource(mapping.Resource).Namespace(ns).Patch(ctx, obj.GetName(), types.ApplyPatchType, body,
-			metav1.PatchOptions{FieldManager: "bap-engine-chart-test", Force: ptr(true)})
+			metav1.PatchOptions{FieldManager: "bap-engine-chart-test", Force: ptr(true), FieldValidation: "Strict"})
 		require.NoError(t, err, "the apiserver accepts %s %s/%s", gvk.Kind, ns, obj.GetName())
 	}
 	slices.Sort(kinds)
