@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/yaml"
 
@@ -96,13 +97,6 @@ func TestChartAppliesToARealAPIServer(t *testing.T) {
 	cfg := kubetest.Config(t)
 	cs, err := kubernetes.NewForConfig(cfg)
 	require.NoError(t, err)
-	dyn, err := dynamic.NewForConfig(cfg)
-	require.NoError(t, err)
-	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
-	require.NoError(t, err)
-	groups, err := restmapper.GetAPIGroupResources(dc)
-	require.NoError(t, err)
-	mapper := restmapper.NewDiscoveryRESTMapper(groups)
 	ctx := context.Background()
 
 	releaseNS := kubetest.Namespace(t, cfg)
@@ -119,21 +113,7 @@ func TestChartAppliesToARealAPIServer(t *testing.T) {
 	require.NoError(t, err)
 	objs := objects(t, files)
 
-	var kinds []string
-	for _, obj := range objs {
-		gvk := obj.GroupVersionKind()
-		kinds = append(kinds, gvk.Kind)
-		mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-		require.NoError(t, err, "%s is a kind the apiserver serves", gvk)
-		require.Equal(t, meta.RESTScopeNameNamespace, mapping.Scope.Name(), "%s %s is namespaced: the chart makes nothing cluster-wide", gvk.Kind, obj.GetName())
-		ns := obj.GetNamespace()
-		require.NotEmpty(t, ns, "%s %s names its namespace", gvk.Kind, obj.GetName())
-		body, err := obj.MarshalJSON()
-		require.NoError(t, err)
-		_, err = dyn.Resource(mapping.Resource).Namespace(ns).Patch(ctx, obj.GetName(), types.ApplyPatchType, body,
-			metav1.PatchOptions{FieldManager: "bap-engine-chart-test", Force: ptr(true), FieldValidation: "Strict"})
-		require.NoError(t, err, "the apiserver accepts %s %s/%s", gvk.Kind, ns, obj.GetName())
-	}
+	kinds := apply(t, cfg, objs)
 	slices.Sort(kinds)
 	assert.Equal(t, []string{"Deployment", "NetworkPolicy", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount"}, kinds)
 
@@ -212,6 +192,61 @@ func TestChartAppliesToARealAPIServer(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, dep.Spec.Selector.MatchLabels, pdb.Spec.Selector.MatchLabels)
 	assert.Equal(t, 1, pdb.Spec.MinAvailable.IntValue())
+}
+
+// apply server-side applies each object, as `helm install` would create
+// it, and returns their kinds. Strict field validation makes a misspelt
+// field an error rather than a warning.
+func apply(t *testing.T, cfg *rest.Config, objs []*unstructured.Unstructured) []string {
+	t.Helper()
+	dyn, err := dynamic.NewForConfig(cfg)
+	require.NoError(t, err)
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	require.NoError(t, err)
+	groups, err := restmapper.GetAPIGroupResources(dc)
+	require.NoError(t, err)
+	mapper := restmapper.NewDiscoveryRESTMapper(groups)
+	ctx := context.Background()
+	var kinds []string
+	for _, obj := range objs {
+		gvk := obj.GroupVersionKind()
+		kinds = append(kinds, gvk.Kind)
+		mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		require.NoError(t, err, "%s is a kind the apiserver serves", gvk)
+		require.Equal(t, meta.RESTScopeNameNamespace, mapping.Scope.Name(), "%s %s is namespaced: the chart makes nothing cluster-wide", gvk.Kind, obj.GetName())
+		ns := obj.GetNamespace()
+		require.NotEmpty(t, ns, "%s %s names its namespace", gvk.Kind, obj.GetName())
+		body, err := obj.MarshalJSON()
+		require.NoError(t, err)
+		_, err = dyn.Resource(mapping.Resource).Namespace(ns).Patch(ctx, obj.GetName(), types.ApplyPatchType, body,
+			metav1.PatchOptions{FieldManager: "bap-engine-chart-test", Force: ptr(true), FieldValidation: "Strict"})
+		require.NoError(t, err, "the apiserver accepts %s %s/%s", gvk.Kind, ns, obj.GetName())
+	}
+	return kinds
+}
+
+// TestChartDefaultsApply: with nothing but the two Secrets named, the
+// engines share the release's namespace and everything still applies.
+func TestChartDefaultsApply(t *testing.T) {
+	cfg := kubetest.Config(t)
+	ns := kubetest.Namespace(t, cfg)
+	files, err := render(loadChart(t), ns, map[string]any{
+		"keys":     map[string]any{"existingSecret": "bap-keys"},
+		"database": map[string]any{"existingSecret": "bap-db"},
+	})
+	require.NoError(t, err)
+	objs := objects(t, files)
+	for _, obj := range objs {
+		assert.Equal(t, ns, obj.GetNamespace(), "%s %s", obj.GetKind(), obj.GetName())
+	}
+	assert.Len(t, apply(t, cfg, objs), 7)
+
+	cs, err := kubernetes.NewForConfig(cfg)
+	require.NoError(t, err)
+	np, err := cs.NetworkingV1().NetworkPolicies(ns).Get(context.Background(), "bap-bap-engine-engines", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.Len(t, np.Spec.Ingress, 1)
+	assert.Len(t, np.Spec.Ingress[0].From, 1, "only the orchestrator, when no product namespace is named")
 }
 
 // assertSelects: the Service and the Deployment's selector pick the pods
