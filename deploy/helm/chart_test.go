@@ -281,8 +281,11 @@ func TestChartRefusesWhatCannotWork(t *testing.T) {
 		"key in config": {func(v map[string]any) {
 			v["config"] = map[string]any{"ORCH_MASTER_KEY": "plaintext"}
 		}, "config.ORCH_MASTER_KEY is set by the chart"},
-		"not an ORCH setting": {func(v map[string]any) { v["config"] = map[string]any{"PATH": "/x"} }, "only ORCH_* settings"},
-		"pause sleep":         {func(v map[string]any) { v["engines"] = map[string]any{"sleepMode": "pause"} }, "pause is refused"},
+		"not an ORCH setting":        {func(v map[string]any) { v["config"] = map[string]any{"PATH": "/x"} }, "PATH"},
+		"pause sleep":                {func(v map[string]any) { v["engines"] = map[string]any{"sleepMode": "pause"} }, "pause is refused"},
+		"unknown sleep mode":         {func(v map[string]any) { v["engines"] = map[string]any{"sleepMode": "nap"} }, "sleepMode"},
+		"replicas not a number":      {func(v map[string]any) { v["replicaCount"] = "two" }, "replicaCount"},
+		"volume size not a quantity": {func(v map[string]any) { v["engines"] = map[string]any{"volumeSize": "lots"} }, "volumeSize"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			v := base()
