@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"testing"
@@ -147,6 +148,21 @@ func TestRolloutUpgradesItsShareAndPausesItself(t *testing.T) {
 			require.Equal(t, client.CodeRolloutNotFound, client.ErrorCode(err))
 			_, err = ac.Rollouts(ctx, "nope")
 			require.Equal(t, client.CodeProductNotFound, client.ErrorCode(err))
+			// The CLI reads the same rollouts.
+			cliEnv := map[string]string{"BAP_URL": o.url, "BAP_ADMIN_KEY": env["ORCH_ADMIN_KEY"]}
+			stdout, stderr, err := cliRun(t, cliEnv, "rollouts", "ls", "acme", "-o", "json")
+			require.NoError(t, err, stderr)
+			var listed client.RolloutList
+			require.NoError(t, json.Unmarshal([]byte(stdout), &listed), stdout)
+			require.Equal(t, list, listed)
+			stdout, stderr, err = cliRun(t, cliEnv, "rollouts", "get", "acme", bad.RolloutID)
+			require.NoError(t, err, stderr)
+			require.Contains(t, stdout, "aborted")
+			require.Contains(t, stdout, "1 rolled back")
+			_, stderr, err = cliRun(t, cliEnv, "rollouts", "resume", "acme", bad.RolloutID)
+			require.Error(t, err, "resuming an aborted rollout fails")
+			require.Contains(t, stderr, "VALIDATION_ERROR")
+
 			var apiErr *client.Error
 			_, err = ac.CreateRollout(ctx, "acme", client.RolloutRequest{EngineVersion: "v9", Percent: 101})
 			require.ErrorAs(t, err, &apiErr)
