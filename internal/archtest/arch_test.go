@@ -94,6 +94,7 @@ func TestDriversStayInTheirPackages(t *testing.T) {
 		"modernc.org/sqlite":       {"internal/registry/sqlite", "internal/engine"},
 		"github.com/moby/moby":     {"internal/backend/docker", "internal/backend/docker/dockertest"},
 		"github.com/pressly/goose": {"internal/registry/postgres", "internal/registry/sqlite"},
+		"k8s.io/client-go":         {"internal/backend/kubernetes", "internal/kubetest", "deploy/helm"},
 	}
 	for pkg, deps := range imports(t) {
 		for _, d := range deps {

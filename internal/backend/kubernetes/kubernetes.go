@@ -34,6 +34,7 @@ const (
 	DefaultVolumeSize   = "1Gi"                     // ORCH_K8S_VOLUME_SIZE's default
 	DefaultDeployment   = "default"                 // ORCH_DEPLOYMENT_ID's default
 	DefaultImage        = "september-engine:latest" // ORCH_ENGINE_IMAGE's default
+	DefaultHelperImage  = "bap-engine:latest"       // ORCH_HELPER_IMAGE's default
 	DefaultCallTimeout  = 10 * time.Second          // bound of one API call
 	DefaultStartTimeout = 2 * time.Minute           // bound of waiting for a Pod to run
 	DefaultResync       = 30 * time.Second          // informer resync period
@@ -115,6 +116,9 @@ type Config struct {
 	Deployment string
 	// DefaultImage is used when a Spec names no image (ORCH_ENGINE_IMAGE).
 	DefaultImage string
+	// HelperImage is the orchestrator's own image (ORCH_HELPER_IMAGE), run
+	// briefly as a Pod to copy brain snapshots between PVCs.
+	HelperImage string
 	// CallTimeout bounds every API call.
 	CallTimeout time.Duration
 	// StartTimeout bounds the wait for a created Pod to run (scheduled,
@@ -142,6 +146,7 @@ type Config struct {
 func (c Config) withDefaults() (Config, error) {
 	c.Deployment = cmp.Or(c.Deployment, DefaultDeployment)
 	c.DefaultImage = cmp.Or(c.DefaultImage, DefaultImage)
+	c.HelperImage = cmp.Or(c.HelperImage, DefaultHelperImage)
 	c.VolumeSize = cmp.Or(c.VolumeSize, DefaultVolumeSize)
 	c.CallTimeout = cmp.Or(c.CallTimeout, DefaultCallTimeout)
 	c.StartTimeout = cmp.Or(c.StartTimeout, DefaultStartTimeout)
@@ -190,6 +195,7 @@ type Backend struct {
 	own      map[string]bool          // Pod UIDs this process deleted
 	reported map[string]bool          // Pod UIDs reported terminated
 	gone     map[string]time.Time     // Pod UIDs seen deleted, until forgotten
+	lastLogs map[string][]byte        // engine id → its last deleted Pod's log
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -272,6 +278,7 @@ func NewForClient(ctx context.Context, cs kubernetes.Interface, cfg Config) (*Ba
 		own:      map[string]bool{},
 		reported: map[string]bool{},
 		gone:     map[string]time.Time{},
+		lastLogs: map[string][]byte{},
 	}
 	cctx, cancel := b.call(ctx)
 	_, err = cs.CoreV1().Pods(cfg.Namespace).List(cctx, metav1.ListOptions{LabelSelector: b.selector, Limit: 1})

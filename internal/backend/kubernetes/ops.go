@@ -377,6 +377,7 @@ func (b *Backend) deletePodObj(ctx context.Context, pod *corev1.Pod, grace int64
 	b.own[uid] = true
 	b.mu.Unlock()
 	if pod.DeletionTimestamp == nil {
+		b.keepLog(ctx, pod)
 		opts := metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}}
 		switch {
 		case terminated(pod) || pod.Spec.NodeName == "":
@@ -497,8 +498,11 @@ func (b *Backend) Destroy(ctx context.Context, engineID string) error {
 		return err
 	}
 	pvc, err := b.getClaim(ctx, engineID)
-	if err != nil || pvc == nil {
+	if err != nil {
 		return err
+	}
+	if pvc == nil {
+		return b.deleteSnapshots(ctx, engineID)
 	}
 	if owner := pvc.Labels[backend.LabelEngineID]; owner != "" && owner != engineID {
 		return nil
@@ -518,7 +522,7 @@ func (b *Backend) Destroy(ctx context.Context, engineID string) error {
 	if err := b.waitClaimGone(ctx, pvc); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	return nil
+	return b.deleteSnapshots(ctx, engineID)
 }
 
 // waitClaimGone polls until the PVC (by UID) is gone or the call timeout
