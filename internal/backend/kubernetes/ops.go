@@ -323,8 +323,14 @@ func (b *Backend) waitRunning(ctx context.Context, pod *corev1.Pod) error {
 		err = fmt.Errorf("pod %s did not run within %s: %s", pod.Name, b.cfg.StartTimeout, reason)
 	}
 	if ctx.Err() == nil {
-		// Leave nothing retrying; the instance (PVC) stays, exited.
-		if derr := b.deletePod(context.WithoutCancel(ctx), engineID, 0, false); derr != nil {
+		// Leave nothing retrying; the instance (PVC) stays, exited. A Pod
+		// whose engine never ran goes at once; one that may run gets its
+		// grace period.
+		grace := int64(0)
+		if last != nil && !everRan(last) {
+			grace = -1
+		}
+		if derr := b.deletePod(context.WithoutCancel(ctx), engineID, grace, false); derr != nil {
 			b.cfg.Logger.Warn("delete pod that could not start", "pod", pod.Name, "err", derr)
 		}
 	}
@@ -352,8 +358,9 @@ func (b *Backend) Stop(ctx context.Context, engineID string, grace time.Duration
 }
 
 // deletePod deletes the engine's Pod, if any, with grace seconds (0: the
-// Pod's own period, or at once when it already terminated), and waits for
-// it to be gone when wait is set.
+// Pod's own period, or at once when it already terminated; -1: at once, for
+// a Pod whose engine never ran), and waits for it to be gone when wait is
+// set.
 func (b *Backend) deletePod(ctx context.Context, engineID string, grace int64, wait bool) error {
 	pod, err := b.getPod(ctx, engineID)
 	if err != nil || pod == nil {
@@ -380,7 +387,7 @@ func (b *Backend) deletePodObj(ctx context.Context, pod *corev1.Pod, grace int64
 		b.keepLog(ctx, pod)
 		opts := metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}}
 		switch {
-		case terminated(pod) || pod.Spec.NodeName == "":
+		case terminated(pod) || pod.Spec.NodeName == "" || grace < 0:
 			opts.GracePeriodSeconds = ptr(int64(0)) // nothing runs
 		case grace > 0:
 			opts.GracePeriodSeconds = &grace

@@ -2,7 +2,6 @@ package kubernetes
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -199,7 +198,8 @@ func (b *Backend) wake(engineID string) <-chan struct{} {
 
 // waitPod waits until done holds for the engine's Pod (nil when there is
 // none) or returns done's error. It reads the informer's cache at each of
-// the engine's notifications and the API server every recheck (fromAPI
+// the engine's notifications (none once the backend is closed: then it
+// polls) and the API server every recheck (fromAPI
 // tells done which it sees: the cache may lag behind); fresh makes it ask
 // the API server first.
 func (b *Backend) waitPod(ctx context.Context, engineID string, done func(p *corev1.Pod, fromAPI bool) (bool, error), fresh bool) error {
@@ -211,8 +211,18 @@ func (b *Backend) waitPod(ctx context.Context, engineID string, done func(p *cor
 		var pod *corev1.Pod
 		if useAPI {
 			p, err := b.getPod(ctx, engineID)
-			if err != nil && !errors.Is(err, backend.ErrUnavailable) {
-				return err
+			if err != nil {
+				// Asked again at the next recheck; the wait's own deadline
+				// bounds a server that keeps failing.
+				b.cfg.Logger.Debug("wait for pod: get", "engine_id", engineID, "err", err)
+				useAPI = false
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-tick.C:
+					useAPI = true
+				}
+				continue
 			}
 			pod = p
 		} else if p, err := b.pods.Pods(b.cfg.Namespace).Get(PodName(engineID)); err == nil {
@@ -229,8 +239,6 @@ func (b *Backend) waitPod(ctx context.Context, engineID string, done func(p *cor
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-b.closed:
-			return errors.New("backend closed")
 		case <-ch:
 		case <-tick.C:
 			useAPI = true
