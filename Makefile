@@ -22,3 +22,8 @@ engine-image:
 # The whole suite, as CI runs it.
 test:
 	./scripts/test.sh
+.PHONY: controlplane
+# The real kube-apiserver and etcd the Kubernetes tests start, built once
+# per machine into ~/.cache/bap-engine/controlplane/<version>.
+controlplane:
+	./scripts/controlplane.sh

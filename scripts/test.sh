@@ -3,6 +3,9 @@
 # against SQLite and PostgreSQL (and Docker when a daemon answers; required
 # when CI=true), a 3-minute soak of a real orchestrator (BAP_SOAK sets its
 # length), then a short fixed-time run of every fuzz target.
+# The Kubernetes tests run against a real kube-apiserver and etcd, built
+# from source once per machine by scripts/controlplane.sh (several minutes
+# cold, a no-op once cached outside the repo).
 # Then the Go client module's own tests and examples (it is a module of its
 # own, so `go test ./...` here does not reach it) and the Python client's
 # tests (pytest against a real `bap-engine serve`, and the example product).
@@ -72,6 +75,11 @@ if command -v promtool >/dev/null 2>&1; then
 else
   echo "==> promtool missing and not installable here: alert rules NOT checked (CI fails on this)"
 fi
+echo "==> control plane for the Kubernetes tests (kube-apiserver, etcd; built once per machine)"
+cp_start=$(date +%s)
+BAP_KUBETEST_BIN_DIR=$(./scripts/controlplane.sh | tail -1)
+export BAP_KUBETEST_BIN_DIR
+echo "==> control plane ready in $BAP_KUBETEST_BIN_DIR ($(( $(date +%s) - cp_start ))s)"
 
 echo "==> go vet ./..."
 go vet ./...

@@ -94,7 +94,6 @@ func TestDriversStayInTheirPackages(t *testing.T) {
 		"modernc.org/sqlite":       {"internal/registry/sqlite", "internal/engine"},
 		"github.com/moby/moby":     {"internal/backend/docker", "internal/backend/docker/dockertest"},
 		"github.com/pressly/goose": {"internal/registry/postgres", "internal/registry/sqlite"},
-		"k8s.io/client-go":         {"internal/backend/kubernetes", "internal/kubetest", "deploy/helm"},
 	}
 	for pkg, deps := range imports(t) {
 		for _, d := range deps {
@@ -144,4 +143,25 @@ func TestClientModuleStandsAlone(t *testing.T) {
 	out, err = exec.Command("go", "list", "-m", "-f", "{{with .Replace}}{{.Path}}{{end}}", module+"/client").Output()
 	require.NoError(t, err, "go list -m client")
 	require.Equal(t, "./client", strings.TrimSpace(string(out)), "the orchestrator builds against ./client")
+}
+
+// TestKubernetesClientStaysInItsPackages: client-go and the Kubernetes API
+// types are named only by the kubernetes backend and the test API server
+// helpers (and their subpackages); helm only by tests. The orchestrator's
+// other packages stay free of them, as of the Docker client.
+func TestKubernetesClientStaysInItsPackages(t *testing.T) {
+	owners := []string{"internal/backend/kubernetes", "internal/kubetest"}
+	for pkg, deps := range imports(t) {
+		for _, d := range deps {
+			require.False(t, strings.HasPrefix(d, "helm.sh/"), "%s imports %s: helm is for the chart's tests only", pkg, d)
+			if !strings.HasPrefix(d, "k8s.io/") && !strings.HasPrefix(d, "sigs.k8s.io/") {
+				continue
+			}
+			ok := strings.HasPrefix(pkg, "cmd/")
+			for _, o := range owners {
+				ok = ok || pkg == o || strings.HasPrefix(pkg, o+"/")
+			}
+			require.True(t, ok, "%s imports %s: only the kubernetes backend and kubetest may", pkg, d)
+		}
+	}
 }

@@ -36,6 +36,14 @@ type Option func(*options)
 type options struct {
 	goroutines bool
 	ignore     []goleak.Option
+	after      []func() error
+}
+
+// After runs stop once the tests are done, before Run looks for processes
+// left behind; an error fails the run. Test helpers that start servers of
+// their own (kubetest.Stop) hook in here.
+func After(stop func() error) Option {
+	return func(o *options) { o.after = append(o.after, stop) }
 }
 
 // Goroutines makes Run fail when goroutines outlive the tests, apart from
@@ -79,6 +87,12 @@ func Run(m *testing.M, opts ...Option) int {
 	_ = os.Setenv("TMPDIR", dir)
 
 	code := pgtest.Main(m)
+	for _, stop := range o.after {
+		if err := stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "testmain:", err)
+			code = 1
+		}
+	}
 
 	if left := LeftBehind(dir, exitGrace); len(left) > 0 {
 		fmt.Fprintf(os.Stderr, "testmain: %d process(es) the tests started are still running; killed now:\n", len(left))
