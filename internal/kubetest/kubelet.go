@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -82,6 +85,8 @@ type Node struct {
 	stop  chan struct{}
 	wg    sync.WaitGroup
 
+	srv *httptest.Server // the kubelet API the API server reads logs from
+
 	mu         sync.Mutex
 	procs      map[types.UID]*podProc
 	unpullable map[string]bool
@@ -100,6 +105,7 @@ type podProc struct {
 	finished  time.Time
 	deleting  bool // a deletion is being honoured
 	finalized bool
+	logPath   string
 }
 
 // StartNode starts a test node for cfg.Namespace on the API server rc
@@ -163,14 +169,123 @@ func StartNode(t testing.TB, rc *rest.Config, cfg NodeConfig) *Node {
 		f.Shutdown()
 		t.Fatal("kubetest: node informers did not sync")
 	}
+	if err := n.register(ctx); err != nil {
+		close(n.stop)
+		f.Shutdown()
+		t.Fatalf("kubetest: register node: %v", err)
+	}
 	for range 4 {
 		n.wg.Go(n.work)
 	}
 	t.Cleanup(func() {
 		n.Close()
 		f.Shutdown()
+		ctx, cancel := ctxCall()
+		defer cancel()
+		_ = n.cs.CoreV1().Nodes().Delete(ctx, n.Name, metav1.DeleteOptions{})
 	})
 	return n
+}
+
+// register serves the kubelet API's container logs over TLS and creates the
+// Node object whose address and kubelet port the API server dials for
+// pods/log (without --kubelet-certificate-authority it does not verify the
+// certificate).
+func (n *Node) register(ctx context.Context) error {
+	n.srv = httptest.NewUnstartedServer(http.HandlerFunc(n.serveLogs))
+	n.srv.StartTLS()
+	port := n.srv.Listener.Addr().(*net.TCPAddr).Port
+	node, err := n.cs.CoreV1().Nodes().Create(ctx, &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{"bap-engine.test/kubetest": "true"}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return err
+	}
+	node.Status = corev1.NodeStatus{
+		Addresses:       []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "127.0.0.1"}},
+		DaemonEndpoints: corev1.NodeDaemonEndpoints{KubeletEndpoint: corev1.DaemonEndpoint{Port: int32(port)}},
+		Conditions:      []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}},
+	}
+	_, err = n.cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+	return err
+}
+
+// serveLogs answers GET /containerLogs/<namespace>/<pod>/<container> with
+// tailLines, limitBytes and follow, as a kubelet does.
+func (n *Node) serveLogs(w http.ResponseWriter, r *http.Request) {
+	parts := strings.Split(strings.TrimPrefix(r.URL.Path, "/containerLogs/"), "/")
+	if len(parts) != 3 || parts[0] != n.cfg.Namespace {
+		http.NotFound(w, r)
+		return
+	}
+	n.mu.Lock()
+	var p *podProc
+	for _, q := range n.procs {
+		if q.name == parts[1] && (p == nil || q.started.After(p.started)) {
+			p = q
+		}
+	}
+	n.mu.Unlock()
+	if p == nil {
+		http.Error(w, "container not found", http.StatusNotFound)
+		return
+	}
+	data, err := os.ReadFile(p.logPath)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	off := int64(len(data))
+	if v := r.URL.Query().Get("tailLines"); v != "" {
+		if k, err := strconv.Atoi(v); err == nil && k >= 0 {
+			lines := strings.SplitAfter(string(data), "\n")
+			if lines[len(lines)-1] == "" {
+				lines = lines[:len(lines)-1]
+			}
+			if len(lines) > k {
+				lines = lines[len(lines)-k:]
+			}
+			data = []byte(strings.Join(lines, ""))
+		}
+	}
+	if v := r.URL.Query().Get("limitBytes"); v != "" {
+		if k, err := strconv.Atoi(v); err == nil && k >= 0 && len(data) > k {
+			data = data[:k]
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	_, _ = w.Write(data)
+	if r.URL.Query().Get("follow") != "true" {
+		return
+	}
+	fl, _ := w.(http.Flusher)
+	for {
+		if fl != nil {
+			fl.Flush()
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-n.stop:
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+		f, err := os.Open(p.logPath)
+		if err != nil {
+			return
+		}
+		st, _ := f.Stat()
+		if st != nil && st.Size() > off {
+			buf := make([]byte, st.Size()-off)
+			k, _ := f.ReadAt(buf, off)
+			off += int64(k)
+			_, _ = w.Write(buf[:k])
+		}
+		f.Close()
+		if isDone(p.done) && (st == nil || st.Size() <= off) {
+			return
+		}
+	}
 }
 
 // SetUnpullable makes Pods of image wait with ErrImagePull, as a kubelet
@@ -227,6 +342,9 @@ func (n *Node) Close() {
 	n.mu.Unlock()
 	close(n.stop)
 	n.queue.ShutDown()
+	if n.srv != nil {
+		n.srv.Close()
+	}
 	n.wg.Wait()
 	for _, p := range procs {
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
@@ -481,11 +599,21 @@ func (n *Node) start(pod *corev1.Pod) error {
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return err
 	}
-	logf, err := os.Create(filepath.Join(logDir, pod.Name+"-"+string(pod.UID)+".log"))
+	logPath := filepath.Join(logDir, pod.Name+"-"+string(pod.UID)+".log")
+	logf, err := os.Create(logPath)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(n.cfg.Command[0], n.cfg.Command[1:]...)
+	argv := n.cfg.Command
+	if len(c.Command) > 0 {
+		// A helper (the orchestrator's own image): this binary runs its
+		// arguments, mount paths mapped.
+		argv = []string{n.cfg.Command[0]}
+		for _, a := range append(slices.Clone(c.Command[1:]), c.Args...) {
+			argv = append(argv, mapPath(a, mounts))
+		}
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -501,7 +629,7 @@ func (n *Node) start(pod *corev1.Pod) error {
 		n.mu.Unlock()
 		return n.failStart(pod, "RunContainerError", err.Error())
 	}
-	p := &podProc{uid: pod.UID, name: pod.Name, ip: ip, pid: cmd.Process.Pid, started: time.Now(), done: make(chan struct{})}
+	p := &podProc{uid: pod.UID, name: pod.Name, ip: ip, pid: cmd.Process.Pid, started: time.Now(), done: make(chan struct{}), logPath: logPath}
 	n.procs[pod.UID] = p
 	n.mu.Unlock()
 	n.wg.Go(func() { n.reap(cmd, p) })
