@@ -908,3 +908,6 @@ func free(ip string) bool {
 	ln.Close()
 	return true
 }
+
+// Client is the node's API client (for tests' assertions).
+func (n *Node) Client() kubernetes.Interface { return n.cs }

@@ -24,6 +24,7 @@ import (
 	"github.com/september/bap-engine/internal/backend/subprocess"
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/engine"
+	"github.com/september/bap-engine/internal/kubetest"
 	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/registrytest"
@@ -46,7 +47,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(testmain.Run(m))
+	os.Exit(testmain.Run(m, testmain.After(kubetest.Stop)))
 }
 
 // env is one test's world: a registry, a backend, a manager and a product.

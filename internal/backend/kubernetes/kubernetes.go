@@ -193,7 +193,7 @@ type Backend struct {
 	waiters  map[string]chan struct{} // engine id → closed on its next Pod event
 	ips      map[string]podIP         // engine id → its current Pod's address
 	own      map[string]bool          // Pod UIDs this process deleted
-	reported map[string]bool          // Pod UIDs reported terminated
+	reported map[string]time.Time     // Pod UIDs reported terminated, and when
 	gone     map[string]time.Time     // Pod UIDs seen deleted, until forgotten
 	lastLogs map[string][]byte        // engine id → its last deleted Pod's log
 }
@@ -276,7 +276,7 @@ func NewForClient(ctx context.Context, cs kubernetes.Interface, cfg Config) (*Ba
 		waiters:  map[string]chan struct{}{},
 		ips:      map[string]podIP{},
 		own:      map[string]bool{},
-		reported: map[string]bool{},
+		reported: map[string]time.Time{},
 		gone:     map[string]time.Time{},
 		lastLogs: map[string][]byte{},
 	}

@@ -120,7 +120,7 @@ func (b *Backend) onPod(p *corev1.Pod, deleted, resync bool) {
 			delete(b.ips, engineID)
 		}
 		b.gone[uid] = time.Now()
-		if !b.own[uid] && !b.reported[uid] {
+		if _, seen := b.reported[uid]; !b.own[uid] && !seen {
 			// Deleted by someone else (a drain, an eviction, kubectl): the
 			// engine is gone as surely as if it had crashed.
 			report = &backend.Event{EngineID: engineID, ExitCode: -1, At: time.Now().UTC()}
@@ -137,9 +137,18 @@ func (b *Backend) onPod(p *corev1.Pod, deleted, resync bool) {
 				b.ips[engineID] = podIP{uid: uid, ip: p.Status.PodIP}
 			}
 		}
-		if terminated(p) && p.DeletionTimestamp == nil && !b.own[uid] && (!b.reported[uid] || resync) {
-			b.reported[uid] = true
-			report = &backend.Event{EngineID: engineID, ExitCode: exitCode(p), At: finishedAt(p)}
+		if terminated(p) && p.DeletionTimestamp == nil && !b.own[uid] {
+			// At is when this process learnt of the end: the Pod's own
+			// times have whole seconds only, and would date a crash in
+			// the second of a start before that start.
+			at, seen := b.reported[uid]
+			if !seen {
+				at = time.Now().UTC()
+				b.reported[uid] = at
+			}
+			if !seen || resync {
+				report = &backend.Event{EngineID: engineID, ExitCode: exitCode(p), At: at}
+			}
 		}
 	}
 	b.mu.Unlock()
@@ -156,17 +165,6 @@ func (b *Backend) gcLocked() {
 			delete(b.gone, uid)
 		}
 	}
-}
-
-// finishedAt is when the engine container ended, or now when the Pod does
-// not say.
-func finishedAt(p *corev1.Pod) time.Time {
-	for _, cs := range p.Status.ContainerStatuses {
-		if cs.Name == containerName && cs.State.Terminated != nil && !cs.State.Terminated.FinishedAt.IsZero() {
-			return cs.State.Terminated.FinishedAt.UTC()
-		}
-	}
-	return time.Now().UTC()
 }
 
 // setIP records the address of the engine's Pod uid.
