@@ -345,7 +345,8 @@ func (n *Node) Close() {
 	if n.srv != nil {
 		n.srv.Close()
 	}
-	n.wg.Wait()
+	// No process starts once closed is set; kill those that run, then wait
+	// for the workers and reapers.
 	for _, p := range procs {
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
 	}
@@ -355,6 +356,7 @@ func (n *Node) Close() {
 		case <-time.After(10 * time.Second):
 		}
 	}
+	n.wg.Wait()
 }
 
 func isDone(ch <-chan struct{}) bool {
