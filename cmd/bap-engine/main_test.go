@@ -25,9 +25,9 @@ import (
 
 	"github.com/september/bap-engine/client"
 	"github.com/september/bap-engine/internal/backend/backendtest"
+	"github.com/september/bap-engine/internal/kubetest"
 	"github.com/september/bap-engine/internal/pgtest"
 	"github.com/september/bap-engine/internal/secret"
-	"github.com/september/bap-engine/internal/kubetest"
 	"github.com/september/bap-engine/internal/testmain"
 )
 
