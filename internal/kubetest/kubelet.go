@@ -61,6 +61,10 @@ type NodeConfig struct {
 	// TerminationLimit caps the grace period honoured on deletion (tests
 	// need not wait 30 s for an engine that ignores SIGTERM); 0: none.
 	TerminationLimit time.Duration
+	// NoProcesses reports Pods running (with an address) without starting
+	// anything, and deletes them at once: for measuring the API side of a
+	// thousand engines without a thousand processes. Fail ends such a Pod.
+	NoProcesses bool
 }
 
 // Node is a test kubelet (and scheduler, and PVC protection controller) for
@@ -440,7 +444,8 @@ func (n *Node) syncPod(name string) error {
 		}
 		return n.finalDelete(pod)
 	}
-	if p != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+	if p != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed ||
+		(n.cfg.NoProcesses && pod.Status.Phase == corev1.PodRunning) {
 		return nil
 	}
 	return n.start(pod)
@@ -584,6 +589,9 @@ func (n *Node) start(pod *corev1.Pod) error {
 	if err != nil {
 		return err
 	}
+	if n.cfg.NoProcesses {
+		return n.updateStatus(pod.UID, pod.Name, func(s *corev1.PodStatus) { running(s, c, ip, 0, metav1.Now()) })
+	}
 	port := 8000
 	if len(c.Ports) > 0 {
 		port = int(c.Ports[0].ContainerPort)
@@ -636,22 +644,45 @@ func (n *Node) start(pod *corev1.Pod) error {
 	n.mu.Unlock()
 	n.wg.Go(func() { n.reap(cmd, p) })
 	started := metav1.NewTime(p.started)
-	return n.updateStatus(pod.UID, pod.Name, func(s *corev1.PodStatus) {
-		s.Phase = corev1.PodRunning
-		s.HostIP = "127.0.0.1"
-		s.HostIPs = []corev1.HostIP{{IP: "127.0.0.1"}}
-		s.PodIP = ip
-		s.PodIPs = []corev1.PodIP{{IP: ip}}
-		s.StartTime = &started
-		for _, t := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
-			setCondition(s, t, corev1.ConditionTrue, "", "")
+	return n.updateStatus(pod.UID, pod.Name, func(s *corev1.PodStatus) { running(s, c, ip, p.pid, started) })
+}
+
+// running sets a Pod's status to running container c at ip.
+func running(s *corev1.PodStatus, c corev1.Container, ip string, pid int, started metav1.Time) {
+	s.Phase = corev1.PodRunning
+	s.HostIP = "127.0.0.1"
+	s.HostIPs = []corev1.HostIP{{IP: "127.0.0.1"}}
+	s.PodIP = ip
+	s.PodIPs = []corev1.PodIP{{IP: ip}}
+	s.StartTime = &started
+	for _, t := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
+		setCondition(s, t, corev1.ConditionTrue, "", "")
+	}
+	s.ContainerStatuses = []corev1.ContainerStatus{{
+		Name: c.Name, Image: c.Image, ImageID: "kubetest://" + c.Image,
+		ContainerID: "kubetest://" + strconv.Itoa(pid),
+		Ready:       true, Started: ptrTo(true),
+		State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: started}},
+	}}
+}
+
+// Fail ends a Pod's engine with exit code 1 in NoProcesses mode, as a
+// crash would.
+func (n *Node) Fail(podName string) error {
+	ctx, cancel := ctxCall()
+	defer cancel()
+	pod, err := n.cs.CoreV1().Pods(n.cfg.Namespace).Get(ctx, podName, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	now := metav1.Now()
+	return n.updateStatus(pod.UID, podName, func(s *corev1.PodStatus) {
+		s.Phase = corev1.PodFailed
+		for i := range s.ContainerStatuses {
+			s.ContainerStatuses[i].Ready = false
+			s.ContainerStatuses[i].State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+				ExitCode: 1, Reason: "Error", FinishedAt: now}}
 		}
-		s.ContainerStatuses = []corev1.ContainerStatus{{
-			Name: c.Name, Image: c.Image, ImageID: "kubetest://" + c.Image,
-			ContainerID: "kubetest://" + strconv.Itoa(p.pid),
-			Ready:       true, Started: ptrTo(true),
-			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: started}},
-		}}
 	})
 }
 

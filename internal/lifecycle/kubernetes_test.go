@@ -2,7 +2,10 @@ package lifecycle_test
 
 import (
 	"context"
+	"net/http"
 	"os"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,7 +31,7 @@ type kubeCluster struct {
 	node *kubetest.Node
 }
 
-func newKubeCluster(t *testing.T, freshIPs bool) *kubeCluster {
+func newKubeCluster(t testing.TB, freshIPs bool) *kubeCluster {
 	t.Helper()
 	rc := kubetest.Config(t)
 	ns := kubetest.Namespace(t, rc)
@@ -218,4 +221,102 @@ func TestKubernetesImagePullFailsFast(t *testing.T) {
 	require.Equal(t, bap.StateFailed, e.Status)
 	require.Contains(t, e.FailureReason, "ErrImagePull")
 	require.True(t, c.gone(t, e.ID), "no Pod or PVC left by the failed provision")
+}
+
+// timedBackend adds up the time spent in backend calls (API requests and
+// the waits for the node).
+type timedBackend struct {
+	backend.Backend
+	spent atomic.Int64
+}
+
+func (tb *timedBackend) since(t0 time.Time) { tb.spent.Add(int64(time.Since(t0))) }
+
+func (tb *timedBackend) Create(ctx context.Context, s backend.Spec) (backend.Instance, error) {
+	defer tb.since(time.Now())
+	return tb.Backend.Create(ctx, s)
+}
+func (tb *timedBackend) Start(ctx context.Context, id string) error {
+	defer tb.since(time.Now())
+	return tb.Backend.Start(ctx, id)
+}
+func (tb *timedBackend) Stop(ctx context.Context, id string, g time.Duration) error {
+	defer tb.since(time.Now())
+	return tb.Backend.Stop(ctx, id, g)
+}
+func (tb *timedBackend) Remove(ctx context.Context, id string) error {
+	defer tb.since(time.Now())
+	return tb.Backend.Remove(ctx, id)
+}
+func (tb *timedBackend) Destroy(ctx context.Context, id string) error {
+	defer tb.since(time.Now())
+	return tb.Backend.Destroy(ctx, id)
+}
+func (tb *timedBackend) Inspect(ctx context.Context, id string) (backend.Instance, error) {
+	defer tb.since(time.Now())
+	return tb.Backend.Inspect(ctx, id)
+}
+
+// requestCounter counts API requests.
+type requestCounter struct{ n atomic.Int64 }
+
+func (c *requestCounter) wrap(rt http.RoundTripper) http.RoundTripper {
+	return rtFunc(func(r *http.Request) (*http.Response, error) { c.n.Add(1); return rt.RoundTrip(r) })
+}
+
+type rtFunc func(*http.Request) (*http.Response, error)
+
+func (f rtFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// BenchmarkKubernetesLifecycle: provision, stop, start and destroy of one
+// engine at a time on the kubernetes backend against the test API server
+// and node (real engine processes). Per operation: its latency, the part
+// spent in backend calls (API requests and waiting for the node to run or
+// remove the Pod), the rest (the orchestrator's database work, and for
+// provision and start the engine's boot until /health answers), and the
+// API requests it made.
+func BenchmarkKubernetesLifecycle(b *testing.B) {
+	c := newKubeCluster(b, false)
+	var reqs requestCounter
+	be := c.backend(b, "", func(cfg *kubernetes.Config) {
+		cfg.REST = rest.CopyConfig(c.rc)
+		cfg.REST.WrapTransport = reqs.wrap
+	})
+	tb := &timedBackend{Backend: be}
+	en := newEnv(b, tb, envOptions{})
+	ctx := context.Background()
+	type acc struct{ total, inBackend, calls int64 }
+	stats := map[string]*acc{}
+	measure := func(op string, f func() error) {
+		a := stats[op]
+		if a == nil {
+			a = &acc{}
+			stats[op] = a
+		}
+		t0, spent0, calls0 := time.Now(), tb.spent.Load(), reqs.n.Load()
+		require.NoError(b, f())
+		a.total += int64(time.Since(t0))
+		a.inBackend += tb.spent.Load() - spent0
+		a.calls += reqs.n.Load() - calls0
+	}
+	i := 0
+	for b.Loop() {
+		i++
+		var e bap.Engine
+		measure("provision", func() error {
+			r, err := en.lm.Provision(ctx, en.product, bap.UserID("bench-"+strconv.Itoa(i)), "", "bench")
+			e = r.Engine
+			return err
+		})
+		measure("stop", func() error { _, err := en.lm.Stop(ctx, e.ID, "bench"); return err })
+		measure("start", func() error { _, err := en.lm.Start(ctx, e.ID, "bench"); return err })
+		measure("destroy", func() error { _, err := en.lm.Destroy(ctx, e.ID, "bench"); return err })
+	}
+	n := float64(b.N)
+	for op, a := range stats {
+		b.ReportMetric(float64(a.total)/1e6/n, "ms/"+op)
+		b.ReportMetric(float64(a.inBackend)/1e6/n, "backend-ms/"+op)
+		b.ReportMetric(float64(a.total-a.inBackend)/1e6/n, "rest-ms/"+op)
+		b.ReportMetric(float64(a.calls)/n, "api-calls/"+op)
+	}
 }
