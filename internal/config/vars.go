@@ -258,7 +258,7 @@ var table = []Var{
 	},
 	{
 		Name: "ORCH_HELPER_IMAGE", Default: "bap-engine:latest",
-		Help:  "The orchestrator's own image (docker backend): a short-lived container of it copies an engine's brain to a snapshot volume and back. Nothing else needs to be pulled.",
+		Help:  "The orchestrator's own image (docker and kubernetes backends): a short-lived container or Pod of it copies an engine's brain to a snapshot volume or PVC and back. Nothing else needs to be pulled.",
 		parse: word(func(c *Config) *string { return &c.HelperImage }),
 	},
 	{

@@ -95,7 +95,7 @@ func BenchmarkTwoReplicas1000Engines(b *testing.B) {
 		cfg := kubernetes.Config{
 			REST: counted(rc, &counts[i]), Namespace: ns, Deployment: dep, DefaultImage: testImage,
 			Shard: shardOf, Owns: func(id string) bool { return shardOf(id)%2 == i },
-			StartTimeout: time.Minute,
+			StartTimeout: time.Minute, CallTimeout: 30 * time.Second,
 		}
 		be, err := kubernetes.New(context.Background(), cfg)
 		require.NoError(b, err)
@@ -108,7 +108,7 @@ func BenchmarkTwoReplicas1000Engines(b *testing.B) {
 		ids[i] = uuid.NewString()
 	}
 	total := func() int64 { return counts[0].all.Load() + counts[1].all.Load() }
-	// run does op on every engine, 32 at a time, alternating replicas
+	// run does op on every engine, 16 at a time, alternating replicas
 	// (requests reach either), and reports its latency and API requests.
 	run := func(name string, op func(be backend.Backend, id string) error) {
 		began, calls := time.Now(), total()
@@ -116,7 +116,7 @@ func BenchmarkTwoReplicas1000Engines(b *testing.B) {
 			g   errgroup.Group
 			sum atomic.Int64
 		)
-		g.SetLimit(32)
+		g.SetLimit(16)
 		for i, id := range ids {
 			g.Go(func() error {
 				t0 := time.Now()
@@ -130,6 +130,7 @@ func BenchmarkTwoReplicas1000Engines(b *testing.B) {
 		b.ReportMetric(float64(total()-calls)/float64(n), "api-calls/"+name)
 		b.ReportMetric(float64(sum.Load())/1e6/float64(n), "ms/"+name)
 		b.ReportMetric(float64(n)/d.Seconds(), name+"/s")
+		b.Logf("%s: %d engines in %s, %.1f API requests each", name, n, d.Round(time.Millisecond), float64(total()-calls)/float64(n))
 	}
 	for b.Loop() {
 		_, hash := backendtest.NewKey()
