@@ -280,7 +280,7 @@ func clientCmds(getenv func(string) string, stdout, stderr io.Writer) []*cobra.C
 	}
 	logsCmd.Flags().IntVar(&logTail, "tail", 200, "how many of the last lines (0: everything kept)")
 	logsCmd.Flags().BoolVarP(&logFollow, "follow", "f", false, "keep printing what the engine writes (until Ctrl-C)")
-	engines.AddCommand(ls, get, provision, admit, start, stop, destroy, rotate, auditCmd, logsCmd)
+	engines.AddCommand(ls, get, provision, admit, start, stop, destroy, rotate, auditCmd, logsCmd, upgradeCmd(f, out, stderr))
 
 	status := &cobra.Command{
 		Use:   "status",
@@ -365,7 +365,7 @@ func clientCmds(getenv func(string) string, stdout, stderr io.Writer) []*cobra.C
 	fleetLs.Flags().IntVar(&fo.Limit, "limit", 100, "page size (max 1000)")
 	fleetLs.Flags().IntVar(&fo.Offset, "offset", 0, "page offset")
 	fleet.AddCommand(fleetLs)
-	return []*cobra.Command{products, engines, status, replicas, fleet, loginCmd(getenv, stdout, f)}
+	return []*cobra.Command{products, engines, status, replicas, fleet, rolloutsCmd(getenv, f, out), loginCmd(getenv, stdout, f)}
 }
 
 // userCmd builds a command taking one USER_ID whose call may take long:

@@ -191,3 +191,43 @@ func TestVersionAndProbe(t *testing.T) {
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&v))
 	require.Equal(t, b, v, "GET /version is the binary's own")
 }
+
+// TestLogsFollowEndsWithTheServer follows an engine's log with the CLI,
+// sees a new line arrive, and checks that a graceful shutdown of serve ends
+// the stream instead of waiting for it.
+func TestLogsFollowEndsWithTheServer(t *testing.T) {
+	env := baseEnv(t, stores()[0].url(t))
+	o := startServe(t, env)
+	admin := map[string]string{"BAP_URL": o.url, "BAP_ADMIN_KEY": env["ORCH_ADMIN_KEY"], "HOME": t.TempDir()}
+	var reg struct {
+		PlatformAPIKey string `json:"platform_api_key"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(mustCLI(t, admin, "products", "register", "f", "-o", "json")), &reg))
+	product := map[string]string{"BAP_URL": o.url, "BAP_PLATFORM_KEY": reg.PlatformAPIKey, "HOME": admin["HOME"]}
+	var prov struct {
+		URL    string `json:"url"`
+		APIKey string `json:"api_key"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(mustCLI(t, product, "engines", "provision", "alice", "-o", "json")), &prov))
+
+	var out syncBuf
+	done := make(chan error, 1)
+	go func() {
+		done <- run(context.Background(), []string{"engines", "logs", "alice", "-f", "--tail", "1"}, getenvOf(product), &out)
+	}()
+	require.Eventually(t, func() bool { return strings.Count(out.String(), "\n") >= 1 }, 20*time.Second, 20*time.Millisecond)
+	require.Equal(t, http.StatusOK, engineAnswers(t, prov.URL, prov.APIKey))
+	require.Eventually(t, func() bool { return strings.Contains(out.String(), `"/brain"`) }, 20*time.Second, 20*time.Millisecond,
+		"the engine's new request line arrives while following: %s", out.String())
+	require.NotContains(t, out.String(), prov.APIKey)
+
+	began := time.Now()
+	o.stop(t)
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the followed log did not end when serve shut down")
+	}
+	require.Less(t, time.Since(began), 10*time.Second, "shutdown is not held by a followed log")
+}

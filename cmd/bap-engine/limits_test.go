@@ -252,10 +252,40 @@ func TestStreamOutlivesReadTimeout(t *testing.T) {
 	next("hello")
 	time.Sleep(3 * limit) // quiet for three read timeouts and write windows
 
-	_, err = client.New(o.url, client.WithPlatformKey(prod.PlatformAPIKey)).Provision(ctx, client.ProvisionRequest{UserID: "alice"})
+	platform := client.New(o.url, client.WithPlatformKey(prod.PlatformAPIKey))
+	alice, err := platform.Provision(ctx, client.ProvisionRequest{UserID: "alice"})
 	require.NoError(t, err)
 	next("engine")
 	require.Greater(t, time.Since(began), 3*limit)
+
+	// The same for an engine's log followed through the API: quiet for
+	// three read timeouts, then the engine's next line still arrives.
+	logs, err := platform.Logs(ctx, "alice", client.LogOptions{Follow: true})
+	require.NoError(t, err)
+	defer logs.Close()
+	lines := make(chan string, 100)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(logs)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	followed := time.Now()
+	time.Sleep(3 * limit)
+	remember(t, alice.URL, alice.APIKey, "after-the-quiet")
+	for {
+		select {
+		case line, open := <-lines:
+			require.True(t, open, "the followed log ended %s after it began", time.Since(followed).Round(time.Millisecond))
+			if strings.Contains(line, "/execute") {
+				require.Greater(t, time.Since(followed), 3*limit)
+				return
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the engine's request never reached the followed log")
+		}
+	}
 }
 
 // TestBadHTTPLimitsRefused: serve and dev refuse to start on a bad limit,

@@ -681,10 +681,13 @@ func TestFrozenReplicaCommitsNothingStale(t *testing.T) {
 		_, err := c.platform(a).RotateKey(ctx, "frank")
 		rotated <- err
 	}()
-	// Freeze A once its new instance of frank was spawned: A is waiting for
-	// it to become healthy, between backend calls.
+	// Freeze A once its new instance of frank was spawned and its start
+	// call returned (the engine's directory lock is free again): A is
+	// waiting for it to become healthy, between backend calls. Frozen
+	// inside the call, A would hold the lock B's takeover waits for.
+	dir := filepath.Join(c.env["ORCH_DATA_ROOT"], frank.EngineID)
 	require.Eventually(t, func() bool {
-		b, err := os.ReadFile(filepath.Join(c.env["ORCH_DATA_ROOT"], frank.EngineID, "engine.pid"))
+		b, err := os.ReadFile(filepath.Join(dir, "engine.pid"))
 		if err != nil {
 			return false
 		}
@@ -692,7 +695,7 @@ func TestFrozenReplicaCommitsNothingStale(t *testing.T) {
 			Pid    int  `json:"pid"`
 			Exited bool `json:"exited"`
 		}
-		return json.Unmarshal(b, &pf) == nil && !pf.Exited && fmt.Sprint(pf.Pid) != oldPid
+		return json.Unmarshal(b, &pf) == nil && !pf.Exited && fmt.Sprint(pf.Pid) != oldPid && dirUnlocked(dir)
 	}, 10*time.Second, 2*time.Millisecond)
 	require.NoError(t, a.cmd.Process.Signal(syscall.SIGSTOP))
 	frozen := time.Now()
@@ -872,4 +875,19 @@ func killEnginesUnder(t *testing.T, dataRoot string) {
 			}
 		}
 	})
+}
+
+// dirUnlocked reports whether no process holds the subprocess backend's
+// operation lock (an flock) on an engine's data directory.
+func dirUnlocked(dir string) bool {
+	f, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+		return false
+	}
+	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return true
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/september/bap-engine/client"
+	"github.com/september/bap-engine/internal/replica"
 )
 
 // versions maps each of the product's engines (by user) to its version.
@@ -152,4 +153,78 @@ func TestRolloutUpgradesItsShareAndPausesItself(t *testing.T) {
 			require.Equal(t, http.StatusUnprocessableEntity, apiErr.Status)
 		})
 	}
+}
+
+// TestRolloutSurvivesTheLeadersDeath runs a rollout on two replicas and
+// SIGKILLs the one that runs it (the leader shard's holder) mid-way: the
+// other takes the rollout over and finishes it, every engine ends on the
+// new version with its brain, and no engine is left with a claim.
+func TestRolloutSurvivesTheLeadersDeath(t *testing.T) {
+	c := newCluster(t, 2, func(env map[string]string) {
+		env["ENGINE_WARMUP_S"] = "0.3"
+		env["ORCH_ENGINE_ENV_PASSTHROUGH"] += ",ENGINE_WARMUP_S"
+	})
+	ctx := context.Background()
+	pc := c.platform(c.procs[0])
+	keys := map[string]client.Provisioned{}
+	for i := range 6 {
+		u := fmt.Sprintf("user-%d", i)
+		e, err := pc.Provision(ctx, client.ProvisionRequest{UserID: u, EngineVersion: "v1"})
+		require.NoError(t, err)
+		keys[u] = e
+		remember(t, e.URL, e.APIKey, u)
+	}
+	leader := c.holderOfShard(replica.LeaderShard)
+	require.NotNil(t, leader)
+	var other *replicaProc
+	for _, p := range c.procs {
+		if p != leader {
+			other = p
+		}
+	}
+	ac := adminClient(other.url, c.env)
+	ro, err := ac.CreateRollout(ctx, "acme", client.RolloutRequest{EngineVersion: "v2", Percent: 100, MaxParallel: 1})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		got, err := ac.Rollout(ctx, "acme", ro.RolloutID)
+		require.NoError(t, err)
+		return got.Counts.Upgraded >= 2
+	}, 60*time.Second, 20*time.Millisecond)
+	c.kill(leader)
+	t.Logf("killed the leader %s mid-rollout", leader.name)
+
+	var got client.Rollout
+	require.Eventually(t, func() bool {
+		got, err = ac.Rollout(ctx, "acme", ro.RolloutID)
+		require.NoError(t, err)
+		return got.State == "done"
+	}, takeoverBound+60*time.Second, 50*time.Millisecond, "the surviving replica finishes the rollout: %+v", got)
+	require.Equal(t, client.RolloutCounts{Upgraded: 6}, got.Counts)
+	for u, e := range keys {
+		row, ok := c.settled(e.EngineID, takeoverBound, "rollout engine "+u)
+		require.True(t, ok)
+		require.Equal(t, "v2", row.Image)
+		require.Equal(t, "v2", versionOf(t, e.URL), "%s runs v2", u)
+		counter, notes := brainOf(t, e.URL, e.APIKey)
+		require.Equal(t, 1, counter)
+		require.Equal(t, []string{u}, notes)
+	}
+}
+
+// holderOfShard is the live replica process holding shard.
+func (c *cluster) holderOfShard(shard int) *replicaProc {
+	c.t.Helper()
+	leases, err := c.store.Leases(context.Background())
+	require.NoError(c.t, err)
+	for _, l := range leases {
+		if l.Shard != shard || l.ReplicaID == "" {
+			continue
+		}
+		for _, p := range c.procs {
+			if c.replicaID(p) == l.ReplicaID {
+				return p
+			}
+		}
+	}
+	return nil
 }

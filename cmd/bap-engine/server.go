@@ -333,7 +333,8 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		Observer:    met,
 	})
 	idle := health.NewIdleSweeper(store, lm, health.IdleConfig{IdleTimeout: cfg.IdleTimeout, Logger: log})
-	rollouts := rollout.New(rollout.Config{Store: store, Lifecycle: lm, Replica: rep, Logger: log})
+	rollouts := rollout.New(rollout.Config{Store: store, Lifecycle: lm, Replica: rep, Logger: log,
+		ProductChanged: disc.ForgetProduct})
 	handler := api.New(api.Deps{
 		Store:            store,
 		Lifecycle:        lm,
@@ -346,6 +347,9 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		UI: ui.New(ui.Deps{
 			Store: store, Lifecycle: lm, Discovery: disc, AdminKey: cfg.AdminKey,
 			PlatformKeyGrace: cfg.PlatformKeyGrace, Logger: log, Context: ctx,
+			Logs: func(ctx context.Context, engineID string, lines int) (string, error) {
+				return engineLogTail(ctx, store, lm, engineID, lines)
+			},
 		}),
 		WriteTimeout: cfg.HTTPReadTimeout,
 		Context:      ctx,
@@ -482,4 +486,23 @@ func ignoreCanceled(err error) error {
 		return nil
 	}
 	return err
+}
+
+// maxLogTailBytes bounds the log tail the dashboard shows.
+const maxLogTailBytes = 256 << 10
+
+// engineLogTail is the last lines of an engine's own output, for the
+// dashboard's engine page.
+func engineLogTail(ctx context.Context, store registry.Store, lm *lifecycle.Manager, engineID string, lines int) (string, error) {
+	e, err := store.GetEngine(ctx, engineID)
+	if err != nil {
+		return "", err
+	}
+	rc, err := lm.Logs(ctx, e, lines, false)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, maxLogTailBytes))
+	return string(b), err
 }

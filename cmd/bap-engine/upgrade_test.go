@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -105,6 +106,9 @@ func TestUpgradeKeepsTheBrainAndRollsBackARefusedVersion(t *testing.T) {
 	for _, st := range stores() {
 		t.Run(st.name, func(t *testing.T) {
 			env := upgradeEnv(t, st.url(t))
+			// Engines take half a second to answer, so the CLI sees the wait.
+			env["ENGINE_WARMUP_S"] = "0.5"
+			env["ORCH_ENGINE_ENV_PASSTHROUGH"] += ",ENGINE_WARMUP_S"
 			ctx := context.Background()
 			o := startServe(t, env)
 			prod, err := adminClient(o.url, env).RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
@@ -155,8 +159,21 @@ func TestUpgradeKeepsTheBrainAndRollsBackARefusedVersion(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, "v2", same.EngineVersion)
 
-			_, err = pc.Upgrade(ctx, "alice", "v3")
-			require.NoError(t, err)
+			// The CLI's upgrade names its phases on stderr, whole lines (not
+			// a terminal), and prints the outcome.
+			cliEnv := map[string]string{"BAP_URL": o.url, "BAP_PLATFORM_KEY": prod.PlatformAPIKey}
+			stdout, stderr, err := cliRun(t, cliEnv, "engines", "upgrade", "alice", "--engine-version", "v3")
+			require.NoError(t, err, stderr)
+			require.Contains(t, stdout, "engine_version:")
+			require.Contains(t, stdout, "v3")
+			require.NotContains(t, stderr, "\r")
+			require.Contains(t, stderr, "upgrade alice: waiting for health…\n")
+			require.Contains(t, stderr, "upgrade alice: done in ")
+			require.Equal(t, "v3", versionOf(t, eng.URL))
+			_, stderr, err = cliRun(t, cliEnv, "engines", "upgrade", "alice", "--engine-version", "v-bad")
+			require.Error(t, err)
+			require.Contains(t, stderr, "upgrade alice: rolling back to the old version…\n")
+			require.Contains(t, stderr, "UPGRADE_FAILED")
 			require.Len(t, snapshotDirs(t, env, eng.EngineID), 2, "ORCH_SNAPSHOTS_KEPT snapshots are kept")
 
 			page, err := pc.Audit(ctx, "alice", client.AuditOptions{})
@@ -166,14 +183,13 @@ func TestUpgradeKeepsTheBrainAndRollsBackARefusedVersion(t *testing.T) {
 				actions = append(actions, e.Action)
 				if e.Action == "upgrade_rolled_back" {
 					require.Equal(t, "v-bad", e.Metadata["to"])
-					require.Equal(t, "v2", e.Metadata["from"])
 					require.Contains(t, e.Metadata["reason"], "refused")
 				}
 				if e.Action == "upgrade" {
 					require.NotEmpty(t, e.Metadata["snapshot"])
 				}
 			}
-			require.Equal(t, []string{"upgrade", "upgrade_rolled_back", "upgrade", "provision"}, actions)
+			require.Equal(t, []string{"upgrade_rolled_back", "upgrade", "upgrade_rolled_back", "upgrade", "provision"}, actions)
 
 			// Bad input leaves nothing behind.
 			_, err = pc.Upgrade(ctx, "alice", "not an image")
@@ -259,4 +275,24 @@ func killedDuringUpgrade(t *testing.T, st store, to, want string) {
 
 	_, err = pc.Destroy(ctx, "alice")
 	require.NoError(t, err)
+}
+
+// cliRun runs this binary as the bap-engine CLI with args and the
+// variables vars, and returns its stdout and stderr (a pipe: not a
+// terminal).
+func cliRun(t *testing.T, vars map[string]string, args ...string) (string, string, error) {
+	t.Helper()
+	self, err := os.Executable()
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, self, args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), mainEnv + "=1"}
+	for k, v := range vars {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	return stdout.String(), stderr.String(), err
 }

@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/september/bap-engine/internal/testlog"
 
 	"github.com/september/bap-engine/internal/registry/storetest"
 
@@ -45,24 +46,6 @@ func runBoth(t *testing.T, fn func(t *testing.T, store registry.Store)) {
 	storetest.Each(t, func(t *testing.T, open func(testing.TB) registry.Store) { fn(t, open(t)) })
 }
 
-// syncBuffer collects the log output of concurrent requests.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // options tune a harness.
 type options struct {
 	grace       time.Duration
@@ -86,7 +69,7 @@ type harness struct {
 	srv      *httptest.Server
 	admin    *client.Client
 	adminKey string
-	logs     *syncBuffer
+	logs     *testlog.Buffer
 	// secrets are every key the harness saw; none may appear in the logs.
 	secretsMu sync.Mutex
 	secrets   []string
@@ -101,7 +84,7 @@ func newHarness(t testing.TB, store registry.Store, o options) *harness {
 	sealer, err := secret.NewSealer(fkey)
 	require.NoError(t, err)
 	clk := testclock.Fixed(time.Now().UTC().Truncate(time.Second))
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	log := slog.New(requestid.Handler(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 
 	m := metrics.New(metrics.Config{

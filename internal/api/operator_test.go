@@ -234,37 +234,39 @@ func TestEngineLogsTailAndFollow(t *testing.T) {
 }
 
 func TestProbesAndVersion(t *testing.T) {
-	var backendDown atomic.Bool
-	h := newHarness(t, storetest.SQLite(t), options{
-		build: api.BuildInfo{Version: "v9.9.9", Commit: "abc123", Go: "go1.x"},
-		ready: func(context.Context) error {
-			if backendDown.Load() {
-				return errors.New("docker daemon unreachable")
-			}
-			return nil
-		},
+	runBoth(t, func(t *testing.T, store registry.Store) {
+		var backendDown atomic.Bool
+		h := newHarness(t, store, options{
+			build: api.BuildInfo{Version: "v9.9.9", Commit: "abc123", Go: "go1.x"},
+			ready: func(context.Context) error {
+				if backendDown.Load() {
+					return errors.New("docker daemon unreachable")
+				}
+				return nil
+			},
+		})
+		r := h.do(http.MethodGet, "/livez", "", nil)
+		require.Equal(t, http.StatusOK, r.status)
+		require.Equal(t, "ok", r.json(t)["status"])
+		r = h.do(http.MethodGet, "/readyz", "", nil)
+		require.Equal(t, http.StatusOK, r.status)
+		r = h.do(http.MethodGet, "/version", "", nil)
+		require.Equal(t, http.StatusOK, r.status)
+		require.Equal(t, map[string]any{"version": "v9.9.9", "commit": "abc123", "go": "go1.x"}, r.json(t))
+
+		backendDown.Store(true)
+		r = h.do(http.MethodGet, "/readyz", "", nil)
+		require.Equal(t, http.StatusServiceUnavailable, r.status)
+		require.Equal(t, bap.CodeBackendUnavailable, r.json(t)["error"].(map[string]any)["code"])
+		require.Equal(t, http.StatusOK, h.do(http.MethodGet, "/livez", "", nil).status, "liveness ignores dependencies")
+		require.Equal(t, http.StatusOK, h.do(http.MethodGet, "/health", "", nil).status, "/health keeps its meaning: the database")
+
+		require.NoError(t, h.store.Close())
+		r = h.do(http.MethodGet, "/readyz", "", nil)
+		require.Equal(t, http.StatusServiceUnavailable, r.status)
+		require.Equal(t, bap.CodeDatabaseUnavailable, r.json(t)["error"].(map[string]any)["code"])
+		require.Equal(t, http.StatusOK, h.do(http.MethodGet, "/livez", "", nil).status, "liveness survives a database outage")
 	})
-	r := h.do(http.MethodGet, "/livez", "", nil)
-	require.Equal(t, http.StatusOK, r.status)
-	require.Equal(t, "ok", r.json(t)["status"])
-	r = h.do(http.MethodGet, "/readyz", "", nil)
-	require.Equal(t, http.StatusOK, r.status)
-	r = h.do(http.MethodGet, "/version", "", nil)
-	require.Equal(t, http.StatusOK, r.status)
-	require.Equal(t, map[string]any{"version": "v9.9.9", "commit": "abc123", "go": "go1.x"}, r.json(t))
-
-	backendDown.Store(true)
-	r = h.do(http.MethodGet, "/readyz", "", nil)
-	require.Equal(t, http.StatusServiceUnavailable, r.status)
-	require.Equal(t, bap.CodeBackendUnavailable, r.json(t)["error"].(map[string]any)["code"])
-	require.Equal(t, http.StatusOK, h.do(http.MethodGet, "/livez", "", nil).status, "liveness ignores dependencies")
-	require.Equal(t, http.StatusOK, h.do(http.MethodGet, "/health", "", nil).status, "/health keeps its meaning: the database")
-
-	require.NoError(t, h.store.Close())
-	r = h.do(http.MethodGet, "/readyz", "", nil)
-	require.Equal(t, http.StatusServiceUnavailable, r.status)
-	require.Equal(t, bap.CodeDatabaseUnavailable, r.json(t)["error"].(map[string]any)["code"])
-	require.Equal(t, http.StatusOK, h.do(http.MethodGet, "/livez", "", nil).status, "liveness survives a database outage")
 }
 
 func TestStartingHandler(t *testing.T) {

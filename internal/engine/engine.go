@@ -10,8 +10,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -190,4 +193,19 @@ wait:
 	}
 	log.Info("engine stopped")
 	return nil
+}
+
+// Main runs the engine from the process's environment until SIGTERM or
+// SIGINT, then exits: 0 after a clean stop, 1 (with the error on stderr)
+// otherwise. Test binaries that stand in for the engine command call it
+// from TestMain.
+func Main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	err := Run(ctx, os.Getenv, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
 }

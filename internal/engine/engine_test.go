@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/september/bap-engine/internal/testlog"
+
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
@@ -356,24 +358,6 @@ func freePort(t *testing.T) int {
 	return port
 }
 
-// syncBuffer is a log sink safe for the engine goroutine and the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func waitHealthy(t *testing.T, url string) {
 	t.Helper()
 	require.Eventually(t, func() bool {
@@ -394,7 +378,7 @@ func TestRunServesAndShutsDownGracefully(t *testing.T) {
 		"PORT": strconv.Itoa(port), "ENGINE_KEY_HASH": hashOf(testKey),
 		"SQLITE_DB_PATH": dbPath, "ENGINE_LISTEN_HOST": "127.0.0.1",
 	})
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)

@@ -78,7 +78,7 @@ func Start() (*ControlPlane, error) {
 	for _, name := range []string{"etcd", "kube-apiserver"} {
 		if fi, err := os.Stat(filepath.Join(bin, name)); err != nil || fi.Mode()&0o111 == 0 {
 			return nil, fmt.Errorf("%w in %s: build them once with scripts/controlplane.sh "+
-				"(about 7 minutes; cached afterwards), or point %s at a directory holding both", ErrNoBinaries, bin, EnvBinDir)
+				"(minutes the first time; cached afterwards), or point %s at a directory holding both", ErrNoBinaries, bin, EnvBinDir)
 		}
 	}
 	base := "/dev/shm"

@@ -33,6 +33,9 @@ func newDockerBackend(t testing.TB, cli *client.Client) backend.Backend {
 		Network:      dep + "-net",
 		Deployment:   dep,
 		DefaultImage: image,
+		// The engine image holds the bap-engine binary too: it serves as
+		// the snapshot helper, as the orchestrator's own image would.
+		HelperImage: image,
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { b.Close() })
@@ -53,9 +56,12 @@ func containerGone(t *testing.T, cli *client.Client, engineID string) bool {
 
 func TestLifecycleDocker(t *testing.T) {
 	cli := dockertest.Client(t)
-	prev := testImage
+	prev, prevUp, prevRefused := testImage, upgradeImage, refusedImage
 	testImage = dockertest.BuildEngineImage(t, dockerImage)
-	t.Cleanup(func() { testImage = prev })
+	upgradeImage = dockertest.DeriveImage(t, testImage, dockerImage+"-next", map[string]string{"ENGINE_VERSION": "next"})
+	refusedImage = dockertest.DeriveImage(t, testImage, dockerImage+"-refused",
+		map[string]string{"ENGINE_VERSION": "refused", "ENGINE_REFUSE_VERSIONS": "refused"})
+	t.Cleanup(func() { testImage, upgradeImage, refusedImage = prev, prevUp, prevRefused })
 	lifecycleSuite(t, func(t testing.TB) backend.Backend { return newDockerBackend(t, cli) },
 		func(t *testing.T, engineID string) bool { return containerGone(t, cli, engineID) })
 }

@@ -7,11 +7,9 @@ import (
 	"errors"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -39,13 +37,7 @@ const engineEnv = "BAP_LIFECYCLE_TEST_ENGINE"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(engineEnv) == "1" {
-		ctx, stop := signalContext()
-		defer stop()
-		if err := engine.Run(ctx, os.Getenv, os.Stderr); err != nil {
-			os.Stderr.WriteString(err.Error() + "\n")
-			os.Exit(1)
-		}
-		os.Exit(0)
+		engine.Main()
 	}
 	os.Exit(testmain.Run(m, testmain.After(kubetest.Stop)))
 }
@@ -83,11 +75,14 @@ func newSubprocessBackend(t testing.TB, dataRoot string) backend.Backend {
 	b, err := subprocess.New(subprocess.Config{
 		Command:     []string{os.Args[0]},
 		DataRoot:    dataRoot,
-		Passthrough: []string{engineEnv},
+		Passthrough: []string{engineEnv, "ENGINE_REFUSE_VERSIONS"},
 		Deployment:  "lifecycle-test-" + uuid.NewString()[:8],
 		Getenv: func(k string) string {
-			if k == engineEnv {
+			switch k {
+			case engineEnv:
 				return "1"
+			case "ENGINE_REFUSE_VERSIONS":
+				return subprocessRefused
 			}
 			return os.Getenv(k)
 		},
@@ -139,6 +134,16 @@ func newEnv(t testing.TB, be backend.Backend, o envOptions) *env {
 }
 
 var testImage = "september-engine:latest"
+
+// upgradeImage is a version engines come up on, refusedImage one they
+// refuse (the subprocess engines are told so by ENGINE_REFUSE_VERSIONS; the
+// docker test builds an image that refuses itself).
+var (
+	upgradeImage = "september-engine:next"
+	refusedImage = subprocessRefused
+)
+
+const subprocessRefused = "september-engine:refused"
 
 func cmpDur(a, b time.Duration) time.Duration {
 	if a != 0 {
@@ -284,6 +289,54 @@ func errCode(err error) string { return bap.ErrorCode(err) }
 // lifecycleSuite runs every transition against one backend.
 func lifecycleSuite(t *testing.T, newBackend func(t testing.TB) backend.Backend, instanceGone func(t *testing.T, engineID string) bool) {
 	ctx := context.Background()
+
+	t.Run("UpgradeKeepsBrainAndRollsBack", func(t *testing.T) {
+		en := newEnv(t, newBackend(t), envOptions{bootTimeout: 3 * time.Second})
+		res, err := en.lm.Provision(ctx, en.product, "alice", "", "test")
+		require.NoError(t, err)
+		e := res.Engine
+		execute(t, e, res.APIKey, "one")
+		require.Equal(t, 2, execute(t, e, res.APIKey, "two"))
+
+		up, err := en.lm.Upgrade(ctx, e.ID, upgradeImage, "test")
+		require.NoError(t, err)
+		require.Equal(t, upgradeImage, up.Engine.Image)
+		require.Equal(t, bap.StateRunning, up.Engine.Status)
+		require.Equal(t, e.URL, up.Engine.URL)
+		require.Equal(t, e.KeyHash, up.Engine.KeyHash)
+		require.False(t, up.Engine.Claim.Held())
+		require.Equal(t, 2, brainCounter(t, e, res.APIKey), "the brain survived, under the same key")
+		require.Equal(t, 3, execute(t, e, res.APIKey, "three"))
+
+		_, err = en.lm.Upgrade(ctx, e.ID, refusedImage, "test")
+		require.Equal(t, bap.CodeUpgradeFailed, errCode(err), "%v", err)
+		cur, err := en.store.GetEngine(ctx, e.ID)
+		require.NoError(t, err)
+		require.Equal(t, bap.StateRunning, cur.Status)
+		require.Equal(t, upgradeImage, cur.Image, "rolled back to the old version")
+		require.False(t, cur.Claim.Held())
+		require.Equal(t, 3, brainCounter(t, e, res.APIKey), "the brain is intact after the rollback")
+		actions := auditActions(t, en.store, e.ID)
+		require.Equal(t, []audit.Action{audit.Provision, audit.Upgrade, audit.UpgradeRolledBack}, actions)
+
+		// A stopped engine is upgraded and stays stopped.
+		_, err = en.lm.Stop(ctx, e.ID, "test")
+		require.NoError(t, err)
+		up, err = en.lm.Upgrade(ctx, e.ID, testImage, "test")
+		require.NoError(t, err)
+		require.Equal(t, bap.StateStopped, up.Engine.Status)
+		require.False(t, answers(e.URL))
+		_, err = en.lm.Start(ctx, e.ID, "test")
+		require.NoError(t, err)
+		require.Equal(t, 3, brainCounter(t, e, res.APIKey))
+
+		// Bad input changes nothing.
+		_, err = en.lm.Upgrade(ctx, e.ID, "not an image", "test")
+		require.Equal(t, bap.CodeValidation, errCode(err))
+		_, err = en.lm.Destroy(ctx, e.ID, "test")
+		require.NoError(t, err)
+		require.Eventually(t, func() bool { return instanceGone(t, e.ID) }, 10*time.Second, 50*time.Millisecond)
+	})
 
 	t.Run("ProvisionStopStartRotateDestroy", func(t *testing.T) {
 		en := newEnv(t, newBackend(t), envOptions{})
@@ -632,8 +685,4 @@ func TestLifecycleSubprocess(t *testing.T) {
 		_, err := os.Stat(filepath.Join(root.(string), engineID))
 		return errors.Is(err, os.ErrNotExist)
 	})
-}
-
-func signalContext() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }

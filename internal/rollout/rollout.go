@@ -43,8 +43,11 @@ type Config struct {
 	Replica *replica.Replica
 	// Every is the runner's pass interval (default 1 s); a finished
 	// upgrade starts a pass at once.
-	Every  time.Duration
-	Logger *slog.Logger
+	Every time.Duration
+	// ProductChanged, when set, is told when a rollout changed a product's
+	// policy (to drop cached copies at once).
+	ProductChanged func(productID string)
+	Logger         *slog.Logger
 }
 
 // Service creates, reads and changes rollouts and runs them.
@@ -55,6 +58,8 @@ type Service struct {
 	every time.Duration
 	log   *slog.Logger
 	kick  chan struct{}
+
+	productChanged func(productID string)
 
 	mu sync.Mutex
 	// inflight: rollout id → engine ids this process is upgrading for it.
@@ -75,6 +80,8 @@ func New(cfg Config) *Service {
 		log:      cmp.Or(cfg.Logger, slog.Default()),
 		kick:     make(chan struct{}, 1),
 		inflight: map[string]map[string]bool{},
+
+		productChanged: cfg.ProductChanged,
 	}
 }
 
@@ -530,9 +537,12 @@ func (s *Service) record(ctx context.Context, r bap.Rollout, e bap.Engine, o bap
 		Outcome: o, Reason: truncate(reason, 300)})
 }
 
-// setState moves a running rollout to state, fenced by the leader lease.
+// setState moves a running rollout to state, fenced by the leader lease;
+// when it is done at 100 %, the product's policy pins its image in the same
+// transaction, so new engines get it (SPEC §16).
 func (s *Service) setState(ctx context.Context, r bap.Rollout, lease registry.Lease, state bap.RolloutState, reason string) error {
-	return s.store.InTx(ctx, func(tx registry.Store) error {
+	pinned := false
+	err := s.store.InTx(ctx, func(tx registry.Store) error {
 		if err := tx.CheckLease(ctx, lease); err != nil {
 			return err
 		}
@@ -543,42 +553,44 @@ func (s *Service) setState(ctx context.Context, r bap.Rollout, lease registry.Le
 		if cur.State != bap.RolloutRunning || cur.Percent != r.Percent {
 			return nil // changed meanwhile: the next pass looks again
 		}
+		if state == bap.RolloutDone && cur.Percent == 100 {
+			if pinned, err = s.pin(ctx, tx, cur); err != nil {
+				return err
+			}
+		}
 		cur.State, cur.Reason = state, reason
 		s.log.Info("rollout "+string(state), "rollout_id", r.ID, "reason", reason)
 		return tx.UpdateRollout(ctx, cur, audit.Entry{ProductID: r.ProductID, Action: audit.RolloutUpdate, Actor: audit.ActorSystem,
 			Metadata: map[string]any{"rollout_id": r.ID, "state": string(state), "from_state": string(bap.RolloutRunning), "reason": reason}})
 	})
+	if err == nil && pinned && s.productChanged != nil {
+		s.productChanged(r.ProductID)
+	}
+	return err
 }
 
-// finish marks a rollout done; at 100 % the product's policy pins its
-// image, so new engines get it.
+// finish marks a rollout done.
 func (s *Service) finish(ctx context.Context, r bap.Rollout, lease registry.Lease) error {
-	if err := s.setState(ctx, r, lease, bap.RolloutDone, ""); err != nil {
-		return err
+	return s.setState(ctx, r, lease, bap.RolloutDone, "")
+}
+
+// pin sets the product's policy.engine_version to the rollout's image and
+// reports whether it changed.
+func (s *Service) pin(ctx context.Context, tx registry.Store, r bap.Rollout) (bool, error) {
+	p, err := tx.GetProduct(ctx, r.ProductID)
+	if err != nil {
+		return false, err
 	}
-	if r.Percent < 100 {
-		return nil
+	if p.Policy.EngineVersion != nil && *p.Policy.EngineVersion == r.EngineVersion {
+		return false, nil
 	}
-	return s.store.InTx(ctx, func(tx registry.Store) error {
-		cur, err := tx.GetRollout(ctx, r.ID)
-		if err != nil || cur.State != bap.RolloutDone {
-			return err
-		}
-		p, err := tx.GetProduct(ctx, r.ProductID)
-		if err != nil {
-			return err
-		}
-		if p.Policy.EngineVersion != nil && *p.Policy.EngineVersion == r.EngineVersion {
-			return nil
-		}
-		pol, err := p.Policy.WithEngineVersion(r.EngineVersion)
-		if err != nil {
-			return err
-		}
-		_, err = tx.UpdatePolicy(ctx, p.ID, pol, audit.Entry{ProductID: p.ID, Action: audit.PolicyUpdate, Actor: audit.ActorSystem,
-			Metadata: map[string]any{"rollout_id": r.ID, "engine_version": r.EngineVersion}})
-		return err
-	})
+	pol, err := p.Policy.WithEngineVersion(r.EngineVersion)
+	if err != nil {
+		return false, err
+	}
+	_, err = tx.UpdatePolicy(ctx, p.ID, pol, audit.Entry{ProductID: p.ID, Action: audit.PolicyUpdate, Actor: audit.ActorSystem,
+		Metadata: map[string]any{"rollout_id": r.ID, "engine_version": r.EngineVersion}})
+	return err == nil, err
 }
 
 func storeErr(what string, err error) error {

@@ -52,16 +52,18 @@ func TestFindsProcessesByEnvironmentAndCommandLine(t *testing.T) {
 		}
 		return out
 	}
-	found := pids(testmain.Naming(dir))
+	// The sleep each sh starts carries sh's environment, so a grandchild
+	// is found too, once sh has forked it.
+	var found []int
+	require.Eventually(t, func() bool {
+		found = pids(testmain.Naming(dir))
+		return len(found) > 2
+	}, 10*time.Second, 10*time.Millisecond, "sh's child names the directory through the environment it inherited")
 	assert.Contains(t, found, byEnv.Process.Pid)
 	assert.Contains(t, found, byArg.Process.Pid)
 	assert.NotContains(t, found, inherits.Process.Pid, "the test's own TMPDIR is the scratch root, not this test's directory")
 	assert.NotContains(t, found, unrelated.Process.Pid)
 	assert.Contains(t, pids(testmain.Naming(os.Getenv("TMPDIR"))), inherits.Process.Pid, "a process with the test's environment names the scratch root")
-
-	// The sleep sh started carries sh's environment: a grandchild is
-	// found too.
-	assert.Greater(t, len(found), 2, "sh's child names the directory through the environment it inherited")
 
 	// Processes that exit within the grace are not left behind, and zombies
 	// (nobody has waited for these yet) are not live.

@@ -2,7 +2,6 @@ package ui_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -19,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/september/bap-engine/internal/testlog"
 
 	"github.com/stretchr/testify/require"
 
@@ -42,24 +43,6 @@ func TestMain(m *testing.M) {
 	os.Exit(testmain.Run(m, testmain.Goroutines()))
 }
 
-// syncBuffer collects the logs of concurrent requests.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // product is a registered product and its platform key.
 type product struct {
 	bap.Product
@@ -78,7 +61,7 @@ type harness struct {
 	dash     http.Handler // the dashboard alone, as mounted in srv
 	adminKey string
 	grace    time.Duration
-	logs     *syncBuffer
+	logs     *testlog.Buffer
 
 	secretsMu sync.Mutex
 	secrets   []string
@@ -107,7 +90,7 @@ func newHarnessOn(t testing.TB, store registry.Store, o options) *harness {
 	require.NoError(t, err)
 	sealer, err := secret.NewSealer(fkey)
 	require.NoError(t, err)
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	portMin, portMax := backendtest.PortRange(t, 60)
 	lm := lifecycle.New(store, fake, sealer, lifecycle.Config{

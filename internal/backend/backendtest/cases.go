@@ -367,3 +367,53 @@ func waitLine(t *testing.T, lines <-chan string) string {
 		return ""
 	}
 }
+
+// testSnapshots: a snapshot copies the brain of a stopped engine, a restore
+// brings it back after the brain changed, prune keeps the newest, and
+// destroy deletes them all.
+func (s *suite) testSnapshots(t *testing.T) {
+	t.Parallel()
+	b := s.newBackend(t)
+	e := s.newEngine(t, b)
+	ctx := ctxFor(t, 2*time.Minute)
+	id := e.spec.EngineID
+	_, err := b.Snapshot(ctx, id)
+	require.ErrorIs(t, err, backend.ErrNotFound, "no data, no snapshot")
+	s.create(t, e)
+	s.start(t, e)
+	require.Equal(t, 1, execute(t, e, "before the snapshot"))
+	_, err = b.Snapshot(ctx, id)
+	require.ErrorIs(t, err, backend.ErrConflict, "a running engine is not snapshotted")
+	s.stop(t, e)
+
+	first, err := b.Snapshot(ctx, id)
+	require.NoError(t, err)
+	s.start(t, e)
+	require.Equal(t, 2, execute(t, e, "after the snapshot"))
+	s.stop(t, e)
+	second, err := b.Snapshot(ctx, id)
+	require.NoError(t, err)
+	require.NotEqual(t, first, second)
+
+	require.NoError(t, b.Restore(ctx, id, first))
+	s.start(t, e)
+	require.Equal(t, 1, counter(t, e, e.key), "restored to the first snapshot")
+	require.Equal(t, 2, execute(t, e, "again"))
+	s.stop(t, e)
+	require.ErrorIs(t, b.Restore(ctx, id, "snap-999"), backend.ErrNotFound)
+
+	third, err := b.Snapshot(ctx, id)
+	require.NoError(t, err)
+	kept, err := b.PruneSnapshots(ctx, id, 2)
+	require.NoError(t, err)
+	require.Equal(t, []string{second, third}, kept, "the newest are kept, oldest first")
+	require.ErrorIs(t, b.Restore(ctx, id, first), backend.ErrNotFound, "pruned")
+	require.NoError(t, b.Restore(ctx, id, second))
+	s.start(t, e)
+	require.Equal(t, 2, counter(t, e, e.key))
+
+	require.NoError(t, b.Destroy(ctx, id))
+	kept, err = b.PruneSnapshots(ctx, id, 5)
+	require.NoError(t, err)
+	require.Empty(t, kept, "destroy deletes the snapshots")
+}

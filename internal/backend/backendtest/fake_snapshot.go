@@ -42,7 +42,11 @@ func (f *Fake) Snapshot(_ context.Context, engineID string) (string, error) {
 	if err := f.enter(MethodSnapshot); err != nil {
 		return "", err
 	}
-	if e := f.engines[engineID]; e != nil && e.run != nil {
+	e := f.engines[engineID]
+	if _, brain := f.brains[engineID]; e == nil && !brain {
+		return "", fmt.Errorf("snapshot %s: no data: %w", engineID, backend.ErrNotFound)
+	}
+	if e != nil && e.run != nil {
 		return "", fmt.Errorf("snapshot %s: running: %w", engineID, backend.ErrConflict)
 	}
 	n := 1

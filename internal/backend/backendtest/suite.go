@@ -75,6 +75,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend, image stri
 	t.Run("PauseUnpause", s.testPauseUnpause)
 	t.Run("RemoveKeepsData", s.testRemoveKeepsData)
 	t.Run("DestroyDeletesData", s.testDestroyDeletesData)
+	t.Run("Snapshots", s.testSnapshots)
 	t.Run("ListIsScopedToDeployment", s.testListScoped)
 	t.Run("EventsReportOutsideKill", s.testEvents)
 	t.Run("LogsTailAndFollow", s.testLogs)

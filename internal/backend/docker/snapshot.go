@@ -193,7 +193,11 @@ func (b *Backend) copyVolume(ctx context.Context, engineID, from, to string) err
 		Image: b.cfg.HelperImage,
 		Config: &container.Config{
 			Entrypoint: []string{"/bap-engine"},
-			Cmd:        []string{"snapshot", helperFrom, helperTo},
+			// Root, whatever user the image names (the orchestrator's may
+			// run unprivileged): the brain files belong to the engine's user
+			// and must be copied with their contents intact.
+			User: "0:0",
+			Cmd:  []string{"snapshot", helperFrom, helperTo},
 			Labels: map[string]string{
 				backend.LabelManaged:    "true",
 				backend.LabelDeployment: b.cfg.Deployment,

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -31,14 +30,7 @@ const envTestEngine = "BAP_TEST_ENGINE"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(envTestEngine) == "1" {
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-		err := engine.Run(ctx, os.Getenv, os.Stderr)
-		stop()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
+		engine.Main()
 	}
 	os.Exit(testmain.Run(m, testmain.Goroutines()))
 }
@@ -143,7 +135,7 @@ func TestEngineGetsOnlyItsEnvironment(t *testing.T) {
 	allowed := map[string]bool{
 		"PORT": true, "ENGINE_KEY_HASH": true, "SQLITE_DB_PATH": true, "CATALOG_DIR": true,
 		"ENGINE_LISTEN_HOST": true, "BAP_ENGINE_ID": true, "PATH": true, "HOME": true, "LANG": true,
-		envTestEngine: true, "LLM_API_KEY": true,
+		envTestEngine: true, "LLM_API_KEY": true, "ENGINE_VERSION": true,
 	}
 	for name := range env {
 		require.True(t, allowed[name], "engine got %s", name)
@@ -153,6 +145,7 @@ func TestEngineGetsOnlyItsEnvironment(t *testing.T) {
 	require.Equal(t, filepath.Join(root, spec.EngineID, "brain.sqlite"), env["SQLITE_DB_PATH"])
 	require.Equal(t, catalog, env["CATALOG_DIR"])
 	require.Equal(t, "127.0.0.1", env["ENGINE_LISTEN_HOST"])
+	require.Equal(t, spec.Image, env["ENGINE_VERSION"], "the subprocess stand-in for the image")
 	require.Equal(t, spec.EngineID, env["BAP_ENGINE_ID"])
 	require.Equal(t, os.Getenv("PATH"), env["PATH"])
 

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -293,4 +294,50 @@ func Kill(ctx context.Context, cli *client.Client, container string) error {
 		return fmt.Errorf("kill container %s: %w", container, err)
 	}
 	return nil
+}
+
+// DeriveImage builds tag FROM base (a local image: nothing is pulled) with
+// the environment env baked in, once per test binary, and returns tag: an
+// engine image that differs from base only in what its engines are told
+// (the upgrade tests use one that refuses its own version).
+func DeriveImage(t testing.TB, base, tag string, env map[string]string) string {
+	t.Helper()
+	cli := Client(t)
+	v, _ := builds.LoadOrStore(tag, &imageBuild{})
+	b := v.(*imageBuild)
+	b.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		df := "FROM " + base + "\n"
+		keys := make([]string, 0, len(env))
+		for k := range env {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			df += fmt.Sprintf("ENV %s=%q\n", k, env[k])
+		}
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		if b.err = tw.WriteHeader(&tar.Header{Name: "Dockerfile", Mode: 0o644, Size: int64(len(df)), ModTime: time.Now(), Typeflag: tar.TypeReg}); b.err != nil {
+			return
+		}
+		if _, b.err = tw.Write([]byte(df)); b.err != nil {
+			return
+		}
+		if b.err = tw.Close(); b.err != nil {
+			return
+		}
+		res, err := cli.ImageBuild(ctx, &buf, client.ImageBuildOptions{Tags: []string{tag}, Version: build.BuilderV1, Remove: true, ForceRemove: true})
+		if err != nil {
+			b.err = fmt.Errorf("image build: %w", err)
+			return
+		}
+		defer res.Body.Close()
+		b.err = readBuildOutput(res.Body)
+	})
+	if b.err != nil {
+		t.Fatalf("derive image %s from %s: %v", tag, base, b.err)
+	}
+	return tag
 }
