@@ -229,9 +229,8 @@ func (s *Service) change(ctx context.Context, productID, id, actor string, fn fu
 }
 
 // SetPercent raises a rollout's percent: the same order of engines is
-// extended, and a done rollout runs again. Lowering is VALIDATION_ERROR;
-// an aborted rollout cannot change (ROLLOUT_IN_PROGRESS is not it: 409
-// ENGINE_BUSY would mislead, so VALIDATION_ERROR says why).
+// extended, and a done rollout runs again. Lowering it, or changing an
+// aborted rollout, is VALIDATION_ERROR; ROLLOUT_NOT_FOUND.
 func (s *Service) SetPercent(ctx context.Context, productID, id string, percent int, actor string) (View, error) {
 	if percent < 1 || percent > 100 {
 		return View{}, bap.Errorf(bap.CodeValidation, "percent must be an integer from 1 to 100.")
@@ -243,10 +242,10 @@ func (s *Service) SetPercent(ctx context.Context, productID, id string, percent 
 		case r.State == bap.RolloutAborted:
 			return bap.Errorf(bap.CodeValidation, "The rollout was aborted; create a new one.")
 		}
-		r.Percent = percent
-		if r.State == bap.RolloutDone && percent > 0 {
+		if percent > r.Percent && r.State == bap.RolloutDone {
 			r.State = bap.RolloutRunning
 		}
+		r.Percent = percent
 		return nil
 	})
 }
