@@ -600,6 +600,9 @@ func (n *Node) start(pod *corev1.Pod) error {
 		"PORT=" + strconv.Itoa(port),
 		"ENGINE_LISTEN_HOST=" + ip,
 		"TMPDIR=" + os.Getenv("TMPDIR"),
+		// An image's version is baked into it; the one binary run here for
+		// every image learns it this way (as subprocess engines do).
+		"ENGINE_VERSION=" + c.Image,
 	}
 	for _, e := range c.Env {
 		env = append(env, e.Name+"="+mapPath(e.Value, mounts))

@@ -36,7 +36,7 @@ func newKubeCluster(t testing.TB, freshIPs bool) *kubeCluster {
 	rc := kubetest.Config(t)
 	ns := kubetest.Namespace(t, rc)
 	node := kubetest.StartNode(t, rc, kubetest.NodeConfig{
-		Namespace: ns, Command: []string{os.Args[0]}, Env: []string{engineEnv + "=1"},
+		Namespace: ns, Command: []string{os.Args[0]}, Env: []string{engineEnv + "=1", "ENGINE_REFUSE_VERSIONS=" + subprocessRefused},
 		FreshIPs: freshIPs, TerminationLimit: 10 * time.Second,
 	})
 	return &kubeCluster{rc: rc, ns: ns, node: node}

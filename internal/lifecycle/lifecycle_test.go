@@ -37,6 +37,15 @@ const engineEnv = "BAP_LIFECYCLE_TEST_ENGINE"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(engineEnv) == "1" {
+		if len(os.Args) == 4 && os.Args[1] == "snapshot" {
+			// The kubernetes backend's snapshot helper Pod, run by the test
+			// node (the orchestrator image's `bap-engine snapshot FROM TO`).
+			if err := backend.CopyData(context.Background(), os.Args[2], os.Args[3], nil); err != nil {
+				os.Stderr.WriteString(err.Error() + "\n")
+				os.Exit(1)
+			}
+			os.Exit(0)
+		}
 		engine.Main()
 	}
 	os.Exit(testmain.Run(m, testmain.After(kubetest.Stop)))
