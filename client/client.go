@@ -284,6 +284,31 @@ func (c *Client) Health(ctx context.Context) (Health, error) {
 	return out, err
 }
 
+// Version returns the orchestrator's build (no key); it is answered even
+// while the orchestrator waits for its database at start.
+func (c *Client) Version(ctx context.Context) (Build, error) {
+	var out Build
+	err := c.do(ctx, http.MethodGet, "/version", nil, authNone, nil, &out)
+	return out, err
+}
+
+// Livez is the liveness probe (no key): the process serves HTTP. It
+// checks nothing else.
+func (c *Client) Livez(ctx context.Context) (Health, error) {
+	var out Health
+	err := c.do(ctx, http.MethodGet, "/livez", nil, authNone, nil, &out)
+	return out, err
+}
+
+// Readyz is the readiness probe (no key): the database and the engine
+// backend are reachable; a *Error with status 503 (DATABASE_UNAVAILABLE or
+// BACKEND_UNAVAILABLE) when they are not.
+func (c *Client) Readyz(ctx context.Context) (Health, error) {
+	var out Health
+	err := c.do(ctx, http.MethodGet, "/readyz", nil, authNone, nil, &out)
+	return out, err
+}
+
 // PrometheusMetrics returns the fleet-wide Prometheus text exposition
 // (admin key).
 func (c *Client) PrometheusMetrics(ctx context.Context) (string, error) {
