@@ -218,11 +218,12 @@ func (h *Handler) engineAction(w http.ResponseWriter, r *http.Request, v *viewer
 		// As POST /engines/{user_id}/upgrade: the same lifecycle operation,
 		// which rolls itself back when the new version is not healthy.
 		version := r.PostForm.Get("engine_version")
-		if version == "" {
-			return h.engineRefused(w, r, v, e, http.StatusBadRequest, bap.CodeValidation, msgEmptyVersion)
-		}
 		var up lifecycle.Result
-		up, err = h.lm.Upgrade(ctx, e.ID, version, actor)
+		if version == "" {
+			err = bap.Errorf(bap.CodeValidation, msgEmptyVersion)
+		} else {
+			up, err = h.lm.Upgrade(ctx, e.ID, version, actor)
+		}
 		switch {
 		case err != nil:
 		case e.Image == up.Engine.Image:
