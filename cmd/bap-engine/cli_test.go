@@ -88,6 +88,18 @@ func TestOperatorCommands(t *testing.T) {
 			require.NotContains(t, fleet, "bob")
 			require.Contains(t, fleet, "1 of 1 engines")
 
+			// The other commands honour every output format too.
+			require.Contains(t, mustCLI(t, product, "engines", "admit", "alice", "-o", "yaml"), "admitted: true")
+			mustCLI(t, product, "engines", "stop", "bob")
+			require.Contains(t, mustCLI(t, product, "engines", "start", "bob", "-o", "json"), `"status": "running"`)
+			require.Contains(t, mustCLI(t, product, "engines", "rotate-key", "bob", "--json"), `"api_key": "sk-sept-`)
+			require.Contains(t, mustCLI(t, product, "engines", "audit", "bob", "-o", "yaml"), "action: rotate_key")
+			require.Contains(t, mustCLI(t, product, "engines", "audit", "bob"), "ACTION")
+			require.Contains(t, mustCLI(t, product, "status", "-o", "json"), `"by_status"`)
+			require.Contains(t, mustCLI(t, product, "status"), "health:")
+			require.Contains(t, mustCLI(t, admin, "replicas", "ls", "-o", "yaml"), "alive: true")
+			require.Contains(t, mustCLI(t, admin, "fleet", "ls", "-o", "wide"), "RESTARTS")
+
 			// destroy asks on a terminal; anywhere else it needs --yes.
 			_, err := cli(t, product, "engines", "destroy", "bob")
 			require.ErrorContains(t, err, "--yes")

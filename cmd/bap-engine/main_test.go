@@ -25,6 +25,7 @@ import (
 
 	"github.com/september/bap-engine/client"
 	"github.com/september/bap-engine/internal/backend/backendtest"
+	"github.com/september/bap-engine/internal/kubetest"
 	"github.com/september/bap-engine/internal/pgtest"
 	"github.com/september/bap-engine/internal/secret"
 	"github.com/september/bap-engine/internal/testmain"
@@ -40,7 +41,7 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(testmain.Run(m))
+	os.Exit(testmain.Run(m, testmain.After(kubetest.Stop)))
 }
 
 // orchestrator is one run of `bap-engine serve` inside the test process.

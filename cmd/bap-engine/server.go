@@ -17,6 +17,7 @@ import (
 	"github.com/september/bap-engine/internal/api"
 	"github.com/september/bap-engine/internal/backend"
 	"github.com/september/bap-engine/internal/backend/docker"
+	"github.com/september/bap-engine/internal/backend/kubernetes"
 	"github.com/september/bap-engine/internal/backend/subprocess"
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/config"
@@ -58,6 +59,10 @@ func provisionLimit(cfg config.Config) int {
 	case config.BackendSubprocess:
 		// Engines are processes of this machine, booting on its cores.
 		return 32 * runtime.NumCPU()
+	case config.BackendKubernetes:
+		// The API server, the scheduler and the nodes take many Pods at
+		// once; the client's own rate limit (100 requests/s) paces them.
+		return 64
 	default:
 		// The Docker daemon creates and starts containers one by one.
 		return 32
@@ -114,8 +119,29 @@ func openStore(ctx context.Context, cfg config.Config) (registry.Store, error) {
 }
 
 // openBackend connects the backend ORCH_ENGINE_BACKEND names.
-func openBackend(ctx context.Context, cfg config.Config, getenv func(string) string, log *slog.Logger) (backend.Backend, error) {
+func openBackend(ctx context.Context, cfg config.Config, getenv func(string) string, rep *replica.Replica, log *slog.Logger) (backend.Backend, error) {
 	switch cfg.EngineBackend {
+	case config.BackendKubernetes:
+		b, err := kubernetes.New(ctx, kubernetes.Config{
+			Namespace:    cfg.K8sNamespace,
+			StorageClass: cfg.K8sStorageClass,
+			VolumeSize:   cfg.K8sVolumeSize,
+			CatalogPVC:   cfg.K8sCatalogPVC,
+			Passthrough:  cfg.EngineEnvPassthrough,
+			Getenv:       getenv,
+			Deployment:   cfg.DeploymentID,
+			DefaultImage: cfg.EngineImage,
+			HelperImage:  cfg.HelperImage,
+			StartTimeout: cfg.BootTimeout,
+			Shard:        replica.ShardOf,
+			// Each replica hears of the deaths of its own shards' engines.
+			Owns:   func(engineID string) bool { _, ok := rep.Lease(engineID); return ok },
+			Logger: log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes backend: %w", err)
+		}
+		return b, nil
 	case config.BackendSubprocess:
 		cmd := cfg.SubprocessCommand
 		if len(cmd) == 0 {
@@ -195,8 +221,19 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 			return nil, err
 		}
 	}
+	rep := replica.New(store, replica.Config{
+		TTL: cfg.ReplicaTTL,
+		// HOSTNAME names the host as a container or pod sees itself; the
+		// system's hostname otherwise.
+		Host:    getenv("HOSTNAME"),
+		Version: version,
+		// With SQLite this process holds the file's lock: no other
+		// orchestrator can be alive.
+		Exclusive: cfg.DatabaseDriver == config.DriverSQLite,
+		Logger:    log,
+	})
 	be, err := await(ctx, log, st, "engine backend", bap.CodeBackendUnavailable, func(ctx context.Context) (backend.Backend, error) {
-		return openBackend(ctx, cfg, getenv, log)
+		return openBackend(ctx, cfg, getenv, rep, log)
 	})
 	if err != nil {
 		store.Close()
@@ -229,17 +266,6 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 			}
 			return out, nil
 		},
-	})
-	rep := replica.New(store, replica.Config{
-		TTL: cfg.ReplicaTTL,
-		// HOSTNAME names the host as a container or pod sees itself; the
-		// system's hostname otherwise.
-		Host:    getenv("HOSTNAME"),
-		Version: version,
-		// With SQLite this process holds the file's lock: no other
-		// orchestrator can be alive.
-		Exclusive: cfg.DatabaseDriver == config.DriverSQLite,
-		Logger:    log,
 	})
 	lm := lifecycle.New(store, be, sealer, lifecycle.Config{
 		PortMin:      cfg.PortMin,
@@ -319,7 +345,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		PlatformKeyGrace: cfg.PlatformKeyGrace,
 		Logger:           log,
 		UI: ui.New(ui.Deps{
-			Store: store, Lifecycle: lm, Discovery: disc, AdminKey: cfg.AdminKey,
+			Store: store, Lifecycle: lm, Discovery: disc, Rollouts: rollouts, AdminKey: cfg.AdminKey,
 			PlatformKeyGrace: cfg.PlatformKeyGrace, Logger: log, Context: ctx,
 			Logs: func(ctx context.Context, engineID string, lines int) (string, error) {
 				return engineLogTail(ctx, store, lm, engineID, lines)

@@ -162,6 +162,7 @@ func TestChartAppliesToARealAPIServer(t *testing.T) {
 	for _, ok := range [][3]string{
 		{"create", "pods", ""}, {"delete", "pods", ""}, {"watch", "pods", ""}, {"get", "pods", "log"},
 		{"create", "persistentvolumeclaims", ""}, {"delete", "persistentvolumeclaims", ""}, {"list", "events", ""},
+		{"patch", "persistentvolumeclaims", ""}, {"update", "persistentvolumeclaims", ""},
 	} {
 		assert.True(t, can(enginesNS, ok[0], ok[1], ok[2]), "may %s %s/%s in the engine namespace", ok[0], ok[1], ok[2])
 	}

@@ -107,7 +107,7 @@ type LogOptions struct {
 // Backend runs engines. Every method is safe for concurrent use on
 // different engines; lifecycle serializes calls for one engine.
 type Backend interface {
-	// Name is "docker" or "subprocess" (or a test double's name).
+	// Name is "docker", "subprocess" or "kubernetes" (or a test double's name).
 	Name() string
 	// Create makes the instance for spec without starting it. Idempotent by
 	// name: an existing instance for the same engine with the same spec is
@@ -148,7 +148,9 @@ type Backend interface {
 	// List returns every instance labelled as managed by this deployment.
 	List(ctx context.Context) ([]Instance, error)
 	// URL is the base URL at which the orchestrator and products reach the
-	// engine published on port.
+	// engine published on port. A backend whose address comes with the
+	// instance (kubernetes: the Pod's IP, new with each Pod) knows it once
+	// Start returned, and answers "" while no instance runs.
 	URL(engineID string, port int) string
 	// Logs returns the engine's own output (stdout and stderr interleaved
 	// as written): container logs, the process's log file, the pod's log.

@@ -20,6 +20,8 @@ const (
 	BackendDocker = "docker"
 	// BackendSubprocess runs engines as local processes (dev and tests).
 	BackendSubprocess = "subprocess"
+	// BackendKubernetes runs engines as Pods with a PVC each (SPEC §10).
+	BackendKubernetes = "kubernetes"
 
 	// SleepMark only records that an idle engine sleeps; it keeps running.
 	SleepMark = "mark"
@@ -64,7 +66,7 @@ type Config struct {
 	HelperImage string
 	// SnapshotsKept is how many brain snapshots are kept per engine.
 	SnapshotsKept int
-	// EngineBackend is BackendDocker or BackendSubprocess.
+	// EngineBackend is BackendDocker, BackendSubprocess or BackendKubernetes.
 	EngineBackend string
 	// EngineEnvPassthrough names the orchestrator variables forwarded to engines.
 	EngineEnvPassthrough []string
@@ -109,6 +111,15 @@ type Config struct {
 	SubprocessCommand []string
 	// DeploymentID scopes the labels reconciliation looks at.
 	DeploymentID string
+	// K8sNamespace is the engines' namespace; empty: the orchestrator pod's
+	// own, else default.
+	K8sNamespace string
+	// K8sStorageClass is the class of engine PVCs; empty: the cluster's default.
+	K8sStorageClass string
+	// K8sVolumeSize is each engine PVC's size (a Kubernetes quantity).
+	K8sVolumeSize string
+	// K8sCatalogPVC is a PVC mounted read-only at /catalog; empty for none.
+	K8sCatalogPVC string
 
 	// IdleTimeout is the time without admit before an engine sleeps; 0 disables sleep.
 	IdleTimeout time.Duration
@@ -215,6 +226,10 @@ func load(getenv func(string) string) (Config, map[string]bool, []error) {
 	if !failed[varPortMin] && !failed[varPortMax] && c.PortMin > c.PortMax {
 		errs = append(errs, &Error{varPortMax, fmt.Errorf("%d is below %s (%d)", c.PortMax, varPortMin, c.PortMin)})
 	}
+	if !failed[varBackend] && !failed[varSleepMode] && c.EngineBackend == BackendKubernetes && c.SleepMode == SleepPause {
+		errs = append(errs, &Error{varSleepMode, errors.New(
+			"pause is not possible with ORCH_ENGINE_BACKEND=kubernetes (a Pod cannot be frozen): use mark or stop")})
+	}
 	if !failed[varBackoffBase] && !failed[varBackoffMax] && c.RestartBackoffMax < c.RestartBackoffBase {
 		errs = append(errs, &Error{varBackoffMax, fmt.Errorf("%s is below %s (%s)",
 			seconds(c.RestartBackoffMax), varBackoffBase, seconds(c.RestartBackoffBase))})
@@ -289,6 +304,10 @@ func (c Config) LogValue() slog.Value {
 		slog.String("data_root", c.DataRoot),
 		slog.Any("subprocess_command", c.SubprocessCommand),
 		slog.String("deployment_id", c.DeploymentID),
+		slog.String("k8s_namespace", c.K8sNamespace),
+		slog.String("k8s_storage_class", c.K8sStorageClass),
+		slog.String("k8s_volume_size", c.K8sVolumeSize),
+		slog.String("k8s_catalog_pvc", c.K8sCatalogPVC),
 		slog.Duration("idle_timeout", c.IdleTimeout),
 		slog.String("sleep_mode", c.SleepMode),
 		slog.String("engine_url_mode", c.EngineURLMode),

@@ -67,6 +67,7 @@ func TestDefaults(t *testing.T) {
 		HTTPMaxConns:        10000,
 		DataRoot:            "/data/engine-data",
 		DeploymentID:        "default",
+		K8sVolumeSize:       "1Gi",
 		IdleTimeout:         1800 * time.Second,
 		SleepMode:           "mark",
 		EngineURLMode:       "host",
@@ -113,6 +114,10 @@ var getters = map[string]func(Config) any{
 	"ORCH_HTTP_MAX_CONNS":            func(c Config) any { return c.HTTPMaxConns },
 	"ORCH_SUBPROCESS_COMMAND":        func(c Config) any { return c.SubprocessCommand },
 	"ORCH_DEPLOYMENT_ID":             func(c Config) any { return c.DeploymentID },
+	"ORCH_K8S_NAMESPACE":             func(c Config) any { return c.K8sNamespace },
+	"ORCH_K8S_STORAGE_CLASS":         func(c Config) any { return c.K8sStorageClass },
+	"ORCH_K8S_VOLUME_SIZE":           func(c Config) any { return c.K8sVolumeSize },
+	"ORCH_K8S_CATALOG_PVC":           func(c Config) any { return c.K8sCatalogPVC },
 	"ORCH_IDLE_TIMEOUT_S":            func(c Config) any { return c.IdleTimeout },
 	"ORCH_SLEEP_MODE":                func(c Config) any { return c.SleepMode },
 	"ORCH_ENGINE_URL_MODE":           func(c Config) any { return c.EngineURLMode },
@@ -165,7 +170,11 @@ var goodCases = map[string][]goodCase{
 		{"september-engine:2.3.0", "september-engine:2.3.0"},
 		{"registry.example.com:5000/team/engine@sha256:abc", "registry.example.com:5000/team/engine@sha256:abc"},
 	},
-	"ORCH_ENGINE_BACKEND": {{"docker", "docker"}, {"subprocess", "subprocess"}, {"Subprocess", "subprocess"}},
+	"ORCH_ENGINE_BACKEND":    {{"docker", "docker"}, {"subprocess", "subprocess"}, {"Subprocess", "subprocess"}, {"kubernetes", "kubernetes"}},
+	"ORCH_K8S_NAMESPACE":     {{"engines", "engines"}, {"bap-engine-1", "bap-engine-1"}},
+	"ORCH_K8S_STORAGE_CLASS": {{"gp3", "gp3"}, {"premium-rwo", "premium-rwo"}, {"ebs.csi.aws.com", "ebs.csi.aws.com"}},
+	"ORCH_K8S_VOLUME_SIZE":   {{"1Gi", "1Gi"}, {"512Mi", "512Mi"}, {"10G", "10G"}, {"1.5Gi", "1.5Gi"}},
+	"ORCH_K8S_CATALOG_PVC":   {{"catalog", "catalog"}, {"shared-catalog.v2", "shared-catalog.v2"}},
 	"ORCH_ENGINE_ENV_PASSTHROUGH": {
 		{"LLM_API_KEY,OPENAI_API_KEY,ANTHROPIC_API_KEY,GEMINI_API_KEY", []string{"LLM_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY"}},
 		{" A , _b,A,, c9 ,", []string{"A", "_b", "c9"}},
@@ -263,8 +272,12 @@ var badCases = map[string][]badCase{
 		{pyKey + ",!" + pyOldKey[1:], "key 2 of 2 is not a Fernet key"},
 		{pyKey[:42] + "=", "not a Fernet key"},
 	},
-	"ORCH_ENGINE_IMAGE":   {{"my image", "whitespace"}},
-	"ORCH_ENGINE_BACKEND": {{"kubernetes", "not one of docker, subprocess"}},
+	"ORCH_ENGINE_IMAGE":      {{"my image", "whitespace"}},
+	"ORCH_ENGINE_BACKEND":    {{"nomad", "not one of docker, subprocess, kubernetes"}},
+	"ORCH_K8S_NAMESPACE":     {{"Engines", "not a Kubernetes namespace"}, {"my_ns", "not a Kubernetes namespace"}, {"-ns", "not a Kubernetes namespace"}},
+	"ORCH_K8S_STORAGE_CLASS": {{"Fast SSD", "not a Kubernetes storage class"}},
+	"ORCH_K8S_VOLUME_SIZE":   {{"1GB", "not a positive Kubernetes quantity"}, {"0", "not a positive"}, {"-1Gi", "not a positive"}, {"big", "not a positive"}},
+	"ORCH_K8S_CATALOG_PVC":   {{"Catalog", "not a Kubernetes PVC name"}},
 	"ORCH_ENGINE_ENV_PASSTHROUGH": {
 		{"GOOD,1BAD", `"1BAD" is not a variable name`},
 		{"A-B", "not a variable name"},
@@ -402,6 +415,17 @@ func TestCrossChecks(t *testing.T) {
 	require.Len(t, errs, 1)
 	require.Equal(t, "ORCH_RESTART_BACKOFF_MAX_S", errs[0].Var)
 	require.Contains(t, err.Error(), "2.5s is below ORCH_RESTART_BACKOFF_BASE_S (10s)")
+
+	// Kubernetes cannot freeze a Pod: pause sleep is refused at start-up.
+	_, err = Load(env("ORCH_ENGINE_BACKEND", "kubernetes", "ORCH_SLEEP_MODE", "pause"))
+	errs = varErrors(t, err)
+	require.Len(t, errs, 1)
+	require.Equal(t, "ORCH_SLEEP_MODE", errs[0].Var)
+	require.Contains(t, err.Error(), "not possible with ORCH_ENGINE_BACKEND=kubernetes")
+	for _, mode := range []string{"mark", "stop"} {
+		_, err = Load(env("ORCH_ENGINE_BACKEND", "kubernetes", "ORCH_SLEEP_MODE", mode))
+		require.NoError(t, err)
+	}
 
 	c, err = Load(env("ORCH_RESTART_BACKOFF_BASE_S", "0.2", "ORCH_RESTART_BACKOFF_MAX_S", "0.2"))
 	require.NoError(t, err)

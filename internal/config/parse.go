@@ -385,3 +385,30 @@ func splitCommand(s string) ([]string, error) {
 	}
 	return args, nil
 }
+
+// Kubernetes object names.
+var (
+	dnsLabelRE     = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	dnsSubdomainRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$`)
+	quantityRE     = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$`)
+)
+
+// k8sName accepts an empty value or a Kubernetes object name matching re.
+func k8sName(field func(*Config) *string, re *regexp.Regexp, what string) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		if v != "" && !re.MatchString(v) {
+			return fmt.Errorf("%q is not a Kubernetes %s: lowercase letters, digits and -", v, what)
+		}
+		*field(c) = v
+		return nil
+	}
+}
+
+// parseVolumeSize accepts a positive Kubernetes quantity.
+func parseVolumeSize(c *Config, v string) error {
+	if !quantityRE.MatchString(v) || strings.Trim(v, "0.KMGTPEimk") == "" {
+		return fmt.Errorf("%q is not a positive Kubernetes quantity such as 1Gi or 500Mi", v)
+	}
+	c.K8sVolumeSize = v
+	return nil
+}

@@ -44,6 +44,8 @@ const (
 	varPortMax     = "ORCH_PORT_MAX"
 	varBackoffBase = "ORCH_RESTART_BACKOFF_BASE_S"
 	varBackoffMax  = "ORCH_RESTART_BACKOFF_MAX_S"
+	varBackend     = "ORCH_ENGINE_BACKEND"
+	varSleepMode   = "ORCH_SLEEP_MODE"
 )
 
 // table declares every variable once. Defaults go through the same parsers
@@ -79,9 +81,9 @@ var table = []Var{
 		parse: word(func(c *Config) *string { return &c.EngineImage }),
 	},
 	{
-		Name: "ORCH_ENGINE_BACKEND", Default: BackendDocker,
-		Help:  "What runs engines: docker (production) or subprocess (dev, tests).",
-		parse: oneOf(func(c *Config) *string { return &c.EngineBackend }, BackendDocker, BackendSubprocess),
+		Name: varBackend, Default: BackendDocker,
+		Help:  "What runs engines: docker (production, one host), kubernetes (Pods with a PVC each, in-cluster config or KUBECONFIG) or subprocess (dev, tests).",
+		parse: oneOf(func(c *Config) *string { return &c.EngineBackend }, BackendDocker, BackendSubprocess, BackendKubernetes),
 	},
 	{
 		Name:  "ORCH_ENGINE_ENV_PASSTHROUGH",
@@ -200,13 +202,33 @@ var table = []Var{
 		parse: parseDeploymentID,
 	},
 	{
+		Name:  "ORCH_K8S_NAMESPACE",
+		Help:  "kubernetes backend: namespace of engine Pods and PVCs; empty: the orchestrator pod's own namespace, else default.",
+		parse: k8sName(func(c *Config) *string { return &c.K8sNamespace }, dnsLabelRE, "namespace name (a DNS label)"),
+	},
+	{
+		Name:  "ORCH_K8S_STORAGE_CLASS",
+		Help:  "kubernetes backend: storage class of engine PVCs (ReadWriteOnce block storage; never RWX/NFS for SQLite brains); empty: the cluster's default class.",
+		parse: k8sName(func(c *Config) *string { return &c.K8sStorageClass }, dnsSubdomainRE, "storage class name"),
+	},
+	{
+		Name: "ORCH_K8S_VOLUME_SIZE", Default: "1Gi",
+		Help:  "kubernetes backend: size of each engine's PVC (a Kubernetes quantity such as 512Mi, 1Gi, 10G).",
+		parse: parseVolumeSize,
+	},
+	{
+		Name:  "ORCH_K8S_CATALOG_PVC",
+		Help:  "kubernetes backend: PVC mounted read-only at /catalog in every engine (CATALOG_DIR); empty for none.",
+		parse: k8sName(func(c *Config) *string { return &c.K8sCatalogPVC }, dnsSubdomainRE, "PVC name"),
+	},
+	{
 		Name: "ORCH_IDLE_TIMEOUT_S", Default: "1800",
 		Help:  "Seconds without admit before an engine is put to sleep; 0 disables sleep.",
 		parse: duration(func(c *Config) *time.Duration { return &c.IdleTimeout }, zeroAllowed),
 	},
 	{
-		Name: "ORCH_SLEEP_MODE", Default: SleepMark,
-		Help:  "What sleep does: mark (status only), pause (freeze the engine) or stop (stop it).",
+		Name: varSleepMode, Default: SleepMark,
+		Help:  "What sleep does: mark (status only), pause (freeze the engine; not with kubernetes) or stop (stop it; kubernetes deletes the Pod and keeps the PVC).",
 		parse: oneOf(func(c *Config) *string { return &c.SleepMode }, SleepMark, SleepPause, SleepStop),
 	},
 	{
@@ -236,7 +258,7 @@ var table = []Var{
 	},
 	{
 		Name: "ORCH_HELPER_IMAGE", Default: "bap-engine:latest",
-		Help:  "The orchestrator's own image (docker backend): a short-lived container of it copies an engine's brain to a snapshot volume and back. Nothing else needs to be pulled.",
+		Help:  "The orchestrator's own image (docker and kubernetes backends): a short-lived container or Pod of it copies an engine's brain to a snapshot volume or PVC and back. Nothing else needs to be pulled.",
 		parse: word(func(c *Config) *string { return &c.HelperImage }),
 	},
 	{

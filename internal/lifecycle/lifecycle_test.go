@@ -22,6 +22,7 @@ import (
 	"github.com/september/bap-engine/internal/backend/subprocess"
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/engine"
+	"github.com/september/bap-engine/internal/kubetest"
 	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/registrytest"
@@ -38,7 +39,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(engineEnv) == "1" {
 		engine.Main()
 	}
-	os.Exit(testmain.Run(m))
+	os.Exit(testmain.Run(m, testmain.After(kubetest.Stop)))
 }
 
 // env is one test's world: a registry, a backend, a manager and a product.

@@ -147,6 +147,7 @@ func (m *Manager) provision(ctx context.Context, p bap.Product, userID, image, a
 		bootStart := time.Now()
 		inst, err := m.createAndStart(ctx, spec)
 		if err == nil {
+			e.URL = m.addr(e) // a Pod's address is known once it runs
 			err = m.waitHealthy(ctx, e.URL, m.cfg.BootTimeout)
 		}
 		if err != nil {

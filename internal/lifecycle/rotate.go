@@ -79,6 +79,7 @@ func (m *Manager) RotateKey(ctx context.Context, engineID, actor string) (Result
 				cur.KeyHash = next.KeyHash
 				cur.KeyEnc = next.KeyEnc
 				cur.InstanceID = inst.ID
+				cur.URL = m.addr(*cur)
 				return &audit.Entry{Action: audit.RotateKey, Actor: actor, DurationMS: ptr(time.Since(began).Milliseconds())}, nil
 			})
 			if err != nil {

@@ -148,14 +148,16 @@ func (m *Manager) failBringUp(ctx context.Context, c *opClaim, e bap.Engine, act
 	return opErr(cause, m.cfg.BootTimeout)
 }
 
-// addr is the engine's address: the one recorded, or, for an engine that
-// never ran (its provision failed before the running commit recorded one),
-// the one its port gives.
+// addr is the engine's address: the one the backend gives now, or, when it
+// knows none (a Pod that is not there), the one recorded. For docker and
+// subprocess both are the port's; a Kubernetes engine moves to its new
+// Pod's IP each time its Pod is made again, and the commit that follows
+// records it.
 func (m *Manager) addr(e bap.Engine) string {
-	if e.URL != "" {
-		return e.URL
+	if u := m.backend.URL(e.ID, e.Port); u != "" {
+		return u
 	}
-	return m.backend.URL(e.ID, e.Port)
+	return e.URL
 }
 
 // ensureRunning makes the engine's instance run and answer /health: it is

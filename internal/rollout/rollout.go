@@ -543,8 +543,10 @@ func (s *Service) record(ctx context.Context, r bap.Rollout, e bap.Engine, o bap
 func (s *Service) setState(ctx context.Context, r bap.Rollout, lease registry.Lease, state bap.RolloutState, reason string) error {
 	pinned := false
 	err := s.store.InTx(ctx, func(tx registry.Store) error {
-		if err := tx.CheckLease(ctx, lease); err != nil {
-			return err
+		if lease.ReplicaID != "" { // (a solo replica's leases fence nothing)
+			if err := tx.CheckLease(ctx, lease); err != nil {
+				return err
+			}
 		}
 		cur, err := tx.GetRollout(ctx, r.ID)
 		if err != nil {

@@ -127,6 +127,7 @@ func (s *suite) testPauseUnpause(t *testing.T) {
 	requireNotAnswering(t, e.url)
 
 	require.NoError(t, b.Unpause(ctx, e.spec.EngineID))
+	e.refreshURL()
 	require.NoError(t, WaitHealthy(ctxFor(t, s.opts.BootTimeout), e.url))
 	require.Equal(t, backend.StatusRunning, s.inspect(t, e).Status)
 	require.NoError(t, b.Unpause(ctx, e.spec.EngineID), "unpausing a running engine is success")

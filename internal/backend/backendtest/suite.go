@@ -135,7 +135,17 @@ func (s *suite) create(t *testing.T, e *engine) backend.Instance {
 func (s *suite) start(t *testing.T, e *engine) {
 	t.Helper()
 	require.NoError(t, e.b.Start(ctxFor(t, time.Minute), e.spec.EngineID))
+	e.refreshURL()
 	require.NoError(t, WaitHealthy(ctxFor(t, s.opts.BootTimeout), e.url))
+}
+
+// refreshURL reads the engine's address again after its instance started:
+// a backend may only know it then (a Pod's IP, SPEC §10). Until the first
+// start, url is what URL said before the instance existed.
+func (e *engine) refreshURL() {
+	if u := e.b.URL(e.spec.EngineID, e.spec.Port); u != "" {
+		e.url = u
+	}
 }
 
 func (s *suite) stop(t *testing.T, e *engine) {

@@ -1,0 +1,59 @@
+package kubernetes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"syscall"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	"github.com/september/bap-engine/internal/backend"
+)
+
+// classify maps an error from client-go onto a backend error class, or nil
+// when it belongs to none of them. It is the only place in the package that
+// knows how the API server reports what.
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var netErr net.Error
+	switch {
+	case apierrors.IsNotFound(err):
+		return backend.ErrNotFound
+	case apierrors.IsConflict(err), apierrors.IsAlreadyExists(err):
+		return backend.ErrConflict
+	case errors.Is(err, context.DeadlineExceeded),
+		apierrors.IsServerTimeout(err),
+		apierrors.IsTimeout(err),
+		apierrors.IsTooManyRequests(err),
+		apierrors.IsServiceUnavailable(err),
+		apierrors.IsInternalError(err),
+		apierrors.IsUnexpectedServerError(err),
+		errors.Is(err, syscall.ECONNREFUSED),
+		errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EPIPE),
+		errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, io.EOF),
+		errors.As(err, &netErr):
+		return backend.ErrUnavailable
+	}
+	return nil
+}
+
+// wrap annotates err with what was being done and, when classify knows it,
+// its backend error class, so callers can test with errors.Is while the API
+// server's own message stays readable.
+func wrap(err error, format string, args ...any) error {
+	if err == nil {
+		return nil
+	}
+	what := fmt.Sprintf(format, args...)
+	if class := classify(err); class != nil {
+		return fmt.Errorf("%s: %w: %w", what, class, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}

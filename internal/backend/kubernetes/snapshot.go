@@ -1,0 +1,257 @@
+package kubernetes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/september/bap-engine/internal/backend"
+)
+
+// Brain snapshots (SPEC §16) are PVCs beside the engine's,
+// engine-data-<id12>-snap-<n>, labelled with the engine and the number. A
+// short-lived helper Pod of the orchestrator's own image (Config.HelperImage)
+// mounts both and copies one onto the other with `bap-engine snapshot FROM
+// TO`; it has no service account token and no engine id label, so neither
+// List nor the informer takes it for an engine.
+const (
+	labelSnapshotOf = "bap-engine.snapshot_of"
+	labelSnapshot   = "bap-engine.snapshot"
+	helperFrom      = "/from"
+	helperTo        = "/to"
+	helperWait      = 10 * time.Minute
+)
+
+// SnapshotClaimName is the PVC of an engine's snapshot n.
+func SnapshotClaimName(engineID string, n int) string {
+	return ClaimName(engineID) + "-snap-" + strconv.Itoa(n)
+}
+
+func snapName(n int) string { return "snap-" + strconv.Itoa(n) }
+
+func parseSnap(name string) (int, bool) {
+	rest, ok := strings.CutPrefix(name, "snap-")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	return n, err == nil && n > 0
+}
+
+// snapshots lists the numbers of the engine's snapshot PVCs, ascending.
+func (b *Backend) snapshots(ctx context.Context, engineID string) ([]int, error) {
+	cctx, cancel := b.call(ctx)
+	defer cancel()
+	sel := labels.SelectorFromSet(labels.Set{
+		backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment, labelSnapshotOf: engineID,
+	}).String()
+	list, err := b.cs.CoreV1().PersistentVolumeClaims(b.cfg.Namespace).List(cctx, metav1.ListOptions{LabelSelector: sel})
+	if err != nil {
+		return nil, wrap(err, "list snapshots of engine %s", engineID)
+	}
+	var nums []int
+	for _, c := range list.Items {
+		if n, err := strconv.Atoi(c.Labels[labelSnapshot]); err == nil && n > 0 && c.Name == SnapshotClaimName(engineID, n) && c.DeletionTimestamp == nil {
+			nums = append(nums, n)
+		}
+	}
+	slices.Sort(nums)
+	return nums, nil
+}
+
+// stopped refuses a snapshot or restore while the engine's Pod runs.
+func (b *Backend) stopped(ctx context.Context, engineID, op string) error {
+	pod, err := b.getPod(ctx, engineID)
+	if err != nil {
+		return err
+	}
+	if pod != nil && pod.DeletionTimestamp == nil && !terminated(pod) {
+		return fmt.Errorf("%s engine %s: it is running: %w", op, engineID, backend.ErrConflict)
+	}
+	return nil
+}
+
+// Snapshot copies the engine's PVC onto a new snapshot PVC and returns its
+// name (snap-<n>). The engine must not run. ErrNotFound when it has no PVC.
+func (b *Backend) Snapshot(ctx context.Context, engineID string) (string, error) {
+	if err := b.stopped(ctx, engineID, "snapshot"); err != nil {
+		return "", err
+	}
+	pvc, err := b.getClaim(ctx, engineID)
+	if err != nil {
+		return "", err
+	}
+	if pvc == nil || pvc.DeletionTimestamp != nil || pvc.Labels[backend.LabelEngineID] != engineID {
+		return "", fmt.Errorf("snapshot engine %s: %w: it has no data", engineID, backend.ErrNotFound)
+	}
+	nums, err := b.snapshots(ctx, engineID)
+	if err != nil {
+		return "", err
+	}
+	n := 1
+	if len(nums) > 0 {
+		n = nums[len(nums)-1] + 1
+	}
+	snap := &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      SnapshotClaimName(engineID, n),
+			Namespace: b.cfg.Namespace,
+			Labels: map[string]string{
+				backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment,
+				labelSnapshotOf: engineID, labelSnapshot: strconv.Itoa(n),
+			},
+		},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Resources:        pvc.Spec.Resources,
+			StorageClassName: pvc.Spec.StorageClassName,
+		},
+	}
+	cctx, cancel := b.call(ctx)
+	_, err = b.cs.CoreV1().PersistentVolumeClaims(b.cfg.Namespace).Create(cctx, snap, metav1.CreateOptions{})
+	cancel()
+	if err != nil {
+		return "", wrap(err, "create persistentvolumeclaim %s", snap.Name)
+	}
+	if err := b.copyClaim(ctx, engineID, pvc.Name, snap.Name); err != nil {
+		b.deleteClaim(context.WithoutCancel(ctx), snap.Name)
+		return "", fmt.Errorf("snapshot engine %s: %w", engineID, err)
+	}
+	return snapName(n), nil
+}
+
+// Restore makes the engine's data the named snapshot's. The engine must not
+// run. ErrNotFound when there is no such snapshot.
+func (b *Backend) Restore(ctx context.Context, engineID, snapshot string) error {
+	n, ok := parseSnap(snapshot)
+	if !ok {
+		return fmt.Errorf("restore engine %s: snapshot %q: %w", engineID, snapshot, backend.ErrNotFound)
+	}
+	nums, err := b.snapshots(ctx, engineID)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(nums, n) {
+		return fmt.Errorf("restore engine %s: snapshot %q: %w", engineID, snapshot, backend.ErrNotFound)
+	}
+	if err := b.stopped(ctx, engineID, "restore"); err != nil {
+		return err
+	}
+	return b.copyClaim(ctx, engineID, SnapshotClaimName(engineID, n), ClaimName(engineID))
+}
+
+// PruneSnapshots deletes all but the newest keep snapshots and returns the
+// names kept, oldest first.
+func (b *Backend) PruneSnapshots(ctx context.Context, engineID string, keep int) ([]string, error) {
+	nums, err := b.snapshots(ctx, engineID)
+	if err != nil {
+		return nil, err
+	}
+	cut := max(0, len(nums)-max(keep, 0))
+	for _, n := range nums[:cut] {
+		if err := b.deleteClaim(ctx, SnapshotClaimName(engineID, n)); err != nil {
+			return nil, err
+		}
+	}
+	kept := make([]string, 0, len(nums)-cut)
+	for _, n := range nums[cut:] {
+		kept = append(kept, snapName(n))
+	}
+	return kept, nil
+}
+
+// deleteSnapshots deletes every snapshot of the engine (Destroy).
+func (b *Backend) deleteSnapshots(ctx context.Context, engineID string) error {
+	_, err := b.PruneSnapshots(ctx, engineID, 0)
+	return err
+}
+
+// deleteClaim deletes a PVC by name; missing is success.
+func (b *Backend) deleteClaim(ctx context.Context, name string) error {
+	cctx, cancel := b.call(ctx)
+	defer cancel()
+	err := b.cs.CoreV1().PersistentVolumeClaims(b.cfg.Namespace).Delete(cctx, name, metav1.DeleteOptions{})
+	if errors.Is(classify(err), backend.ErrNotFound) {
+		return nil
+	}
+	return wrap(err, "delete persistentvolumeclaim %s", name)
+}
+
+// copyClaim runs a helper Pod that makes PVC to's data the same as from's,
+// waits for it to succeed and deletes it.
+func (b *Backend) copyClaim(ctx context.Context, engineID, from, to string) error {
+	grace := int64(0)
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      "engine-snap-" + ClaimName(engineID)[len(claimPrefix):] + "-" + newInstanceID()[:8],
+			Namespace: b.cfg.Namespace,
+			Labels: map[string]string{
+				backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment, labelSnapshotOf: engineID,
+			},
+		},
+		Spec: corev1.PodSpec{
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			AutomountServiceAccountToken:  ptr(false),
+			EnableServiceLinks:            ptr(false),
+			TerminationGracePeriodSeconds: &grace,
+			Containers: []corev1.Container{{
+				Name:    "snapshot",
+				Image:   b.cfg.HelperImage,
+				Command: []string{"/bap-engine"},
+				Args:    []string{"snapshot", helperFrom, helperTo},
+				VolumeMounts: []corev1.VolumeMount{
+					{Name: "from", MountPath: helperFrom, ReadOnly: true},
+					{Name: "to", MountPath: helperTo},
+				},
+			}},
+			Volumes: []corev1.Volume{
+				{Name: "from", VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: from, ReadOnly: true}}},
+				{Name: "to", VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: to}}},
+			},
+		},
+	}
+	cctx, cancel := b.call(ctx)
+	made, err := b.cs.CoreV1().Pods(b.cfg.Namespace).Create(cctx, pod, metav1.CreateOptions{})
+	cancel()
+	if err != nil {
+		return wrap(err, "create helper pod %s", pod.Name)
+	}
+	defer func() {
+		dctx, cancel := b.call(context.WithoutCancel(ctx))
+		defer cancel()
+		_ = b.cs.CoreV1().Pods(b.cfg.Namespace).Delete(dctx, made.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))})
+	}()
+	wctx, cancel := context.WithTimeout(ctx, helperWait)
+	defer cancel()
+	delay := 20 * time.Millisecond
+	for {
+		cur, err := b.cs.CoreV1().Pods(b.cfg.Namespace).Get(wctx, made.Name, metav1.GetOptions{})
+		switch {
+		case err != nil && wctx.Err() != nil:
+			return fmt.Errorf("copy %s onto %s: helper pod %s did not finish: %w", from, to, made.Name, wctx.Err())
+		case err != nil:
+			return wrap(err, "get helper pod %s", made.Name)
+		case cur.Status.Phase == corev1.PodSucceeded:
+			return nil
+		case cur.Status.Phase == corev1.PodFailed:
+			return fmt.Errorf("copy %s onto %s: helper pod %s failed: %s", from, to, made.Name, strings.TrimSpace(cur.Status.Message+" "+pendingReason(cur)))
+		}
+		if err := startFailure(cur); err != nil && cur.Status.Phase == corev1.PodPending {
+			return fmt.Errorf("copy %s onto %s: %w", from, to, err)
+		}
+		select {
+		case <-wctx.Done():
+			return fmt.Errorf("copy %s onto %s: helper pod %s did not finish: %w", from, to, made.Name, wctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 500*time.Millisecond)
+	}
+}
