@@ -248,7 +248,12 @@ def test_upgrade_success_rollback_and_phase(upgrade_orch: Orchestrator) -> None:
         t = threading.Thread(target=refused)
         t.start()
         try:
-            op = eventually(lambda: c.get("uma").operation, timeout=20, what="the upgrade in flight")
+            # The claim is taken a moment before the first phase is named.
+            op = eventually(
+                lambda: (lambda o: o if o is not None and o.phase else None)(c.get("uma").operation),
+                timeout=20,
+                what="the upgrade in flight, with its phase",
+            )
             phases.append(op)
         finally:
             t.join(60)
