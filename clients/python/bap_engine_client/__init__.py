@@ -31,7 +31,7 @@ from . import types as _types
 from .errors import *  # noqa: F401,F403 - every exception is part of the package's surface
 from .types import *  # noqa: F401,F403 - so is every answer's type
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Client",
