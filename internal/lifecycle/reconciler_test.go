@@ -40,7 +40,7 @@ func TestReconcilerRepairsOnItsSchedule(t *testing.T) {
 	var mu sync.Mutex
 	var passes []lifecycle.ReconcileStats
 	r := lifecycle.NewReconciler(en.lm, lifecycle.ReconcilerConfig{
-		Every:       200 * time.Millisecond,
+		Every:       time.Second, // a pass may take its whole period: not too short for a loaded race build
 		RepairEvery: 20 * time.Millisecond,
 		OnPass: func(st lifecycle.ReconcileStats, err error) {
 			require.NoError(t, err)
