@@ -113,6 +113,20 @@ func TestRequestsCarryTheRightKeyPathAndBody(t *testing.T) {
 	check(t, err)
 	equal(t, h.Status, "ok", "health")
 	equal(t, rec.platformKey+rec.adminKey, "", "no key on /health")
+
+	for path, probe := range map[string]func(context.Context) (client.Health, error){"/livez": c.Livez, "/readyz": c.Readyz} {
+		h, err = probe(ctx)
+		check(t, err)
+		equal(t, h.Status, "ok", path)
+		equal(t, rec.path, path, "probe path")
+		equal(t, rec.platformKey+rec.adminKey, "", "no key on "+path)
+	}
+
+	c, rec = server(t, 200, `{"version":"1.2.3","commit":"abc","go":"go1.22.1"}`, nil)
+	v, err := c.Version(ctx)
+	check(t, err)
+	equal(t, rec.path, "/version", "version path")
+	equal(t, v, client.Build{Version: "1.2.3", Commit: "abc", Go: "go1.22.1"}, "version")
 }
 
 func TestErrorEnvelopeIsDecoded(t *testing.T) {

@@ -1,12 +1,15 @@
 package client_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -95,6 +98,55 @@ func ExampleError() {
 	// 401 INVALID_PLATFORM_KEY
 }
 
+// ExampleClient_Upgrade moves an engine to another version. An upgrade the
+// new version does not survive is rolled back by the orchestrator and
+// answered with UPGRADE_FAILED, the engine's reason in the message.
+func ExampleClient_Upgrade() {
+	base, stop := standIn()
+	defer stop()
+	ctx := context.Background()
+	c := client.New(base, client.WithPlatformKey("pk-sept-example"))
+
+	up, err := c.Upgrade(ctx, "erin", "september-engine:2.4.0")
+	if err != nil {
+		fmt.Println("upgrade failed:", err)
+		return
+	}
+	fmt.Println(up.PreviousVersion, "->", up.EngineVersion, up.Status)
+
+	_, err = c.Upgrade(ctx, "erin", "september-engine:9.9.9")
+	var e *client.Error
+	if errors.As(err, &e) && e.Code == client.CodeUpgradeFailed {
+		fmt.Println(e.Status, e.Code)
+	}
+	// Output:
+	// september-engine:2.3.0 -> september-engine:2.4.0 running
+	// 502 UPGRADE_FAILED
+}
+
+// ExampleClient_Logs reads the last lines an engine wrote (with Follow, the
+// reader goes on with what it writes next until ctx ends or it is closed).
+func ExampleClient_Logs() {
+	base, stop := standIn()
+	defer stop()
+	ctx := context.Background()
+	c := client.New(base, client.WithPlatformKey("pk-sept-example"))
+
+	rc, err := c.Logs(ctx, "frank", client.LogOptions{Tail: 2})
+	if err != nil {
+		fmt.Println("logs failed:", err)
+		return
+	}
+	defer rc.Close()
+	sc := bufio.NewScanner(rc)
+	for sc.Scan() {
+		fmt.Println(sc.Text())
+	}
+	// Output:
+	// engine ready
+	// request GET /brain 200
+}
+
 // standIn serves the few routes the examples call, answering as bap-engine
 // does, so the examples run without an orchestrator. It returns the base
 // URL and a function that stops it.
@@ -156,6 +208,26 @@ func standIn() (string, func()) {
 			}
 			engines[parts[1]] = true
 			reply(w, http.StatusOK, map[string]any{"admitted": true, "engine": engine(parts[1])})
+		case r.Method == http.MethodPost && len(parts) == 3 && parts[2] == "upgrade":
+			var req struct {
+				EngineVersion string `json:"engine_version"`
+			}
+			_ = json.NewDecoder(r.Body).Decode(&req)
+			if req.EngineVersion == "september-engine:9.9.9" {
+				fail(w, http.StatusBadGateway, client.CodeUpgradeFailed,
+					"Upgrade to september-engine:9.9.9 failed and was rolled back to september-engine:2.3.0: brain too new")
+				return
+			}
+			e := engine(parts[1])
+			reply(w, http.StatusOK, client.Upgraded{EngineID: e["engine_id"].(string), UserID: parts[1], Status: client.StateRunning,
+				URL: e["url"].(string), EngineVersion: req.EngineVersion, PreviousVersion: "september-engine:2.3.0"})
+		case r.Method == http.MethodGet && len(parts) == 3 && parts[2] == "logs":
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			lines := []string{"engine starting", "engine ready", "request GET /brain 200"}
+			if n, err := strconv.Atoi(r.URL.Query().Get("tail")); err == nil && n > 0 && n < len(lines) {
+				lines = lines[len(lines)-n:]
+			}
+			_, _ = io.WriteString(w, strings.Join(lines, "\n")+"\n")
 		case r.Method == http.MethodGet && r.URL.Path == "/status":
 			reply(w, http.StatusOK, client.FleetStatus{Total: len(engines), ByStatus: map[string]int{}, Health: client.HealthOK})
 		default:

@@ -208,6 +208,14 @@ type Health struct {
 	Status string `json:"status"`
 }
 
+// Build is the orchestrator's build (Version): the release ("dev" unless
+// stamped), the source commit ("unknown" when not known) and the Go version.
+type Build struct {
+	Version string `json:"version"`
+	Commit  string `json:"commit"`
+	Go      string `json:"go"`
+}
+
 // Replica is one orchestrator process sharing the database.
 type Replica struct {
 	ReplicaID   string    `json:"replica_id"`

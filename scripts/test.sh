@@ -85,7 +85,7 @@ echo "==> go vet ./..."
 go vet ./...
 
 echo "==> go test -race ./... (the soak runs on its own below)"
-go test -race -count=1 -timeout 20m -skip '^TestSoak$' ./... 2>&1 | tee /tmp/bap-engine-test.log
+go test -race -count=1 -timeout 40m -skip '^TestSoak$' ./... 2>&1 | tee /tmp/bap-engine-test.log
 
 # A real orchestrator on PostgreSQL with 500 engines under mixed and hostile
 # load, alone on the machine and without the race detector, so its figures

@@ -88,6 +88,18 @@ func TestOperatorCommands(t *testing.T) {
 			require.NotContains(t, fleet, "bob")
 			require.Contains(t, fleet, "1 of 1 engines")
 
+			// The other commands honour every output format too.
+			require.Contains(t, mustCLI(t, product, "engines", "admit", "alice", "-o", "yaml"), "admitted: true")
+			mustCLI(t, product, "engines", "stop", "bob")
+			require.Contains(t, mustCLI(t, product, "engines", "start", "bob", "-o", "json"), `"status": "running"`)
+			require.Contains(t, mustCLI(t, product, "engines", "rotate-key", "bob", "--json"), `"api_key": "sk-sept-`)
+			require.Contains(t, mustCLI(t, product, "engines", "audit", "bob", "-o", "yaml"), "action: rotate_key")
+			require.Contains(t, mustCLI(t, product, "engines", "audit", "bob"), "ACTION")
+			require.Contains(t, mustCLI(t, product, "status", "-o", "json"), `"by_status"`)
+			require.Contains(t, mustCLI(t, product, "status"), "health:")
+			require.Contains(t, mustCLI(t, admin, "replicas", "ls", "-o", "yaml"), "alive: true")
+			require.Contains(t, mustCLI(t, admin, "fleet", "ls", "-o", "wide"), "RESTARTS")
+
 			// destroy asks on a terminal; anywhere else it needs --yes.
 			_, err := cli(t, product, "engines", "destroy", "bob")
 			require.ErrorContains(t, err, "--yes")
@@ -122,7 +134,7 @@ func TestOperatorCommands(t *testing.T) {
 }
 
 // TestWatchPrintsChanges runs engines get -w while the engine stops, and
-// checks both states were printed, each once.
+// checks that every document printed is a change and the states seen.
 func TestWatchPrintsChanges(t *testing.T) {
 	env := baseEnv(t, stores()[0].url(t))
 	o := startServe(t, env)
@@ -147,8 +159,23 @@ func TestWatchPrintsChanges(t *testing.T) {
 	time.Sleep(2 * watchEvery)
 	cancel()
 	require.NoError(t, <-done)
-	require.Equal(t, 1, strings.Count(out.String(), `"status": "running"`), "unchanged states are not printed again")
-	require.Equal(t, 1, strings.Count(out.String(), `"status": "stopped"`))
+	// Each document printed differs from the one before it (a probe's
+	// last_health_at is a change too), and the states go running, stopped.
+	docs := strings.Split(strings.TrimSpace(out.String()), "\n\n")
+	var states []string
+	for i, d := range docs {
+		if i > 0 {
+			require.NotEqual(t, docs[i-1], d, "an unchanged engine is not printed again")
+		}
+		var e struct {
+			Status string `json:"status"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(d), &e), "document %d: %s", i, d)
+		if len(states) == 0 || states[len(states)-1] != e.Status {
+			states = append(states, e.Status)
+		}
+	}
+	require.Equal(t, []string{"running", "stopped"}, states)
 	mustCLI(t, product, "engines", "destroy", "alice", "--yes")
 }
 

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/september/bap-engine/internal/backend/docker"
 )
 
 // TestImageHygiene reads the Dockerfile, .dockerignore and the compose file
@@ -46,4 +48,6 @@ func TestImageHygiene(t *testing.T) {
 	require.NotNil(t, image, "the compose file sets a default engine image")
 	require.Contains(t, compose, "image: "+image[1], "the default engine image is one the compose file builds")
 	require.Contains(t, compose, "target: engine")
+	require.Contains(t, compose, "image: "+docker.DefaultHelperImage,
+		"the orchestrator's image is tagged as the snapshot helper's default")
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"testing"
@@ -147,6 +148,21 @@ func TestRolloutUpgradesItsShareAndPausesItself(t *testing.T) {
 			require.Equal(t, client.CodeRolloutNotFound, client.ErrorCode(err))
 			_, err = ac.Rollouts(ctx, "nope")
 			require.Equal(t, client.CodeProductNotFound, client.ErrorCode(err))
+			// The CLI reads the same rollouts.
+			cliEnv := map[string]string{"BAP_URL": o.url, "BAP_ADMIN_KEY": env["ORCH_ADMIN_KEY"]}
+			stdout, stderr, err := cliRun(t, cliEnv, "rollouts", "ls", "acme", "-o", "json")
+			require.NoError(t, err, stderr)
+			var listed client.RolloutList
+			require.NoError(t, json.Unmarshal([]byte(stdout), &listed), stdout)
+			require.Equal(t, list, listed)
+			stdout, stderr, err = cliRun(t, cliEnv, "rollouts", "get", "acme", bad.RolloutID)
+			require.NoError(t, err, stderr)
+			require.Contains(t, stdout, "aborted")
+			require.Contains(t, stdout, "1 rolled back")
+			_, stderr, err = cliRun(t, cliEnv, "rollouts", "resume", "acme", bad.RolloutID)
+			require.Error(t, err, "resuming an aborted rollout fails")
+			require.Contains(t, stderr, "VALIDATION_ERROR")
+
 			var apiErr *client.Error
 			_, err = ac.CreateRollout(ctx, "acme", client.RolloutRequest{EngineVersion: "v9", Percent: 101})
 			require.ErrorAs(t, err, &apiErr)
@@ -227,4 +243,50 @@ func (c *cluster) holderOfShard(shard int) *replicaProc {
 		}
 	}
 	return nil
+}
+
+// TestRolloutResumesAfterARestart SIGKILLs a lone orchestrator on SQLite
+// mid-rollout: started again, it takes over the interrupted upgrade and
+// finishes the rollout.
+func TestRolloutResumesAfterARestart(t *testing.T) {
+	env := upgradeEnv(t, stores()[0].url(t))
+	env["ENGINE_WARMUP_S"] = "0.3"
+	env["ORCH_ENGINE_ENV_PASSTHROUGH"] += ",ENGINE_WARMUP_S"
+	ctx := context.Background()
+	c := startChild(t, env)
+	ac := adminClient(c.url, env)
+	prod, err := ac.RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
+	require.NoError(t, err)
+	pc := client.New(c.url, client.WithPlatformKey(prod.PlatformAPIKey))
+	keys := map[string]client.Provisioned{}
+	for i := range 4 {
+		u := fmt.Sprintf("user-%d", i)
+		e, err := pc.Provision(ctx, client.ProvisionRequest{UserID: u, EngineVersion: "v1"})
+		require.NoError(t, err)
+		keys[u] = e
+		remember(t, e.URL, e.APIKey, u)
+	}
+	ro, err := ac.CreateRollout(ctx, "acme", client.RolloutRequest{EngineVersion: "v2", Percent: 100, MaxParallel: 1})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		got, err := ac.Rollout(ctx, "acme", ro.RolloutID)
+		require.NoError(t, err)
+		return got.Counts.Upgraded >= 1
+	}, 30*time.Second, 10*time.Millisecond)
+	c.kill(t)
+
+	c = startChild(t, env)
+	ac = adminClient(c.url, env)
+	var got client.Rollout
+	require.Eventually(t, func() bool {
+		got, err = ac.Rollout(ctx, "acme", ro.RolloutID)
+		require.NoError(t, err)
+		return got.State == "done"
+	}, 30*time.Second, 20*time.Millisecond, "the restarted orchestrator finishes the rollout: %+v", got)
+	require.Equal(t, client.RolloutCounts{Upgraded: 4}, got.Counts)
+	for u, e := range keys {
+		require.Equal(t, "v2", versionOf(t, e.URL), "%s runs v2", u)
+		counter, _ := brainOf(t, e.URL, e.APIKey)
+		require.Equal(t, 1, counter, "%s's brain intact", u)
+	}
 }

@@ -345,7 +345,7 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		PlatformKeyGrace: cfg.PlatformKeyGrace,
 		Logger:           log,
 		UI: ui.New(ui.Deps{
-			Store: store, Lifecycle: lm, Discovery: disc, AdminKey: cfg.AdminKey,
+			Store: store, Lifecycle: lm, Discovery: disc, Rollouts: rollouts, AdminKey: cfg.AdminKey,
 			PlatformKeyGrace: cfg.PlatformKeyGrace, Logger: log, Context: ctx,
 			Logs: func(ctx context.Context, engineID string, lines int) (string, error) {
 				return engineLogTail(ctx, store, lm, engineID, lines)

@@ -323,6 +323,27 @@ func TestDashboardInBrowser(t *testing.T) {
 	main.waitFor(`!!document.getElementById('policy')`, "the policy editor")
 	noKeys(main, "the product page")
 	main.screenshot(shots, "product")
+
+	// Upgrade dave from his page: the version changes in place, on the
+	// same engine, as through the API.
+	main.do(chromedp.Navigate(o.url + "/ui/engines/" + ids["dave"]))
+	main.waitFor(`!!document.getElementById('engine-version')`, "dave's page")
+	eval[chromedp.Void](main, `window.__notReloaded = true`)
+	main.do(
+		chromedp.Click(chromedp.CSS(`details:has(form[action$="/upgrade"]) > summary`)),
+		chromedp.SendKeys(chromedp.ID("upgrade-version"), "v2"),
+		chromedp.Click(chromedp.CSS(`form[action$="/upgrade"] button`)),
+	)
+	main.waitFor(`!!document.querySelector('.flash') && document.getElementById('engine-version').textContent === 'v2'`, "dave upgraded")
+	require.Contains(t, main.text(".flash"), "Upgraded from")
+	require.Contains(t, main.text(".flash"), "to v2.")
+	require.True(t, eval[bool](main, `window.__notReloaded === true`), "the page changed without a reload")
+	main.waitFor(`[...document.querySelectorAll('.audit-action')].some(td => td.textContent === 'upgrade')`, "upgrade in the timeline")
+	dave, err := betaC.Get(ctx, "dave")
+	require.NoError(t, err)
+	require.Equal(t, "v2", dave.EngineVersion)
+	require.Equal(t, "running", dave.Status)
+	noKeys(main, "the engine page after an upgrade")
 	main.do(chromedp.Navigate(o.url + "/ui/"))
 	main.waitFor(`document.getElementById('live-status').textContent.includes('Live')`, "the overview")
 	main.do(chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))

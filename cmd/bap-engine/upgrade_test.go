@@ -91,7 +91,7 @@ func upgradeEnv(t *testing.T, dbURL string) map[string]string {
 	env := baseEnv(t, dbURL)
 	env["ENGINE_REFUSE_VERSIONS"] = "v-bad"
 	env["ORCH_ENGINE_ENV_PASSTHROUGH"] = mainEnv + ",ENGINE_REFUSE_VERSIONS"
-	env["ORCH_BOOT_TIMEOUT_S"] = "3"
+	env["ORCH_BOOT_TIMEOUT_S"] = "8" // generous: CI runs the race build of everything at once
 	env["ORCH_SNAPSHOTS_KEPT"] = "2"
 	return env
 }
@@ -225,7 +225,7 @@ func killedDuringUpgrade(t *testing.T, st store, to, want string) {
 	env := upgradeEnv(t, st.url(t))
 	env["ENGINE_WARMUP_S"] = "1"
 	env["ORCH_ENGINE_ENV_PASSTHROUGH"] += ",ENGINE_WARMUP_S"
-	env["ORCH_BOOT_TIMEOUT_S"] = "4"
+	env["ORCH_BOOT_TIMEOUT_S"] = "10"
 	ctx := context.Background()
 
 	c := startChild(t, env)

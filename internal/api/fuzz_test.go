@@ -3,6 +3,7 @@ package api_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -186,6 +187,14 @@ func FuzzHTTP(f *testing.F) {
 		{"PUT", "/products/{pid}/policy", "", `{"policy":{"rate_limit_rpm":1000}}`, fuzzAdminKey},
 		{"POST", "/products/{pid}/rotate-platform-key", "", "", fuzzWrongKeys},
 		{"GET", "/openapi.json", "Accept: */*", "", fuzzNoKey},
+		{"GET", "/products", "", "", fuzzAdminKey},
+		{"GET", "/products/fuzzed", "", "", fuzzAdminKey},
+		{"GET", "/fleet/engines?product=fuzzed&status=&user_id=AL&limit=3&offset=1", "", "", fuzzAdminKey},
+		{"GET", "/engines/alice/logs?tail=5&follow=false", "", "", fuzzPlatformKey},
+		{"GET", "/engines?status=", "", "", fuzzPlatformKey},
+		{"GET", "/readyz", "", "", fuzzNoKey},
+		{"GET", "/livez", "", "", fuzzNoKey},
+		{"GET", "/version", "", "", fuzzNoKey},
 		{"POST", "/engines/provision", "Transfer-Encoding: chunked", "5\r\n{\"use\r\n0\r\n\r\n", fuzzBothKeys},
 		{"PATCH", "/engines/%2e%2e/admit", "X-Request-Id: abc", "{", fuzzPlatformKey},
 		{"OPTIONS", "*", "", "", fuzzNoKey},
@@ -223,8 +232,12 @@ func FuzzHTTP(f *testing.F) {
 		if err != nil {
 			return // net/http answers 400 itself; no handler runs
 		}
+		// A followed log streams until its client leaves: this client
+		// leaves after a while, as a real one would.
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
 		rec := httptest.NewRecorder()
-		handler.ServeHTTP(rec, req.WithContext(t.Context()))
+		handler.ServeHTTP(rec, req.WithContext(ctx))
 		res := rec.Result()
 		got, _ := io.ReadAll(res.Body)
 		require.NotEmpty(t, res.Header.Get(api.HeaderRequestID), "every answer carries its request id")

@@ -30,6 +30,7 @@ import (
 	"github.com/september/bap-engine/internal/policy"
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/requestid"
+	"github.com/september/bap-engine/internal/rollout"
 	"github.com/september/bap-engine/internal/secret"
 	"github.com/september/bap-engine/internal/testclock"
 	"github.com/september/bap-engine/internal/testmain"
@@ -128,14 +129,21 @@ func newHarness(t testing.TB, store registry.Store, o options) *harness {
 		Observer:     m,
 	})
 	disc := discovery.New(store, lm, policy.NewLimiter(clk.Now), discovery.Config{Now: clk.Now, Logger: log})
+	rollouts := rollout.New(rollout.Config{Store: store, Lifecycle: lm, Replica: lm.Replica(),
+		Every: 20 * time.Millisecond, ProductChanged: disc.ForgetProduct, Logger: log})
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
+	done := make(chan struct{}, 2)
 	go func() {
-		defer close(done)
+		defer func() { done <- struct{}{} }()
 		_ = disc.Run(ctx)
+	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		_ = rollouts.Run(ctx)
 	}()
 	t.Cleanup(func() {
 		cancel()
+		<-done
 		<-done
 	})
 
@@ -145,6 +153,7 @@ func newHarness(t testing.TB, store registry.Store, o options) *harness {
 		Store:            store,
 		Lifecycle:        lm,
 		Discovery:        disc,
+		Rollouts:         rollouts,
 		Metrics:          m,
 		AdminKey:         adminKey,
 		PlatformKeyGrace: o.grace,

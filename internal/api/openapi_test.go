@@ -80,6 +80,17 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 	// The error envelope is the one documented shape.
 	envelope := resolve(t, doc, map[string]any{"$ref": "#/components/schemas/Error"})
 	require.Equal(t, []any{"error"}, envelope["required"])
+	// Its code enum names every code the server answers with, no more.
+	errObj := envelope["properties"].(map[string]any)["error"].(map[string]any)
+	codeSchema := errObj["properties"].(map[string]any)["code"].(map[string]any)
+	var documented, answered []string
+	for _, c := range codeSchema["enum"].([]any) {
+		documented = append(documented, c.(string))
+	}
+	for c := range api.StatusOf() {
+		answered = append(answered, c)
+	}
+	require.ElementsMatch(t, answered, documented, "the Error schema's code enum is the status table's codes")
 
 	ops := 0
 	for _, item := range paths {

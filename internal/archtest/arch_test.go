@@ -61,7 +61,7 @@ func TestAllowedInternalImports(t *testing.T) {
 		"internal/discovery":         {"internal/bap", "internal/registry", "internal/policy", "internal/lifecycle", "internal/audit", "internal/secret"},
 		"internal/health":            {"internal/bap", "internal/registry", "internal/lifecycle", "internal/metrics", "internal/audit", "internal/loop", "internal/requestid"},
 		"internal/rollout":           {"internal/bap", "internal/registry", "internal/lifecycle", "internal/audit", "internal/replica"},
-		"internal/ui":                {"internal/api", "internal/bap", "internal/audit", "internal/registry", "internal/lifecycle", "internal/discovery", "internal/policy", "internal/secret"},
+		"internal/ui":                {"internal/api", "internal/bap", "internal/audit", "internal/registry", "internal/lifecycle", "internal/discovery", "internal/policy", "internal/secret", "internal/rollout"},
 	}
 	pkgs := imports(t)
 	for pkg, ok := range allowed {

@@ -26,9 +26,17 @@
 //	failed        running, failed (restart attempt failed), stopped, destroying
 //	destroying    (row deleted)
 //
+// Upgrade (upgrade.go, SPEC §16) moves a running, sleeping or stopped
+// engine to another image on the same brain, key and port: stop, snapshot
+// the brain (backend.Snapshot), recreate with the new image, wait healthy;
+// on failure restore the snapshot under the old image. It ends where it
+// began (a sleeping engine ends running), or failed if even the old image
+// does not come back. Its phase and snapshot ride on the claim's detail,
+// so a takeover finishes it (the new image answers) or rolls it back.
+//
 // Operations are owned in the database (SPEC §15, claim.go). Each
-// operation (provision, start, wake, stop, sleep, rotate-key, destroy,
-// auto-restart, and the takeover of another's) claims the engine's row —
+// operation (provision, start, wake, stop, sleep, rotate-key, upgrade,
+// destroy, auto-restart, and the takeover of another's) claims the engine's row —
 // operation, replica id, next epoch — in the transaction that begins it;
 // every later write re-reads the row under its lock and goes ahead only
 // under that claim; the last write ends it. Within a process, callers of the

@@ -114,7 +114,13 @@ func (m *Manager) waitHealthy(ctx context.Context, url string, timeout time.Dura
 			return fmt.Errorf("%w (last probe: %v)", errBootTimeout, last)
 		case <-t.C:
 		}
-		last = Probe(ctx, m.probe, url, m.cfg.ProbeTimeout)
+		err := Probe(ctx, m.probe, url, m.cfg.ProbeTimeout)
+		if err != nil && ctx.Err() != nil && last != nil {
+			// Cut short by the deadline itself: the probe before it holds
+			// the engine's last word (a refusal's reason, say).
+			err = last
+		}
+		last = err
 		if last == nil {
 			m.learnBoot(guess, at, isExtra && at == guess)
 			return nil

@@ -10,12 +10,8 @@ package rollout
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -152,7 +148,7 @@ func (s *Service) Create(ctx context.Context, p bap.Product, req Request, actor 
 	case errors.Is(err, registry.ErrNotFound):
 		return View{}, bap.Errorf(bap.CodeProductNotFound, "Product not found.")
 	case err != nil:
-		return View{}, storeErr("create rollout", err)
+		return View{}, registry.PublicErr("create rollout", err)
 	}
 	s.Kick()
 	return s.view(ctx, r)
@@ -171,7 +167,7 @@ func (s *Service) Get(ctx context.Context, productID, id string) (View, error) {
 func (s *Service) List(ctx context.Context, productID string) ([]View, error) {
 	rs, err := s.store.ListRollouts(ctx, productID)
 	if err != nil {
-		return nil, storeErr("list rollouts", err)
+		return nil, registry.PublicErr("list rollouts", err)
 	}
 	out := make([]View, 0, len(rs))
 	for _, r := range rs {
@@ -190,7 +186,7 @@ func (s *Service) load(ctx context.Context, productID, id string) (bap.Rollout, 
 		return bap.Rollout{}, bap.Errorf(bap.CodeRolloutNotFound, "Rollout not found.")
 	}
 	if err != nil {
-		return bap.Rollout{}, storeErr("read rollout", err)
+		return bap.Rollout{}, registry.PublicErr("read rollout", err)
 	}
 	return r, nil
 }
@@ -222,16 +218,15 @@ func (s *Service) change(ctx context.Context, productID, id, actor string, fn fu
 		if _, ok := bap.AsError(err); ok {
 			return View{}, err
 		}
-		return View{}, storeErr("update rollout", err)
+		return View{}, registry.PublicErr("update rollout", err)
 	}
 	s.Kick()
 	return s.view(ctx, out)
 }
 
 // SetPercent raises a rollout's percent: the same order of engines is
-// extended, and a done rollout runs again. Lowering is VALIDATION_ERROR;
-// an aborted rollout cannot change (ROLLOUT_IN_PROGRESS is not it: 409
-// ENGINE_BUSY would mislead, so VALIDATION_ERROR says why).
+// extended, and a done rollout runs again. Lowering it, or changing an
+// aborted rollout, is VALIDATION_ERROR; ROLLOUT_NOT_FOUND.
 func (s *Service) SetPercent(ctx context.Context, productID, id string, percent int, actor string) (View, error) {
 	if percent < 1 || percent > 100 {
 		return View{}, bap.Errorf(bap.CodeValidation, "percent must be an integer from 1 to 100.")
@@ -243,10 +238,10 @@ func (s *Service) SetPercent(ctx context.Context, productID, id string, percent 
 		case r.State == bap.RolloutAborted:
 			return bap.Errorf(bap.CodeValidation, "The rollout was aborted; create a new one.")
 		}
-		r.Percent = percent
-		if r.State == bap.RolloutDone && percent > 0 {
+		if percent > r.Percent && r.State == bap.RolloutDone {
 			r.State = bap.RolloutRunning
 		}
+		r.Percent = percent
 		return nil
 	})
 }
@@ -268,7 +263,7 @@ func (s *Service) Pause(ctx context.Context, productID, id, actor string) (View,
 func (s *Service) Resume(ctx context.Context, productID, id, actor string) (View, error) {
 	outcomes, err := s.store.RolloutEngines(ctx, id)
 	if err != nil {
-		return View{}, storeErr("read rollout engines", err)
+		return View{}, registry.PublicErr("read rollout engines", err)
 	}
 	rolledBack := 0
 	for _, o := range outcomes {
@@ -296,313 +291,4 @@ func (s *Service) Abort(ctx context.Context, productID, id, actor string) (View,
 		r.State, r.Reason = bap.RolloutAborted, "aborted by "+actor
 		return nil
 	})
-}
-
-// rank orders a rollout's engines: sha256 of the rollout id and the user
-// id, so the order is stable and a raised percent extends the same set.
-func rank(rolloutID, userID string) string {
-	sum := sha256.Sum256([]byte(rolloutID + "\x00" + userID))
-	return hex.EncodeToString(sum[:])
-}
-
-// chosen returns the engines a rollout covers: the first ceil(percent·N/100)
-// of the product's N engines in rank order.
-func chosen(r bap.Rollout, engines []bap.Engine) []bap.Engine {
-	sorted := slices.Clone(engines)
-	ranks := make(map[string]string, len(sorted))
-	for _, e := range sorted {
-		ranks[e.ID] = rank(r.ID, e.UserID)
-	}
-	slices.SortFunc(sorted, func(a, b bap.Engine) int { return cmp.Compare(ranks[a.ID], ranks[b.ID]) })
-	n := (r.Percent*len(sorted) + 99) / 100
-	return sorted[:n]
-}
-
-// plan is a rollout's chosen engines with their outcomes.
-type plan struct {
-	chosen   []bap.Engine
-	outcomes map[string]bap.RolloutEngine
-	counts   Counts
-}
-
-func (s *Service) plan(ctx context.Context, r bap.Rollout) (plan, error) {
-	engines, _, err := s.store.ListEngines(ctx, registry.EngineFilter{ProductID: r.ProductID})
-	if err != nil {
-		return plan{}, storeErr("list engines", err)
-	}
-	recorded, err := s.store.RolloutEngines(ctx, r.ID)
-	if err != nil {
-		return plan{}, storeErr("read rollout engines", err)
-	}
-	pl := plan{chosen: chosen(r, engines), outcomes: map[string]bap.RolloutEngine{}}
-	for _, o := range recorded {
-		pl.outcomes[o.EngineID] = o
-	}
-	for _, e := range pl.chosen {
-		switch pl.outcomes[e.ID].Outcome {
-		case bap.OutcomeUpgraded:
-			pl.counts.Upgraded++
-		case bap.OutcomeRolledBack:
-			pl.counts.RolledBack++
-		case bap.OutcomeSkipped:
-			pl.counts.Skipped++
-		default:
-			pl.counts.Pending++
-		}
-	}
-	return pl, nil
-}
-
-func (s *Service) view(ctx context.Context, r bap.Rollout) (View, error) {
-	pl, err := s.plan(ctx, r)
-	if err != nil {
-		return View{}, err
-	}
-	return View{Rollout: r, Counts: pl.counts}, nil
-}
-
-// Kick asks the runner for a pass now.
-func (s *Service) Kick() {
-	select {
-	case s.kick <- struct{}{}:
-	default:
-	}
-}
-
-// Run drives the running rollouts while this replica holds the leader
-// shard, every Every and whenever an upgrade ends or a rollout changes,
-// until ctx ends; then it waits for the upgrades it started to report.
-func (s *Service) Run(ctx context.Context) error {
-	defer s.wg.Wait()
-	t := time.NewTicker(s.every)
-	defer t.Stop()
-	for {
-		if _, err := s.RunOnce(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("rollout pass", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		case <-s.kick:
-		}
-	}
-}
-
-// Stats says what one pass did.
-type Stats struct {
-	Rollouts int // running rollouts looked at
-	Started  int // upgrades started
-	Paused   int // rollouts that paused themselves
-	Done     int // rollouts finished
-}
-
-// RunOnce makes one pass over the running rollouts, if this replica holds
-// the leader shard.
-func (s *Service) RunOnce(ctx context.Context) (Stats, error) {
-	var st Stats
-	lease, leader := s.rep.Leader()
-	if !leader {
-		return st, nil
-	}
-	rs, err := s.store.RolloutsInState(ctx, bap.RolloutRunning)
-	if err != nil {
-		return st, err
-	}
-	var errs []error
-	for _, r := range rs {
-		st.Rollouts++
-		if err := s.step(ctx, r, lease, &st); err != nil {
-			errs = append(errs, fmt.Errorf("rollout %s: %w", r.ID, err))
-		}
-	}
-	return st, errors.Join(errs...)
-}
-
-// step advances one running rollout: it pauses it when too many upgrades
-// were rolled back, finishes it when its share is done, and otherwise
-// starts upgrades up to max_parallel, in rank order.
-func (s *Service) step(ctx context.Context, r bap.Rollout, lease registry.Lease, st *Stats) error {
-	pl, err := s.plan(ctx, r)
-	if err != nil {
-		return err
-	}
-	if failures := pl.rolledBack() - r.FailureBase; failures >= r.MaxFailures {
-		st.Paused++
-		return s.setState(ctx, r, lease, bap.RolloutPaused,
-			fmt.Sprintf("%d upgrade(s) rolled back (max_failures %d)", failures, r.MaxFailures))
-	}
-	inflight := s.inflightOf(r.ID)
-	pending := 0
-	for _, e := range pl.chosen {
-		if _, final := pl.outcomes[e.ID]; final || inflight[e.ID] {
-			if inflight[e.ID] {
-				pending++
-			}
-			continue
-		}
-		switch {
-		case e.Image == r.EngineVersion && !e.Claim.Held():
-			if err := s.record(ctx, r, e, bap.OutcomeUpgraded, "already on the version"); err != nil {
-				return err
-			}
-			continue
-		case e.Status == bap.StateFailed || e.Status == bap.StateDestroying:
-			if err := s.record(ctx, r, e, bap.OutcomeSkipped, "engine is "+string(e.Status)); err != nil {
-				return err
-			}
-			continue
-		}
-		pending++
-		if len(inflight) >= r.MaxParallel {
-			continue
-		}
-		inflight[e.ID] = true
-		st.Started++
-		s.start(ctx, r, e)
-	}
-	if pending == 0 && len(inflight) == 0 {
-		st.Done++
-		return s.finish(ctx, r, lease)
-	}
-	return nil
-}
-
-func (p plan) rolledBack() int {
-	n := 0
-	for _, o := range p.outcomes {
-		if o.Outcome == bap.OutcomeRolledBack {
-			n++
-		}
-	}
-	return n
-}
-
-func (s *Service) inflightOf(id string) map[string]bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	m := s.inflight[id]
-	if m == nil {
-		m = map[string]bool{}
-		s.inflight[id] = m
-	}
-	// A copy the caller may add to; start records the additions.
-	out := make(map[string]bool, len(m))
-	for k := range m {
-		out[k] = true
-	}
-	return out
-}
-
-// start upgrades e in the background and records the outcome.
-func (s *Service) start(ctx context.Context, r bap.Rollout, e bap.Engine) {
-	s.mu.Lock()
-	s.inflight[r.ID][e.ID] = true
-	s.mu.Unlock()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer func() {
-			s.mu.Lock()
-			delete(s.inflight[r.ID], e.ID)
-			s.mu.Unlock()
-			s.Kick()
-		}()
-		_, err := s.lc.Upgrade(ctx, e.ID, r.EngineVersion, "rollout:"+r.ID)
-		var outcome bap.RolloutOutcome
-		reason := ""
-		switch code := bap.ErrorCode(err); {
-		case err == nil:
-			outcome = bap.OutcomeUpgraded
-		case code == bap.CodeUpgradeFailed:
-			outcome, reason = bap.OutcomeRolledBack, err.Error()
-		case code == bap.CodeEngineNotFound || code == bap.CodeEngineNotRunning || code == bap.CodeImageNotFound:
-			outcome, reason = bap.OutcomeSkipped, err.Error()
-		default:
-			// Busy, unavailable, or this process stopping: not the
-			// engine's outcome; a later pass tries again.
-			s.log.Info("rollout upgrade to retry", "rollout_id", r.ID, "engine_id", e.ID, "err", err)
-			return
-		}
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if err := s.record(rctx, r, e, outcome, reason); err != nil {
-			s.log.Warn("record rollout outcome", "rollout_id", r.ID, "engine_id", e.ID, "err", err)
-		}
-	}()
-}
-
-func (s *Service) record(ctx context.Context, r bap.Rollout, e bap.Engine, o bap.RolloutOutcome, reason string) error {
-	return s.store.SetRolloutEngine(ctx, bap.RolloutEngine{RolloutID: r.ID, EngineID: e.ID, UserID: e.UserID,
-		Outcome: o, Reason: truncate(reason, 300)})
-}
-
-// setState moves a running rollout to state, fenced by the leader lease;
-// when it is done at 100 %, the product's policy pins its image in the same
-// transaction, so new engines get it (SPEC §16).
-func (s *Service) setState(ctx context.Context, r bap.Rollout, lease registry.Lease, state bap.RolloutState, reason string) error {
-	pinned := false
-	err := s.store.InTx(ctx, func(tx registry.Store) error {
-		if err := tx.CheckLease(ctx, lease); err != nil {
-			return err
-		}
-		cur, err := tx.GetRollout(ctx, r.ID)
-		if err != nil {
-			return err
-		}
-		if cur.State != bap.RolloutRunning || cur.Percent != r.Percent {
-			return nil // changed meanwhile: the next pass looks again
-		}
-		if state == bap.RolloutDone && cur.Percent == 100 {
-			if pinned, err = s.pin(ctx, tx, cur); err != nil {
-				return err
-			}
-		}
-		cur.State, cur.Reason = state, reason
-		s.log.Info("rollout "+string(state), "rollout_id", r.ID, "reason", reason)
-		return tx.UpdateRollout(ctx, cur, audit.Entry{ProductID: r.ProductID, Action: audit.RolloutUpdate, Actor: audit.ActorSystem,
-			Metadata: map[string]any{"rollout_id": r.ID, "state": string(state), "from_state": string(bap.RolloutRunning), "reason": reason}})
-	})
-	if err == nil && pinned && s.productChanged != nil {
-		s.productChanged(r.ProductID)
-	}
-	return err
-}
-
-// finish marks a rollout done.
-func (s *Service) finish(ctx context.Context, r bap.Rollout, lease registry.Lease) error {
-	return s.setState(ctx, r, lease, bap.RolloutDone, "")
-}
-
-// pin sets the product's policy.engine_version to the rollout's image and
-// reports whether it changed.
-func (s *Service) pin(ctx context.Context, tx registry.Store, r bap.Rollout) (bool, error) {
-	p, err := tx.GetProduct(ctx, r.ProductID)
-	if err != nil {
-		return false, err
-	}
-	if p.Policy.EngineVersion != nil && *p.Policy.EngineVersion == r.EngineVersion {
-		return false, nil
-	}
-	pol, err := p.Policy.WithEngineVersion(r.EngineVersion)
-	if err != nil {
-		return false, err
-	}
-	_, err = tx.UpdatePolicy(ctx, p.ID, pol, audit.Entry{ProductID: p.ID, Action: audit.PolicyUpdate, Actor: audit.ActorSystem,
-		Metadata: map[string]any{"rollout_id": r.ID, "engine_version": r.EngineVersion}})
-	return err == nil, err
-}
-
-func storeErr(what string, err error) error {
-	if errors.Is(err, registry.ErrUnavailable) {
-		return bap.Errorf(bap.CodeDatabaseUnavailable, "The database is unavailable; retry shortly.")
-	}
-	return fmt.Errorf("%s: %w", what, err)
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }

@@ -4,14 +4,25 @@
 // the binary, so nothing is fetched from anywhere else.
 //
 // What belongs here: the pages (overview with the replicas, engines, engine,
-// products), their forms and the actions they post, the sign-in and its
+// products with their rollouts), their forms and the actions they post, the sign-in and its
 // sessions, and the live stream (server-sent events) that tells open pages
 // to refresh.
 // What does not: any rule of the fleet itself. The dashboard calls the same
-// services as the HTTP API — lifecycle for engine actions, the registry for
+// services as the HTTP API — lifecycle for engine actions (upgrades
+// included), the rollout service for a product's rollouts, the registry for
 // reads and product administration, discovery to drop cached products, and
 // the api package's own policy validation and error table, so that a form
 // refuses what the API refuses in the same words. It never calls a backend.
+//
+// Upgrades and rollouts. The engine page upgrades an engine to a typed
+// version through lifecycle.Manager.Upgrade, which rolls a version that is
+// not healthy back by itself: the page then shows UPGRADE_FAILED with the
+// engine's reason, and the engine is as it was. While an operation is in
+// flight the page shows it, and an upgrade's phase. The product page lists
+// the product's rollouts and posts their forms (create, raise the percent,
+// pause, resume, abort) to Deps.Rollouts. The API serves rollouts on the
+// admin key only, so a product session sees none and its posts are refused
+// (403); without Deps.Rollouts the forms answer 404 as the API does.
 //
 // Sessions. An admin signs in with ORCH_ADMIN_KEY and sees every product; a
 // product's operator signs in with its platform key and sees that product

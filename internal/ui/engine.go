@@ -1,6 +1,7 @@
 package ui
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -48,13 +49,26 @@ type engineView struct {
 	Logs          string
 	LogsError     string
 
-	CanStart, CanStop, CanRestart, CanRotate, CanDestroy bool
+	// Operation is the operation in flight on the engine ("" when none),
+	// Phase the phase of an upgrade in flight, as the API's "operation"
+	// shows them.
+	Operation string
+	Phase     string
+
+	CanStart, CanStop, CanRestart, CanRotate, CanUpgrade, CanDestroy bool
+	// UpgradeDraft is the version typed into the upgrade form, kept when
+	// the upgrade was refused; UpgradeError is why.
+	UpgradeDraft string
+	UpgradeError *errorView
 
 	// ActionError is an action that was refused or failed.
 	ActionError *errorView
 	// NewKey is the engine's new key right after a rotation, shown once.
 	NewKey string
 }
+
+// msgEmptyVersion is the API's answer to an upgrade without a version.
+const msgEmptyVersion = "engine_version must not be empty."
 
 // engineFor returns the engine the path names, if the viewer may see it:
 // another product's engine is as absent as no engine at all.
@@ -136,13 +150,16 @@ func (h *Handler) engineView(ctx context.Context, e bap.Engine, tpage int) (engi
 		}
 	}
 
+	if e.Claim.Held() {
+		ev.Operation, ev.Phase = string(e.Claim.Op), lifecycle.UpgradePhase(e)
+	}
 	switch e.Status {
 	case bap.StateRunning:
-		ev.CanStop, ev.CanRestart, ev.CanRotate = true, true, true
+		ev.CanStop, ev.CanRestart, ev.CanRotate, ev.CanUpgrade = true, true, true, true
 	case bap.StateSleeping:
-		ev.CanStart, ev.CanStop, ev.CanRestart = true, true, true
+		ev.CanStart, ev.CanStop, ev.CanRestart, ev.CanUpgrade = true, true, true, true
 	case bap.StateStopped:
-		ev.CanStart = true
+		ev.CanStart, ev.CanUpgrade = true, true
 	case bap.StateFailed:
 		ev.CanStart, ev.CanRestart = true, true
 	}
@@ -197,6 +214,23 @@ func (h *Handler) engineAction(w http.ResponseWriter, r *http.Request, v *viewer
 		var rot lifecycle.Result
 		rot, err = h.lm.RotateKey(ctx, e.ID, actor)
 		key = rot.APIKey
+	case "upgrade":
+		// As POST /engines/{user_id}/upgrade: the same lifecycle operation,
+		// which rolls itself back when the new version is not healthy.
+		version := r.PostForm.Get("engine_version")
+		var up lifecycle.Result
+		if version == "" {
+			err = bap.Errorf(bap.CodeValidation, msgEmptyVersion)
+		} else {
+			up, err = h.lm.Upgrade(ctx, e.ID, version, actor)
+		}
+		switch {
+		case err != nil:
+		case e.Image == up.Engine.Image:
+			res = "The engine already runs " + version + "; nothing changed."
+		default:
+			res = "Upgraded from " + cmp.Or(e.Image, "the default version") + " to " + up.Engine.Image + "."
+		}
 	case "destroy":
 		if r.PostForm.Get("confirm_user_id") != e.UserID {
 			return h.engineRefused(w, r, v, e, http.StatusUnprocessableEntity, "",
@@ -248,6 +282,10 @@ func (h *Handler) engineRefused(w http.ResponseWriter, r *http.Request, v *viewe
 		return err
 	}
 	ev.ActionError = &errorView{Status: status, Code: code, Message: msg}
+	if r.PathValue("action") == "upgrade" {
+		// The form keeps what was typed, its error beside it.
+		ev.UpgradeDraft, ev.UpgradeError = r.PostForm.Get("engine_version"), ev.ActionError
+	}
 	h.render(w, r, v, status, "engine", "Engine "+e.UserID, ev)
 	return nil
 }

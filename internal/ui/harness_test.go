@@ -33,6 +33,8 @@ import (
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/registrytest"
 	"github.com/september/bap-engine/internal/registry/sqlite"
+	"github.com/september/bap-engine/internal/replica"
+	"github.com/september/bap-engine/internal/rollout"
 	"github.com/september/bap-engine/internal/secret"
 	"github.com/september/bap-engine/internal/testclock"
 	"github.com/september/bap-engine/internal/testmain"
@@ -56,6 +58,8 @@ type harness struct {
 	t        testing.TB
 	store    registry.Store
 	lm       *lifecycle.Manager
+	fake     *backendtest.Fake
+	rollouts *rollout.Service // nil with options.noRollouts
 	clock    *testclock.Clock
 	srv      *httptest.Server
 	dash     http.Handler // the dashboard alone, as mounted in srv
@@ -72,6 +76,9 @@ type options struct {
 	grace time.Duration
 	logs  func(ctx context.Context, engineID string, lines int) (string, error)
 	ttl   time.Duration
+	// noRollouts serves no rollouts (ui.Deps.Rollouts and api.Deps.Rollouts
+	// nil).
+	noRollouts bool
 }
 
 func newHarness(t *testing.T, o options) *harness {
@@ -101,15 +108,21 @@ func newHarnessOn(t testing.TB, store registry.Store, o options) *harness {
 	disc := discovery.New(store, lm, policy.NewLimiter(clk.Now), discovery.Config{Logger: log})
 	ctx, cancel := context.WithCancel(context.Background())
 	adminKey := "admin-" + fkey[:20]
-	h := &harness{t: t, store: store, lm: lm, clock: clk, adminKey: adminKey, grace: o.grace, logs: logs}
+	h := &harness{t: t, store: store, lm: lm, fake: fake, clock: clk, adminKey: adminKey, grace: o.grace, logs: logs}
+	if !o.noRollouts {
+		// The service's forms and reads only: no runner is started, so a
+		// rollout stays as the test leaves it.
+		rep := replica.New(store, replica.Config{Host: "ui-test", Logger: log})
+		h.rollouts = rollout.New(rollout.Config{Store: store, Lifecycle: lm, Replica: rep, Logger: log})
+	}
 	dash := ui.New(ui.Deps{
-		Store: store, Lifecycle: lm, Discovery: disc, AdminKey: adminKey,
+		Store: store, Lifecycle: lm, Discovery: disc, Rollouts: h.rollouts, AdminKey: adminKey,
 		PlatformKeyGrace: o.grace, Logs: o.logs, Logger: log, Now: clk.Now,
 		SessionTTL: o.ttl, PollInterval: 100 * time.Millisecond, Context: ctx,
 	})
 	h.dash = dash
 	h.srv = httptest.NewServer(api.New(api.Deps{
-		Store: store, Lifecycle: lm, Discovery: disc, AdminKey: adminKey,
+		Store: store, Lifecycle: lm, Discovery: disc, Rollouts: h.rollouts, AdminKey: adminKey,
 		PlatformKeyGrace: o.grace, Logger: log, Now: clk.Now, UI: dash,
 	}))
 	// Streams end with ctx (as at server shutdown) before the server closes.

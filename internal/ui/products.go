@@ -48,6 +48,8 @@ type productView struct {
 	NewKey   string
 	CanAdmin bool
 	Grace    time.Duration
+	// Rollouts is the product's rollouts, for an admin only.
+	Rollouts rolloutsView
 }
 
 // productFor returns the product the path names (by id, or by slug), if the
@@ -94,6 +96,11 @@ func (h *Handler) productView(r *http.Request, v *viewer, p bap.Product) (produc
 	pv.Policy, pv.Draft = buf.String(), buf.String()
 	if p.PrevAPIKeyHash != "" && p.PrevKeyExpiresAt != nil && p.PrevKeyExpiresAt.After(h.now()) {
 		pv.PrevKeyValidUntil = p.PrevKeyExpiresAt
+	}
+	if v.admin {
+		if pv.Rollouts, err = h.rolloutsOf(r, v, p); err != nil {
+			return pv, fmt.Errorf("list rollouts: %w", err)
+		}
 	}
 	return pv, nil
 }

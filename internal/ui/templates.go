@@ -36,6 +36,12 @@ var (
 		bap.StateFailed:       "✖",
 		bap.StateDestroying:   "⌫",
 	}
+	rolloutSymbols = map[bap.RolloutState]string{
+		bap.RolloutRunning: "▶",
+		bap.RolloutPaused:  "⏸",
+		bap.RolloutDone:    "✔",
+		bap.RolloutAborted: "✖",
+	}
 	healthSymbols = map[string]string{"ok": "✔", "degraded": "▲", "critical": "✖"}
 	sortLabels    = map[registry.FleetSort]string{
 		registry.SortCreated:  "created",
@@ -64,14 +70,15 @@ func timeOf(v any) time.Time {
 }
 
 var funcs = template.FuncMap{
-	"stateSymbol":  func(s bap.State) string { return stateSymbols[s] },
-	"healthSymbol": func(h string) string { return healthSymbols[h] },
-	"sortLabel":    func(s registry.FleetSort) string { return sortLabels[s] },
-	"states":       func() []bap.State { return states },
-	"statusText":   http.StatusText,
-	"engineURL":    engineURL,
-	"fmtTime":      func(v any) string { return timeOf(v).UTC().Format(timeLayout) },
-	"rfc3339":      func(v any) string { return timeOf(v).UTC().Format(time.RFC3339) },
+	"stateSymbol":   func(s bap.State) string { return stateSymbols[s] },
+	"healthSymbol":  func(h string) string { return healthSymbols[h] },
+	"rolloutSymbol": func(s bap.RolloutState) string { return rolloutSymbols[s] },
+	"sortLabel":     func(s registry.FleetSort) string { return sortLabels[s] },
+	"states":        func() []bap.State { return states },
+	"statusText":    http.StatusText,
+	"engineURL":     engineURL,
+	"fmtTime":       func(v any) string { return timeOf(v).UTC().Format(timeLayout) },
+	"rfc3339":       func(v any) string { return timeOf(v).UTC().Format(time.RFC3339) },
 	// f writes an SVG coordinate.
 	"f":     func(x float64) string { return strconv.FormatFloat(x, 'f', 1, 64) },
 	"minus": func(a, b float64) float64 { return a - b },

@@ -19,6 +19,7 @@ import (
 	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/policy"
 	"github.com/september/bap-engine/internal/registry"
+	"github.com/september/bap-engine/internal/rollout"
 )
 
 // Path is where the dashboard is served (api.UIPath).
@@ -42,6 +43,11 @@ type Deps struct {
 	Store     registry.Store
 	Lifecycle *lifecycle.Manager
 	Discovery *discovery.Service
+	// Rollouts is the service behind /products/{product}/rollouts, which
+	// the products page lists and acts on (admin only, as in the API).
+	// nil: the page says that rollouts are not served here, and their
+	// forms are answered 404 as the API answers those routes.
+	Rollouts *rollout.Service
 	// AdminKey is ORCH_ADMIN_KEY. It must not be empty.
 	AdminKey string
 	// PlatformKeyGrace is ORCH_PLATFORM_KEY_GRACE_S, for platform-key
@@ -71,6 +77,7 @@ type Handler struct {
 	store    registry.Store
 	lm       *lifecycle.Manager
 	disc     *discovery.Service
+	rollouts *rollout.Service
 	adminKey string
 	grace    time.Duration
 	logs     func(ctx context.Context, engineID string, lines int) (string, error)
@@ -103,6 +110,7 @@ func New(d Deps) *Handler {
 		store:    d.Store,
 		lm:       d.Lifecycle,
 		disc:     d.Discovery,
+		rollouts: d.Rollouts,
 		adminKey: d.AdminKey,
 		grace:    d.PlatformKeyGrace,
 		logs:     d.Logs,
@@ -151,6 +159,8 @@ func (h *Handler) routes() *http.ServeMux {
 	mux.Handle("GET "+Path+"/products/{product_id}", h.page(h.productPage))
 	mux.Handle("POST "+Path+"/products/{product_id}/policy", h.action(h.updatePolicy))
 	mux.Handle("POST "+Path+"/products/{product_id}/rotate-platform-key", h.action(h.rotatePlatformKey))
+	mux.Handle("POST "+Path+"/products/{product_id}/rollouts", h.action(h.createRollout))
+	mux.Handle("POST "+Path+"/products/{product_id}/rollouts/{rollout_id}/{op}", h.action(h.rolloutAction))
 
 	mux.HandleFunc(Path+"/", h.notFound)
 	return mux
@@ -331,7 +341,7 @@ func (h *Handler) render(w http.ResponseWriter, r *http.Request, v *viewer, stat
 // liveOf is what a page refreshes on.
 func liveOf(page string, body any) string {
 	switch page {
-	case "overview", "engines", "products":
+	case "overview", "engines", "products", "product":
 		return "any"
 	case "engine":
 		if ev, ok := body.(engineView); ok {

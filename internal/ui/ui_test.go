@@ -19,6 +19,7 @@ import (
 	"github.com/september/bap-engine/internal/policy"
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/registrytest"
+	"github.com/september/bap-engine/internal/rollout"
 	"github.com/september/bap-engine/internal/secret"
 	"github.com/september/bap-engine/internal/ui"
 )
@@ -333,6 +334,12 @@ func TestForgedOrTokenlessPostsChangeNothing(t *testing.T) {
 	destroy := ui.Path + "/engines/" + f.carol.ID + "/destroy"
 	policy := ui.Path + "/products/" + f.acme.ID + "/policy"
 	rotate := ui.Path + "/products/" + f.acme.ID + "/rotate-platform-key"
+	upgrade := ui.Path + "/engines/" + f.alice.ID + "/upgrade"
+	createRollout := ui.Path + "/products/" + f.acme.ID + "/rollouts"
+	ro, err := h.rollouts.Create(t.Context(), f.acme.Product, rollout.Request{EngineVersion: "september-engine:next", Percent: 10}, "test")
+	require.NoError(t, err)
+	rolloutActions := []string{createRollout + "/" + ro.ID + "/percent", createRollout + "/" + ro.ID + "/pause",
+		createRollout + "/" + ro.ID + "/abort"}
 	for _, tc := range []struct {
 		name string
 		b    *browser
@@ -344,8 +351,9 @@ func TestForgedOrTokenlessPostsChangeNothing(t *testing.T) {
 		{"another session's token", admin, url.Values{"csrf": {otherCSRF}}},
 		{"no session", anon, url.Values{"csrf": {otherCSRF}}},
 	} {
-		for _, path := range []string{stop, destroy, policy, rotate} {
-			form := url.Values{"confirm_user_id": {"carol"}, "policy": {`{"max_engines": 1}`}}
+		for _, path := range append([]string{stop, destroy, policy, rotate, upgrade, createRollout}, rolloutActions...) {
+			form := url.Values{"confirm_user_id": {"carol"}, "policy": {`{"max_engines": 1}`},
+				"engine_version": {"september-engine:next"}, "percent": {"90"}}
 			for k, v := range tc.form {
 				form[k] = v
 			}
@@ -359,7 +367,14 @@ func TestForgedOrTokenlessPostsChangeNothing(t *testing.T) {
 		require.NoError(t, err, "nothing destroyed")
 		require.Equal(t, bap.StateRunning, got.Status, "nothing stopped")
 		require.Zero(t, h.auditCount(e.ID, audit.Stop))
+		require.Zero(t, h.auditCount(e.ID, audit.Upgrade))
+		require.Equal(t, e.Image, got.Image, "nothing upgraded")
 	}
+	rs, err := h.rollouts.List(t.Context(), f.acme.ID)
+	require.NoError(t, err)
+	require.Len(t, rs, 1, "no rollout created")
+	require.Equal(t, bap.RolloutRunning, rs[0].State, "the rollout neither paused nor aborted")
+	require.Equal(t, 10, rs[0].Percent, "the rollout not raised")
 	got, err := h.store.GetProduct(t.Context(), f.acme.ID)
 	require.NoError(t, err)
 	require.Equal(t, f.acme.APIKeyHash, got.APIKeyHash, "no key rotated")

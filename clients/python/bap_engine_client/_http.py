@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Dict, Generic, Mapping, Optional, TypeVar
+from typing import Any, Callable, Dict, Generic, List, Mapping, Optional, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -50,9 +50,20 @@ def engine_path(user_id: str, action: str = "") -> str:
     return path + "/" + action if action else path
 
 
-def product_path(product_id: str, action: str) -> str:
-    """The path of a product's admin route."""
-    return "/products/" + quote(product_id, safe="") + "/" + action
+def product_path(product_id: str, action: str = "") -> str:
+    """The path of a product's admin route (the product by id or, on the
+    operator routes, by slug)."""
+    path = "/products/" + quote(product_id, safe="")
+    return path + "/" + action if action else path
+
+
+def rollout_path(product: str, rollout_id: str = "", action: str = "") -> str:
+    """The path of a product's rollouts, of one rollout, or of an action on it."""
+    path = product_path(product, "rollouts")
+    for part in (rollout_id, action):
+        if part:
+            path += "/" + quote(part, safe="")
+    return path
 
 
 def page_params(**values: Optional[Any]) -> Dict[str, Any]:
@@ -80,6 +91,11 @@ def json_object(response: httpx.Response) -> Dict[str, Any]:
 def text(response: httpx.Response) -> str:
     """The answer's text."""
     return response.text
+
+
+def lines(response: httpx.Response) -> List[str]:
+    """The answer's text as lines, without their line ends."""
+    return response.text.splitlines()
 
 
 def headers_for(call: Call[Any], platform_key: Optional[str], admin_key: Optional[str]) -> Dict[str, str]:

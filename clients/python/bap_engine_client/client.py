@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Dict, Optional, TypeVar
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 import httpx
 
@@ -18,29 +18,46 @@ from . import _http
 from ._http import ADMIN, PLATFORM, Call
 from .engine import AsyncEngineClient, EngineClient
 from .errors import AdmissionDenied, BapEngineError, TransportError
+from .logs import AsyncLogStream, LogStream
 from .types import (
     AdmitResult,
     AuditPage,
     Destroyed,
     EngineInfo,
     EngineList,
+    FleetEngineList,
     FleetMetrics,
     FleetStatus,
     Health,
     KeyRotated,
     PlatformKeyRotation,
+    ProductInfo,
+    ProductList,
     ProductRegistration,
     Provisioned,
+    ReplicaList,
+    Rollout,
+    RolloutList,
     Started,
     Stopped,
+    Upgraded,
+    Version,
 )
 
-__all__ = ["Client", "AsyncClient", "DEFAULT_TIMEOUT", "RetryHook"]
+__all__ = ["Client", "AsyncClient", "DEFAULT_TIMEOUT", "UPGRADE_TIMEOUT", "ROLLOUT_ACTIONS", "RetryHook"]
 
 #: Seconds one orchestrator call may take. A provision or an admit that
 #: provisions waits for the engine to boot (ORCH_BOOT_TIMEOUT_S, 60 s by
 #: default), so this is longer than that.
 DEFAULT_TIMEOUT = 90.0
+
+#: Seconds an upgrade may take by default: it waits for the new version's
+#: boot and, when that fails, for the rollback's (twice ORCH_BOOT_TIMEOUT_S
+#: and the snapshot copies).
+UPGRADE_TIMEOUT = 300.0
+
+#: The rollout actions of :meth:`Client.rollout_action`.
+ROLLOUT_ACTIONS = ("pause", "resume", "abort")
 
 #: Called by the admit helpers before each wait: the error and the seconds
 #: about to be waited.
@@ -101,6 +118,73 @@ class _Calls:
         path = _http.product_path(product_id, "rotate-platform-key")
         return Call("POST", path, ADMIN, _http.json_of(PlatformKeyRotation.from_json))
 
+    @staticmethod
+    def upgrade(user_id: str, engine_version: str) -> Call[Upgraded]:
+        body = {"engine_version": engine_version}
+        return Call("POST", _http.engine_path(user_id, "upgrade"), PLATFORM, _http.json_of(Upgraded.from_json), body)
+
+    @staticmethod
+    def logs(user_id: str, tail: Optional[int], follow: bool) -> Call[List[str]]:
+        params = _http.page_params(tail=tail, follow="true" if follow else None)
+        return Call("GET", _http.engine_path(user_id, "logs"), PLATFORM, _http.lines, params=params)
+
+    @staticmethod
+    def products() -> Call[ProductList]:
+        return Call("GET", "/products", ADMIN, _http.json_of(ProductList.from_json))
+
+    @staticmethod
+    def product(product: str) -> Call[ProductInfo]:
+        return Call("GET", _http.product_path(product), ADMIN, _http.json_of(ProductInfo.from_json))
+
+    @staticmethod
+    def fleet_engines(
+        product: Optional[str], status: Optional[str], user_id: Optional[str], limit: Optional[int], offset: Optional[int]
+    ) -> Call[FleetEngineList]:
+        params = _http.page_params(product=product, status=status, user_id=user_id, limit=limit, offset=offset)
+        return Call("GET", "/fleet/engines", ADMIN, _http.json_of(FleetEngineList.from_json), params=params)
+
+    @staticmethod
+    def create_rollout(
+        product: str, engine_version: str, percent: int, max_parallel: Optional[int], max_failures: Optional[int]
+    ) -> Call[Rollout]:
+        body: Dict[str, Any] = {"engine_version": engine_version, "percent": percent}
+        if max_parallel is not None:
+            body["max_parallel"] = max_parallel
+        if max_failures is not None:
+            body["max_failures"] = max_failures
+        return Call("POST", _http.rollout_path(product), ADMIN, _http.json_of(Rollout.from_json), body)
+
+    @staticmethod
+    def rollouts(product: str) -> Call[RolloutList]:
+        return Call("GET", _http.rollout_path(product), ADMIN, _http.json_of(RolloutList.from_json))
+
+    @staticmethod
+    def rollout(product: str, rollout_id: str) -> Call[Rollout]:
+        return Call("GET", _http.rollout_path(product, rollout_id), ADMIN, _http.json_of(Rollout.from_json))
+
+    @staticmethod
+    def set_rollout_percent(product: str, rollout_id: str, percent: int) -> Call[Rollout]:
+        path = _http.rollout_path(product, rollout_id)
+        return Call("PATCH", path, ADMIN, _http.json_of(Rollout.from_json), {"percent": percent})
+
+    @staticmethod
+    def rollout_action(product: str, rollout_id: str, action: str) -> Call[Rollout]:
+        if action not in ROLLOUT_ACTIONS:
+            raise ValueError(f"rollout action must be one of {', '.join(ROLLOUT_ACTIONS)}, not {action!r}")
+        path = _http.rollout_path(product, rollout_id, action)
+        return Call("POST", path, ADMIN, _http.json_of(Rollout.from_json))
+
+    # The calls that need no argument.
+    STATUS = Call("GET", "/status", PLATFORM, _http.json_of(FleetStatus.from_json))
+    METRICS = Call("GET", "/metrics", PLATFORM, _http.json_of(FleetMetrics.from_json))
+    HEALTH = Call("GET", "/health", None, _http.json_of(Health.from_json))
+    LIVEZ = Call("GET", "/livez", None, _http.json_of(Health.from_json))
+    READYZ = Call("GET", "/readyz", None, _http.json_of(Health.from_json))
+    VERSION = Call("GET", "/version", None, _http.json_of(Version.from_json))
+    REPLICAS = Call("GET", "/replicas", ADMIN, _http.json_of(ReplicaList.from_json))
+    PROMETHEUS = Call("GET", "/metrics/prometheus", ADMIN, _http.text)
+    OPENAPI = Call("GET", "/openapi.json", None, _http.json_object)
+
 
 def _deadline_of(deadline: float) -> float:
     if not deadline > 0:
@@ -136,6 +220,12 @@ class _Base:
             "headers": _http.headers_for(call, self.platform_key, self.admin_key),
             "timeout": timeout,
         }
+
+    def _follow_args(self, user_id: str, tail: Optional[int], timeout: Optional[float]) -> Dict[str, Any]:
+        # A followed log may stay quiet for long: only connecting (and
+        # writing the request) is bounded, unless the caller bounds reads.
+        bound = self.timeout if timeout is None else timeout
+        return self._request_args(_Calls.logs(user_id, tail, True), httpx.Timeout(bound, read=timeout))
 
     @staticmethod
     def _decode(call: Call[T], response: httpx.Response) -> T:
@@ -319,15 +409,65 @@ class Client(_Base):
         """One page of the engine's audit trail, newest first. Raises EngineNotFoundError."""
         return self._send(_Calls.audit(user_id, limit, offset))
 
+    def upgrade(self, user_id: str, engine_version: str, *, timeout: Optional[float] = UPGRADE_TIMEOUT) -> Upgraded:
+        """Move the user's engine to ``engine_version`` on the same brain, key
+        and URL, and wait for the outcome.
+
+        The brain is snapshotted first; a running or sleeping engine ends
+        running, a stopped one stopped. If the new version does not become
+        healthy in time the upgrade is rolled back (the engine is on its old
+        version with its brain as it was) and UpgradeFailedError is raised,
+        its message carrying the engine's reason. While it runs, :meth:`get`
+        shows ``operation.phase``. ``timeout`` bounds the call (default
+        :data:`UPGRADE_TIMEOUT`; ``None``: the client's own). Raises EngineNotFoundError,
+        EngineBusyError, EngineNotRunningError, UpgradeFailedError,
+        ImageNotFoundError, ValidationError.
+        """
+        return self._send(_Calls.upgrade(user_id, engine_version), timeout)
+
+    def logs(self, user_id: str, tail: Optional[int] = None) -> List[str]:
+        """The engine's own output (stdout and stderr): its last ``tail``
+        lines (``None``: the server's default, 200; ``0``: everything kept),
+        without line ends. Raises EngineNotFoundError, ValidationError,
+        BackendUnavailableError.
+        """
+        return self._send(_Calls.logs(user_id, tail, False))
+
+    def follow_logs(
+        self, user_id: str, tail: Optional[int] = None, *, timeout: Optional[float] = None
+    ) -> LogStream:
+        """The engine's output as it writes it: the last ``tail`` lines, then
+        every new line, as an open :class:`~bap_engine_client.logs.LogStream`
+        to iterate and close (``with client.follow_logs("alice") as lines``).
+
+        The request is made here, so an error is raised before the first
+        line (the errors of :meth:`logs`). ``timeout`` bounds connecting and
+        each wait for more output; ``None`` (the default) waits for output
+        as long as the stream is open.
+        """
+        context = self._http.stream(**self._follow_args(user_id, tail, timeout))
+        try:
+            response = context.__enter__()
+        except httpx.HTTPError as err:
+            raise TransportError(f"GET {_http.engine_path(user_id, 'logs')}: {err}") from err
+        try:
+            if not response.is_success:
+                response.read()
+                raise _http.api_error(response, response.content[: _http.MAX_ERROR_BODY])
+        except BaseException:
+            context.__exit__(None, None, None)
+            raise
+        return LogStream(response, context)
+
     # Fleet.
 
     def status(self) -> FleetStatus:
         """The product's engines by state and their health."""
-        return self._send(Call("GET", "/status", PLATFORM, _http.json_of(FleetStatus.from_json)))
+        return self._send(_Calls.STATUS)
 
     def metrics(self) -> FleetMetrics:
         """The product's provisions, crashes, restarts and boot time (last hour, all time)."""
-        return self._send(Call("GET", "/metrics", PLATFORM, _http.json_of(FleetMetrics.from_json)))
+        return self._send(_Calls.METRICS)
 
     # Products (admin key).
 
@@ -354,20 +494,117 @@ class Client(_Base):
         ``previous_key_expires_at``. Raises InvalidAdminKeyError, ProductNotFoundError."""
         return self._send(_Calls.rotate_platform_key(product_id))
 
+    def list_products(self) -> ProductList:
+        """Every product, ordered by slug, with its engines counted by state
+        (admin key; never a product's key). Raises InvalidAdminKeyError."""
+        return self._send(_Calls.products())
+
+    def get_product(self, product: str) -> ProductInfo:
+        """One product by id or slug (admin key). Raises
+        InvalidAdminKeyError, ProductNotFoundError."""
+        return self._send(_Calls.product(product))
+
+    def fleet_engines(
+        self,
+        *,
+        product: Optional[str] = None,
+        status: Optional[str] = None,
+        user_id: Optional[str] = None,
+        limit: Optional[int] = None,
+        offset: Optional[int] = None,
+    ) -> FleetEngineList:
+        """One page of the engines of every product (admin key, no engine
+        keys), ordered by creation.
+
+        ``product`` (id or slug) and ``status`` filter exactly; ``user_id``
+        selects the user ids containing it, ignoring case; ``limit`` is 1 to
+        1000 (server default 100). Raises InvalidAdminKeyError,
+        ProductNotFoundError (``product`` names none), ValidationError.
+        """
+        return self._send(_Calls.fleet_engines(product, status, user_id, limit, offset))
+
+    def replicas(self) -> ReplicaList:
+        """The orchestrator processes sharing the database (admin key)."""
+        return self._send(_Calls.REPLICAS)
+
+    # Rollouts (admin key; ``product`` is the product's id or slug).
+
+    def create_rollout(
+        self,
+        product: str,
+        engine_version: str,
+        percent: int,
+        *,
+        max_parallel: Optional[int] = None,
+        max_failures: Optional[int] = None,
+    ) -> Rollout:
+        """Start upgrading ``percent`` (1 to 100) of the product's engines to
+        ``engine_version``, ``max_parallel`` at a time (server default 2); the
+        rollout pauses itself after ``max_failures`` rolled-back upgrades
+        (default 1). Raises RolloutInProgressError (one is running or
+        paused), ProductNotFoundError, ValidationError.
+        """
+        return self._send(_Calls.create_rollout(product, engine_version, percent, max_parallel, max_failures))
+
+    def list_rollouts(self, product: str) -> RolloutList:
+        """The product's rollouts, newest first. Raises ProductNotFoundError."""
+        return self._send(_Calls.rollouts(product))
+
+    def get_rollout(self, product: str, rollout_id: str) -> Rollout:
+        """One rollout with its counts. Raises RolloutNotFoundError, ProductNotFoundError."""
+        return self._send(_Calls.rollout(product, rollout_id))
+
+    def set_rollout_percent(self, product: str, rollout_id: str, percent: int) -> Rollout:
+        """Raise a rollout's percent: the same order of engines is extended
+        and a done rollout runs again. Lowering it, or changing an aborted
+        one, raises ValidationError; also RolloutNotFoundError."""
+        return self._send(_Calls.set_rollout_percent(product, rollout_id, percent))
+
+    def pause_rollout(self, product: str, rollout_id: str) -> Rollout:
+        """Pause a running rollout (upgrades in flight finish). Raises
+        ValidationError when it is done or aborted, RolloutNotFoundError."""
+        return self._send(_Calls.rollout_action(product, rollout_id, "pause"))
+
+    def resume_rollout(self, product: str, rollout_id: str) -> Rollout:
+        """Resume a paused rollout (also one that paused itself after
+        failures; its reason is cleared). Raises ValidationError when it is
+        done or aborted, RolloutNotFoundError."""
+        return self._send(_Calls.rollout_action(product, rollout_id, "resume"))
+
+    def abort_rollout(self, product: str, rollout_id: str) -> Rollout:
+        """Abort a rollout for good (engines already upgraded stay so).
+        Raises ValidationError when it is done or aborted, RolloutNotFoundError."""
+        return self._send(_Calls.rollout_action(product, rollout_id, "abort"))
+
     # The orchestrator itself.
 
     def health(self) -> Health:
         """The orchestrator's health (no key). Raises an ApiError with status
         503 when its database is unreachable."""
-        return self._send(Call("GET", "/health", None, _http.json_of(Health.from_json)))
+        return self._send(_Calls.HEALTH)
 
     def prometheus_metrics(self) -> str:
         """The fleet-wide Prometheus text exposition (admin key)."""
-        return self._send(Call("GET", "/metrics/prometheus", ADMIN, _http.text))
+        return self._send(_Calls.PROMETHEUS)
 
     def openapi(self) -> Dict[str, Any]:
         """The orchestrator's OpenAPI 3.1 document."""
-        return self._send(Call("GET", "/openapi.json", None, _http.json_object))
+        return self._send(_Calls.OPENAPI)
+
+    def version(self) -> Version:
+        """The orchestrator's build: version, commit, Go version (no key).
+        Answered even while the orchestrator waits for its database."""
+        return self._send(_Calls.VERSION)
+
+    def livez(self) -> Health:
+        """Liveness (no key): the process serves HTTP; checks nothing else."""
+        return self._send(_Calls.LIVEZ)
+
+    def readyz(self) -> Health:
+        """Readiness (no key): the database and the engine backend are
+        reachable. Raises DatabaseUnavailableError or BackendUnavailableError
+        (503) when not."""
+        return self._send(_Calls.READYZ)
 
 
 class AsyncClient(_Base):
@@ -490,13 +727,42 @@ class AsyncClient(_Base):
         """See :meth:`Client.audit`."""
         return await self._send(_Calls.audit(user_id, limit, offset))
 
+    async def upgrade(
+        self, user_id: str, engine_version: str, *, timeout: Optional[float] = UPGRADE_TIMEOUT
+    ) -> Upgraded:
+        """See :meth:`Client.upgrade`."""
+        return await self._send(_Calls.upgrade(user_id, engine_version), timeout)
+
+    async def logs(self, user_id: str, tail: Optional[int] = None) -> List[str]:
+        """See :meth:`Client.logs`."""
+        return await self._send(_Calls.logs(user_id, tail, False))
+
+    async def follow_logs(
+        self, user_id: str, tail: Optional[int] = None, *, timeout: Optional[float] = None
+    ) -> AsyncLogStream:
+        """See :meth:`Client.follow_logs`; returns an open
+        :class:`~bap_engine_client.logs.AsyncLogStream` (``async for``)."""
+        context = self._http.stream(**self._follow_args(user_id, tail, timeout))
+        try:
+            response = await context.__aenter__()
+        except httpx.HTTPError as err:
+            raise TransportError(f"GET {_http.engine_path(user_id, 'logs')}: {err}") from err
+        try:
+            if not response.is_success:
+                await response.aread()
+                raise _http.api_error(response, response.content[: _http.MAX_ERROR_BODY])
+        except BaseException:
+            await context.__aexit__(None, None, None)
+            raise
+        return AsyncLogStream(response, context)
+
     async def status(self) -> FleetStatus:
         """See :meth:`Client.status`."""
-        return await self._send(Call("GET", "/status", PLATFORM, _http.json_of(FleetStatus.from_json)))
+        return await self._send(_Calls.STATUS)
 
     async def metrics(self) -> FleetMetrics:
         """See :meth:`Client.metrics`."""
-        return await self._send(Call("GET", "/metrics", PLATFORM, _http.json_of(FleetMetrics.from_json)))
+        return await self._send(_Calls.METRICS)
 
     async def register_product(
         self, slug: str, display_name: str, policy: Optional[Dict[str, Any]] = None
@@ -512,14 +778,86 @@ class AsyncClient(_Base):
         """See :meth:`Client.rotate_platform_key`."""
         return await self._send(_Calls.rotate_platform_key(product_id))
 
+    async def list_products(self) -> ProductList:
+        """See :meth:`Client.list_products`."""
+        return await self._send(_Calls.products())
+
+    async def get_product(self, product: str) -> ProductInfo:
+        """See :meth:`Client.get_product`."""
+        return await self._send(_Calls.product(product))
+
+    async def fleet_engines(
+        self,
+        *,
+        product: Optional[str] = None,
+        status: Optional[str] = None,
+        user_id: Optional[str] = None,
+        limit: Optional[int] = None,
+        offset: Optional[int] = None,
+    ) -> FleetEngineList:
+        """See :meth:`Client.fleet_engines`."""
+        return await self._send(_Calls.fleet_engines(product, status, user_id, limit, offset))
+
+    async def replicas(self) -> ReplicaList:
+        """See :meth:`Client.replicas`."""
+        return await self._send(_Calls.REPLICAS)
+
+    async def create_rollout(
+        self,
+        product: str,
+        engine_version: str,
+        percent: int,
+        *,
+        max_parallel: Optional[int] = None,
+        max_failures: Optional[int] = None,
+    ) -> Rollout:
+        """See :meth:`Client.create_rollout`."""
+        return await self._send(_Calls.create_rollout(product, engine_version, percent, max_parallel, max_failures))
+
+    async def list_rollouts(self, product: str) -> RolloutList:
+        """See :meth:`Client.list_rollouts`."""
+        return await self._send(_Calls.rollouts(product))
+
+    async def get_rollout(self, product: str, rollout_id: str) -> Rollout:
+        """See :meth:`Client.get_rollout`."""
+        return await self._send(_Calls.rollout(product, rollout_id))
+
+    async def set_rollout_percent(self, product: str, rollout_id: str, percent: int) -> Rollout:
+        """See :meth:`Client.set_rollout_percent`."""
+        return await self._send(_Calls.set_rollout_percent(product, rollout_id, percent))
+
+    async def pause_rollout(self, product: str, rollout_id: str) -> Rollout:
+        """See :meth:`Client.pause_rollout`."""
+        return await self._send(_Calls.rollout_action(product, rollout_id, "pause"))
+
+    async def resume_rollout(self, product: str, rollout_id: str) -> Rollout:
+        """See :meth:`Client.resume_rollout`."""
+        return await self._send(_Calls.rollout_action(product, rollout_id, "resume"))
+
+    async def abort_rollout(self, product: str, rollout_id: str) -> Rollout:
+        """See :meth:`Client.abort_rollout`."""
+        return await self._send(_Calls.rollout_action(product, rollout_id, "abort"))
+
     async def health(self) -> Health:
         """See :meth:`Client.health`."""
-        return await self._send(Call("GET", "/health", None, _http.json_of(Health.from_json)))
+        return await self._send(_Calls.HEALTH)
 
     async def prometheus_metrics(self) -> str:
         """See :meth:`Client.prometheus_metrics`."""
-        return await self._send(Call("GET", "/metrics/prometheus", ADMIN, _http.text))
+        return await self._send(_Calls.PROMETHEUS)
 
     async def openapi(self) -> Dict[str, Any]:
         """See :meth:`Client.openapi`."""
-        return await self._send(Call("GET", "/openapi.json", None, _http.json_object))
+        return await self._send(_Calls.OPENAPI)
+
+    async def version(self) -> Version:
+        """See :meth:`Client.version`."""
+        return await self._send(_Calls.VERSION)
+
+    async def livez(self) -> Health:
+        """See :meth:`Client.livez`."""
+        return await self._send(_Calls.LIVEZ)
+
+    async def readyz(self) -> Health:
+        """See :meth:`Client.readyz`."""
+        return await self._send(_Calls.READYZ)

@@ -37,12 +37,14 @@ __all__ = [
     "EngineNotFoundError",
     "ProductNotFoundError",
     "RouteNotFoundError",
+    "RolloutNotFoundError",
     "ConflictError",
     "EngineAlreadyExistsError",
     "EngineAlreadyRunningError",
     "EngineNotRunningError",
     "EngineBusyError",
     "ProductSlugExistsError",
+    "RolloutInProgressError",
     "InvalidRequestError",
     "ValidationError",
     "PayloadTooLargeError",
@@ -58,6 +60,7 @@ __all__ = [
     "BootTimeoutError",
     "ImageNotFoundError",
     "BackendError",
+    "UpgradeFailedError",
     "InternalError",
     "EngineError",
     "AdmissionDenied",
@@ -145,6 +148,10 @@ class RouteNotFoundError(NotFoundError):
     """404 NOT_FOUND: the orchestrator has no such route (an older version?)."""
 
 
+class RolloutNotFoundError(NotFoundError):
+    """404 ROLLOUT_NOT_FOUND: the product has no rollout with that id."""
+
+
 class ConflictError(ApiError):
     """409: the engine or product is not in a state that allows the call."""
 
@@ -170,6 +177,11 @@ class EngineBusyError(ConflictError):
 
 class ProductSlugExistsError(ConflictError):
     """409 PRODUCT_SLUG_EXISTS: a product with that slug is registered."""
+
+
+class RolloutInProgressError(ConflictError):
+    """409 ROLLOUT_IN_PROGRESS: the product has a rollout running or paused;
+    finish, resume or abort it before creating another."""
 
 
 class InvalidRequestError(ApiError):
@@ -244,6 +256,12 @@ class BackendError(BackendFailureError):
     """502 BACKEND_ERROR: the backend refused the operation."""
 
 
+class UpgradeFailedError(BackendFailureError):
+    """502 UPGRADE_FAILED: the new engine version did not become healthy, so
+    the upgrade was rolled back: the engine is on its previous version with
+    its brain as it was. ``message`` carries the engine's own reason."""
+
+
 class InternalError(ApiError):
     """500 INTERNAL: a fault inside the orchestrator (its logs have the cause)."""
 
@@ -302,6 +320,9 @@ ERRORS_BY_CODE: Dict[str, Type[ApiError]] = {
     "BOOT_TIMEOUT": BootTimeoutError,
     "IMAGE_NOT_FOUND": ImageNotFoundError,
     "BACKEND_ERROR": BackendError,
+    "UPGRADE_FAILED": UpgradeFailedError,
+    "ROLLOUT_IN_PROGRESS": RolloutInProgressError,
+    "ROLLOUT_NOT_FOUND": RolloutNotFoundError,
     "INTERNAL": InternalError,
 }
 

@@ -15,8 +15,12 @@ from typing import Any, Dict, List, Mapping, Optional
 __all__ = [
     "STATES",
     "DENIAL_REASONS",
+    "OPERATION_PHASES",
+    "ROLLOUT_STATES",
+    "Operation",
     "EngineInfo",
     "Provisioned",
+    "Upgraded",
     "Destroyed",
     "Started",
     "Stopped",
@@ -30,8 +34,16 @@ __all__ = [
     "ProductRegistration",
     "PlatformKeyRotation",
     "Health",
+    "Version",
+    "ProductInfo",
+    "ProductList",
+    "FleetEngine",
+    "FleetEngineList",
+    "Replica",
+    "ReplicaList",
     "RolloutCounts",
     "Rollout",
+    "RolloutList",
     "parse_time",
 ]
 
@@ -46,6 +58,12 @@ DENIAL_REASONS = (
     "engine_unhealthy",
     "engine_busy",
 )
+
+#: Phases of an upgrade in flight, as ``EngineInfo.operation.phase`` reports them.
+OPERATION_PHASES = ("snapshotting", "creating", "waiting_for_health", "rolling_back")
+
+#: States of a rollout (``Rollout.state``).
+ROLLOUT_STATES = ("running", "paused", "done", "aborted")
 
 
 def parse_time(value: Optional[str]) -> Optional[datetime]:
@@ -79,6 +97,20 @@ def _time(value: Optional[str]) -> datetime:
 
 
 @dataclass(frozen=True)
+class Operation:
+    """An operation in flight on an engine: ``op`` (``"upgrade"``, ...) and,
+    for an upgrade, its ``phase`` (one of :data:`OPERATION_PHASES`)."""
+
+    op: str
+    phase: Optional[str] = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Operation":
+        """Decode an operation object."""
+        return cls(op=data["op"], phase=data.get("phase") or None)
+
+
+@dataclass(frozen=True)
 class EngineInfo:
     """One user's engine.
 
@@ -86,6 +118,8 @@ class EngineInfo:
     it is ``None`` in lists, which never carry keys. ``engine_version`` is the
     image reference the engine runs. Use the key for the request at hand and
     do not keep it beyond the admit's answer: it changes on rotation.
+    ``operation`` is the operation in flight (an upgrade and its phase), or
+    ``None`` when there is none.
     """
 
     engine_id: str
@@ -96,19 +130,88 @@ class EngineInfo:
     created_at: datetime
     api_key: Optional[str] = field(default=None, repr=False)
     last_health_at: Optional[datetime] = None
+    operation: Optional[Operation] = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "EngineInfo":
         """Decode an EngineInfo object."""
+        return cls(**_engine_fields(data))
+
+
+def _engine_fields(data: Mapping[str, Any]) -> Dict[str, Any]:
+    op = data.get("operation")
+    return dict(
+        engine_id=data["engine_id"],
+        user_id=data["user_id"],
+        status=data["status"],
+        url=data["url"],
+        engine_version=data.get("engine_version", ""),
+        created_at=_time(data.get("created_at")),
+        api_key=data.get("api_key"),
+        last_health_at=parse_time(data.get("last_health_at")),
+        operation=Operation.from_json(op) if op else None,
+    )
+
+
+@dataclass(frozen=True)
+class FleetEngine(EngineInfo):
+    """An engine of any product as operators see it (``GET /fleet/engines``):
+    never its key, with its product's slug and its health counters.
+
+    ``health_failures`` counts consecutive failed health probes;
+    ``restart_count`` the automatic restarts tried since it was last healthy.
+    """
+
+    product_slug: str = ""
+    health_failures: int = 0
+    restart_count: int = 0
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "FleetEngine":
+        """Decode a FleetEngine object."""
+        return cls(
+            **_engine_fields(data),
+            product_slug=data["product_slug"],
+            health_failures=data.get("health_failures", 0),
+            restart_count=data.get("restart_count", 0),
+        )
+
+
+@dataclass(frozen=True)
+class FleetEngineList:
+    """One page of the engines of every product and the total matching."""
+
+    engines: List[FleetEngine]
+    total: int
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "FleetEngineList":
+        """Decode a /fleet/engines answer."""
+        return cls(engines=[FleetEngine.from_json(e) for e in data.get("engines") or []], total=data["total"])
+
+
+@dataclass(frozen=True)
+class Upgraded:
+    """Answer of an upgrade: the engine on ``engine_version`` (same key and
+    URL as before), and the version it left."""
+
+    engine_id: str
+    user_id: str
+    status: str
+    url: str
+    engine_version: str
+    previous_version: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Upgraded":
+        """Decode an upgrade answer."""
         return cls(
             engine_id=data["engine_id"],
             user_id=data["user_id"],
             status=data["status"],
             url=data["url"],
-            engine_version=data.get("engine_version", ""),
-            created_at=_time(data.get("created_at")),
-            api_key=data.get("api_key"),
-            last_health_at=parse_time(data.get("last_health_at")),
+            engine_version=data["engine_version"],
+            previous_version=data["previous_version"],
         )
 
 
@@ -344,8 +447,103 @@ class Health:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Health":
-        """Decode a /health answer."""
+        """Decode a /health (or /livez, /readyz) answer."""
         return cls(status=data["status"])
+
+
+@dataclass(frozen=True)
+class Version:
+    """The orchestrator's build: ``version`` (``"dev"`` unless stamped),
+    ``commit`` (or ``"unknown"``) and the ``go`` version it was built with."""
+
+    version: str
+    commit: str
+    go: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Version":
+        """Decode a /version answer."""
+        return cls(version=data["version"], commit=data["commit"], go=data["go"])
+
+
+@dataclass(frozen=True)
+class ProductInfo:
+    """A product as operators see it (never its key), with its engines
+    counted by state (every state named)."""
+
+    product_id: str
+    slug: str
+    display_name: str
+    policy: Dict[str, Any]
+    created_at: datetime
+    engines_by_status: Dict[str, int]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "ProductInfo":
+        """Decode a ProductInfo object."""
+        return cls(
+            product_id=data["product_id"],
+            slug=data["slug"],
+            display_name=data["display_name"],
+            policy=dict(data.get("policy") or {}),
+            created_at=_time(data.get("created_at")),
+            engines_by_status=dict(data.get("engines_by_status") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class ProductList:
+    """Every product, ordered by slug, and how many there are."""
+
+    products: List[ProductInfo]
+    total: int
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "ProductList":
+        """Decode a /products answer."""
+        return cls(products=[ProductInfo.from_json(p) for p in data.get("products") or []], total=data["total"])
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One orchestrator process sharing the database. ``alive``: its
+    heartbeat is younger than ORCH_REPLICA_TTL_S; ``shards``: how many shards
+    of the engines' background work it holds."""
+
+    replica_id: str
+    host: str
+    pid: int
+    version: str
+    started_at: datetime
+    heartbeat_at: datetime
+    alive: bool
+    shards: int
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Replica":
+        """Decode a replica object."""
+        return cls(
+            replica_id=data["replica_id"],
+            host=data["host"],
+            pid=data["pid"],
+            version=data["version"],
+            started_at=_time(data.get("started_at")),
+            heartbeat_at=_time(data.get("heartbeat_at")),
+            alive=bool(data["alive"]),
+            shards=data["shards"],
+        )
+
+
+@dataclass(frozen=True)
+class ReplicaList:
+    """The orchestrator processes sharing the database."""
+
+    replicas: List[Replica]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "ReplicaList":
+        """Decode a /replicas answer."""
+        return cls(replicas=[Replica.from_json(r) for r in data.get("replicas") or []])
 
 
 @dataclass(frozen=True)
@@ -372,20 +570,22 @@ class RolloutCounts:
 class Rollout:
     """A canary or fleet upgrade of a product's engines to ``engine_version``.
 
-    ``state`` is ``running``, ``paused``, ``done`` or ``aborted``. This is the
-    shape the rollout routes (``/products/{product}/rollouts``) answer with;
-    the client has no methods for them until the orchestrator serves them.
+    ``percent`` is the share of the product's engines it upgrades (exactly
+    ``ceil(percent * N / 100)`` of its N engines, in a stable order);
+    ``state`` is one of :data:`ROLLOUT_STATES`; ``reason`` says why it
+    paused itself or was aborted (``None`` otherwise).
     """
 
     rollout_id: str
     engine_version: str
-    percent: float
+    percent: int
     max_parallel: int
     max_failures: int
     state: str
     counts: RolloutCounts
     created_at: datetime
     updated_at: datetime
+    reason: Optional[str] = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Rollout":
@@ -400,4 +600,18 @@ class Rollout:
             counts=RolloutCounts.from_json(data.get("counts") or {}),
             created_at=_time(data.get("created_at")),
             updated_at=_time(data.get("updated_at")),
+            reason=data.get("reason") or None,
         )
+
+
+@dataclass(frozen=True)
+class RolloutList:
+    """A product's rollouts, newest first, and how many there are."""
+
+    rollouts: List[Rollout]
+    total: int
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "RolloutList":
+        """Decode a rollout list answer."""
+        return cls(rollouts=[Rollout.from_json(r) for r in data.get("rollouts") or []], total=data["total"])

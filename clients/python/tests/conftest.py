@@ -276,6 +276,30 @@ def sleepy_orch(binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     o.stop()
 
 
+#: The engine version the reference engines of ``upgrade_orch`` refuse to
+#: serve (ENGINE_REFUSE_VERSIONS): an upgrade to it is rolled back.
+REFUSED_VERSION = "v-bad"
+
+
+@pytest.fixture(scope="session")
+def upgrade_orch(binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestrator]:
+    """An orchestrator whose engines refuse :data:`REFUSED_VERSION` (the
+    subprocess engine reports ENGINE_VERSION and answers /health 503 for a
+    version in ENGINE_REFUSE_VERSIONS), with a 6 s boot timeout: an upgrade
+    to it is rolled back in a few seconds."""
+    o = start_orchestrator(
+        binary,
+        tmp_path_factory.mktemp("upgrade"),
+        ports=20,
+        ORCH_BOOT_TIMEOUT_S="6",
+        ORCH_SNAPSHOTS_KEPT="1",
+        ORCH_ENGINE_ENV_PASSTHROUGH="ENGINE_REFUSE_VERSIONS",
+        ENGINE_REFUSE_VERSIONS=REFUSED_VERSION,
+    )
+    yield o
+    o.stop()
+
+
 @pytest.fixture
 def product(orch: Orchestrator) -> Iterator[Product]:
     """A fresh product on the shared orchestrator; its engines are destroyed

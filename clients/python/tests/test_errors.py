@@ -16,6 +16,7 @@ from bap_engine_client import (
     ERRORS_BY_CODE,
     ApiError,
     AsyncClient,
+    BackendFailureError,
     AuthenticationError,
     BapEngineError,
     BootTimeoutError,
@@ -70,6 +71,9 @@ STATUS_OF = {
     "NOT_FOUND": 404,
     "METHOD_NOT_ALLOWED": 405,
     "INTERNAL": 500,
+    "UPGRADE_FAILED": 502,
+    "ROLLOUT_IN_PROGRESS": 409,
+    "ROLLOUT_NOT_FOUND": 404,
 }
 
 RETRYABLE = {"RATE_LIMITED", "ENGINE_BUSY", "DATABASE_UNAVAILABLE", "BACKEND_UNAVAILABLE"}
@@ -183,11 +187,19 @@ def test_every_code_maps_to_its_class_sync_and_async(code: str) -> None:
 def test_classes_group_codes_by_what_to_do() -> None:
     groups = {
         AuthenticationError: {"INVALID_PLATFORM_KEY", "INVALID_ADMIN_KEY"},
-        NotFoundError: {"ENGINE_NOT_FOUND", "PRODUCT_NOT_FOUND", "NOT_FOUND"},
-        ConflictError: {"ENGINE_ALREADY_EXISTS", "ENGINE_ALREADY_RUNNING", "ENGINE_NOT_RUNNING", "ENGINE_BUSY", "PRODUCT_SLUG_EXISTS"},
+        NotFoundError: {"ENGINE_NOT_FOUND", "PRODUCT_NOT_FOUND", "NOT_FOUND", "ROLLOUT_NOT_FOUND"},
+        ConflictError: {
+            "ENGINE_ALREADY_EXISTS",
+            "ENGINE_ALREADY_RUNNING",
+            "ENGINE_NOT_RUNNING",
+            "ENGINE_BUSY",
+            "PRODUCT_SLUG_EXISTS",
+            "ROLLOUT_IN_PROGRESS",
+        },
         InvalidRequestError: {"VALIDATION_ERROR", "PAYLOAD_TOO_LARGE", "METHOD_NOT_ALLOWED"},
         CapacityError: {"QUOTA_EXCEEDED", "PORT_EXHAUSTION"},
         UnavailableError: {"DATABASE_UNAVAILABLE", "BACKEND_UNAVAILABLE"},
+        BackendFailureError: {"BOOT_TIMEOUT", "IMAGE_NOT_FOUND", "BACKEND_ERROR", "UPGRADE_FAILED"},
     }
     for base, codes in groups.items():
         assert {c for c, cls in ERRORS_BY_CODE.items() if issubclass(cls, base)} == codes, base.__name__

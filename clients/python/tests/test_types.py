@@ -6,7 +6,19 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bap_engine_client import AdmitResult, EngineInfo, Rollout, RolloutCounts, parse_time
+from bap_engine_client import (
+    AdmitResult,
+    EngineInfo,
+    FleetEngine,
+    Operation,
+    ProductInfo,
+    Rollout,
+    RolloutCounts,
+    RolloutList,
+    Upgraded,
+    Version,
+    parse_time,
+)
 
 UTC = timezone.utc
 
@@ -45,6 +57,49 @@ def test_engine_info_from_a_list_has_no_key_and_ignores_new_fields() -> None:
     )
     assert info.api_key is None
     assert info.last_health_at == datetime(2026, 4, 27, 12, 35, tzinfo=UTC)
+    assert info.operation is None
+
+
+ENGINE = {
+    "engine_id": "e",
+    "user_id": "u",
+    "status": "running",
+    "url": "http://h:1",
+    "engine_version": "img:2",
+    "created_at": "2026-04-27T12:34:56.000Z",
+    "last_health_at": None,
+}
+
+
+def test_engine_info_with_an_upgrade_in_flight() -> None:
+    info = EngineInfo.from_json({**ENGINE, "operation": {"op": "upgrade", "phase": "waiting_for_health"}})
+    assert info.operation == Operation(op="upgrade", phase="waiting_for_health")
+    assert EngineInfo.from_json({**ENGINE, "operation": {"op": "destroy"}}).operation == Operation("destroy")
+
+
+def test_fleet_engine_is_an_engine_info_with_its_product() -> None:
+    e = FleetEngine.from_json({**ENGINE, "product_slug": "acme", "health_failures": 2, "restart_count": 1})
+    assert isinstance(e, EngineInfo)
+    assert (e.product_slug, e.health_failures, e.restart_count, e.api_key) == ("acme", 2, 1, None)
+
+
+def test_products_upgrades_and_version() -> None:
+    p = ProductInfo.from_json(
+        {
+            "product_id": "p",
+            "slug": "acme",
+            "display_name": "Acme",
+            "policy": {"max_engines": 3},
+            "created_at": "2026-04-27T12:00:00.000Z",
+            "engines_by_status": {"running": 2, "failed": 0},
+        }
+    )
+    assert (p.policy, p.engines_by_status["running"]) == ({"max_engines": 3}, 2)
+    up = Upgraded.from_json(
+        {"engine_id": "e", "user_id": "u", "status": "running", "url": "http://h:1", "engine_version": "b", "previous_version": "a"}
+    )
+    assert (up.previous_version, up.engine_version) == ("a", "b")
+    assert Version.from_json({"version": "dev", "commit": "unknown", "go": "go1.24"}).go == "go1.24"
 
 
 def test_denied_admit() -> None:
@@ -69,3 +124,22 @@ def test_rollout_as_the_spec_describes_it() -> None:
     assert r.counts == RolloutCounts(pending=3, upgraded=4, rolled_back=1, skipped=2)
     assert (r.state, r.percent, r.max_parallel, r.max_failures) == ("paused", 25, 2, 1)
     assert r.updated_at - r.created_at == timedelta(minutes=5)
+    assert r.reason is None
+
+
+def test_rollout_list_with_a_reason() -> None:
+    one = {
+        "rollout_id": "r-2",
+        "engine_version": "v-bad",
+        "percent": 50,
+        "max_parallel": 1,
+        "max_failures": 1,
+        "state": "paused",
+        "reason": "1 upgrade rolled back",
+        "counts": {"pending": 0, "upgraded": 0, "rolled_back": 1, "skipped": 0},
+        "created_at": "2026-04-27T12:00:00.000Z",
+        "updated_at": "2026-04-27T12:05:00.000Z",
+    }
+    rl = RolloutList.from_json({"rollouts": [one], "total": 1})
+    assert rl.total == 1 and rl.rollouts[0].reason == "1 upgrade rolled back"
+    assert isinstance(rl.rollouts[0].percent, int)

@@ -51,7 +51,8 @@ const CrashExitCode = 137
 //
 // Faults: SetBootDelay, SetError/FailNext (any method; SetCreateError and
 // SetStartError are shorthands), SetUnhealthy, CrashAfterProbes, Crash.
-// Observation: Calls, Probes. A crash closes the server, marks the instance
+// Observation: Calls, Probes, and Logs (a line per start, stop, crash and
+// request, as the engine's own output; Printf adds more). A crash closes the server, marks the instance
 // exited and emits an Event. Safe for concurrent use. Close it at the end.
 type Fake struct {
 	hub    *hub.Hub[backend.Event]

@@ -50,7 +50,10 @@
     if (wait > 0) { busy = true; setTimeout(function () { busy = false; refresh(); }, wait); return; }
     busy = true;
     last = Date.now();
-    fetch(location.href, { credentials: 'same-origin', headers: { 'X-Live-Refresh': '1' } })
+    // An action may move the tab to another page while this is in flight:
+    // the answer is then for a page no longer shown, and is dropped.
+    var asked = location.href;
+    fetch(asked, { credentials: 'same-origin', headers: { 'X-Live-Refresh': '1' } })
       .then(function (r) {
         if (r.redirected && new URL(r.url).pathname.indexOf('/ui/signin') === 0) {
           location.assign(r.url);
@@ -59,7 +62,7 @@
         return (r.ok || r.status === 404) ? r.text() : null;
       })
       .then(function (html) {
-        if (html) {
+        if (html && location.href === asked) {
           swap(new DOMParser().parseFromString(html, 'text/html'));
           say('Live: updated at ' + new Date().toLocaleTimeString());
         }
