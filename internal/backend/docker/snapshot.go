@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/mount"
@@ -24,48 +23,24 @@ import (
 // nothing else need be pulled) copies one volume onto the other with
 // `bap-engine snapshot FROM TO`; it has no network and sees only the two
 // volumes.
-const (
-	// labelSnapshotOf names the engine a snapshot volume or a helper
-	// container belongs to. Helpers carry no engine id label, so neither
-	// List nor the event stream mistakes one for an engine.
-	labelSnapshotOf = "bap-engine.snapshot_of"
-	// labelSnapshot is a snapshot volume's number.
-	labelSnapshot = "bap-engine.snapshot"
-	helperFrom    = "/from"
-	helperTo      = "/to"
-	// helperWait bounds one copy (brains are small; a large one on a slow
-	// disk still has minutes).
-	helperWait = 10 * time.Minute
-)
 
 // SnapshotVolumeName is the volume of an engine's snapshot n.
 func SnapshotVolumeName(engineID string, n int) string {
 	return VolumeName(engineID) + "-snap-" + strconv.Itoa(n)
 }
 
-func snapName(n int) string { return "snap-" + strconv.Itoa(n) }
-
-func parseSnap(name string) (int, bool) {
-	rest, ok := strings.CutPrefix(name, "snap-")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.Atoi(rest)
-	return n, err == nil && n > 0
-}
-
 // snapshots lists the numbers of the engine's snapshot volumes, ascending.
 func (b *Backend) snapshots(ctx context.Context, engineID string) ([]int, error) {
 	cctx, cancel := b.call(ctx)
 	defer cancel()
-	f := b.labelFilter().Add("label", labelSnapshotOf+"="+engineID)
+	f := b.labelFilter().Add("label", backend.LabelSnapshotOf+"="+engineID)
 	res, err := b.cli.VolumeList(cctx, client.VolumeListOptions{Filters: f})
 	if err != nil {
 		return nil, wrap(err, "list snapshots of engine %s", engineID)
 	}
 	var nums []int
 	for _, v := range res.Items {
-		if n, err := strconv.Atoi(v.Labels[labelSnapshot]); err == nil && n > 0 && v.Name == SnapshotVolumeName(engineID, n) {
+		if n, err := strconv.Atoi(v.Labels[backend.LabelSnapshot]); err == nil && n > 0 && v.Name == SnapshotVolumeName(engineID, n) {
 			nums = append(nums, n)
 		}
 	}
@@ -112,8 +87,8 @@ func (b *Backend) Snapshot(ctx context.Context, engineID string) (string, error)
 	labels := map[string]string{
 		backend.LabelManaged:    "true",
 		backend.LabelDeployment: b.cfg.Deployment,
-		labelSnapshotOf:         engineID,
-		labelSnapshot:           strconv.Itoa(n),
+		backend.LabelSnapshotOf: engineID,
+		backend.LabelSnapshot:   strconv.Itoa(n),
 	}
 	cctx, cancel = b.call(ctx)
 	_, err = b.cli.VolumeCreate(cctx, client.VolumeCreateOptions{Name: snap, Labels: labels})
@@ -128,12 +103,12 @@ func (b *Backend) Snapshot(ctx context.Context, engineID string) (string, error)
 		cancel()
 		return "", fmt.Errorf("snapshot engine %s: %w", engineID, err)
 	}
-	return snapName(n), nil
+	return backend.SnapshotName(n), nil
 }
 
 // Restore copies the snapshot volume back onto the engine's data volume.
 func (b *Backend) Restore(ctx context.Context, engineID, snapshot string) error {
-	n, ok := parseSnap(snapshot)
+	n, ok := backend.ParseSnapshotName(snapshot)
 	if !ok || !validEngineID.MatchString(engineID) {
 		return fmt.Errorf("restore engine %s: no snapshot %q: %w", engineID, snapshot, backend.ErrNotFound)
 	}
@@ -171,7 +146,7 @@ func (b *Backend) PruneSnapshots(ctx context.Context, engineID string, keep int)
 	}
 	kept := []string{}
 	for _, n := range nums[drop:] {
-		kept = append(kept, snapName(n))
+		kept = append(kept, backend.SnapshotName(n))
 	}
 	return kept, nil
 }
@@ -197,19 +172,19 @@ func (b *Backend) copyVolume(ctx context.Context, engineID, from, to string) err
 			// run unprivileged): the brain files belong to the engine's user
 			// and must be copied with their contents intact.
 			User: "0:0",
-			Cmd:  []string{"snapshot", helperFrom, helperTo},
+			Cmd:  []string{"snapshot", backend.SnapshotFrom, backend.SnapshotTo},
 			Labels: map[string]string{
 				backend.LabelManaged:    "true",
 				backend.LabelDeployment: b.cfg.Deployment,
-				labelSnapshotOf:         engineID,
+				backend.LabelSnapshotOf: engineID,
 			},
 			NetworkDisabled: true,
 		},
 		HostConfig: &container.HostConfig{
 			NetworkMode: "none",
 			Mounts: []mount.Mount{
-				{Type: mount.TypeVolume, Source: from, Target: helperFrom, ReadOnly: true},
-				{Type: mount.TypeVolume, Source: to, Target: helperTo},
+				{Type: mount.TypeVolume, Source: from, Target: backend.SnapshotFrom, ReadOnly: true},
+				{Type: mount.TypeVolume, Source: to, Target: backend.SnapshotTo},
 			},
 		},
 	})
@@ -225,7 +200,7 @@ func (b *Backend) copyVolume(ctx context.Context, engineID, from, to string) err
 		_, _ = b.cli.ContainerRemove(rctx, res.ID, client.ContainerRemoveOptions{Force: true})
 		cancel()
 	}()
-	wctx, wcancel := context.WithTimeout(ctx, helperWait)
+	wctx, wcancel := context.WithTimeout(ctx, backend.SnapshotHelperWait)
 	defer wcancel()
 	// Subscribe before starting, so a quick exit is not missed.
 	wait := b.cli.ContainerWait(wctx, res.ID, client.ContainerWaitOptions{Condition: container.WaitConditionNextExit})

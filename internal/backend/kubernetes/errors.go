@@ -3,7 +3,6 @@ package kubernetes
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"syscall"
@@ -44,16 +43,7 @@ func classify(err error) error {
 	return nil
 }
 
-// wrap annotates err with what was being done and, when classify knows it,
-// its backend error class, so callers can test with errors.Is while the API
-// server's own message stays readable.
+// wrap is backend.Annotate with classify's class.
 func wrap(err error, format string, args ...any) error {
-	if err == nil {
-		return nil
-	}
-	what := fmt.Sprintf(format, args...)
-	if class := classify(err); class != nil {
-		return fmt.Errorf("%s: %w: %w", what, class, err)
-	}
-	return fmt.Errorf("%s: %w", what, err)
+	return backend.Annotate(err, classify(err), format, args...)
 }

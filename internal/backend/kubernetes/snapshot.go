@@ -22,28 +22,10 @@ import (
 // mounts both and copies one onto the other with `bap-engine snapshot FROM
 // TO`; it has no service account token and no engine id label, so neither
 // List nor the informer takes it for an engine.
-const (
-	labelSnapshotOf = "bap-engine.snapshot_of"
-	labelSnapshot   = "bap-engine.snapshot"
-	helperFrom      = "/from"
-	helperTo        = "/to"
-	helperWait      = 10 * time.Minute
-)
 
 // SnapshotClaimName is the PVC of an engine's snapshot n.
 func SnapshotClaimName(engineID string, n int) string {
 	return ClaimName(engineID) + "-snap-" + strconv.Itoa(n)
-}
-
-func snapName(n int) string { return "snap-" + strconv.Itoa(n) }
-
-func parseSnap(name string) (int, bool) {
-	rest, ok := strings.CutPrefix(name, "snap-")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.Atoi(rest)
-	return n, err == nil && n > 0
 }
 
 // snapshots lists the numbers of the engine's snapshot PVCs, ascending.
@@ -51,7 +33,7 @@ func (b *Backend) snapshots(ctx context.Context, engineID string) ([]int, error)
 	cctx, cancel := b.call(ctx)
 	defer cancel()
 	sel := labels.SelectorFromSet(labels.Set{
-		backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment, labelSnapshotOf: engineID,
+		backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment, backend.LabelSnapshotOf: engineID,
 	}).String()
 	list, err := b.cs.CoreV1().PersistentVolumeClaims(b.cfg.Namespace).List(cctx, metav1.ListOptions{LabelSelector: sel})
 	if err != nil {
@@ -59,7 +41,7 @@ func (b *Backend) snapshots(ctx context.Context, engineID string) ([]int, error)
 	}
 	var nums []int
 	for _, c := range list.Items {
-		if n, err := strconv.Atoi(c.Labels[labelSnapshot]); err == nil && n > 0 && c.Name == SnapshotClaimName(engineID, n) && c.DeletionTimestamp == nil {
+		if n, err := strconv.Atoi(c.Labels[backend.LabelSnapshot]); err == nil && n > 0 && c.Name == SnapshotClaimName(engineID, n) && c.DeletionTimestamp == nil {
 			nums = append(nums, n)
 		}
 	}
@@ -106,7 +88,7 @@ func (b *Backend) Snapshot(ctx context.Context, engineID string) (string, error)
 			Namespace: b.cfg.Namespace,
 			Labels: map[string]string{
 				backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment,
-				labelSnapshotOf: engineID, labelSnapshot: strconv.Itoa(n),
+				backend.LabelSnapshotOf: engineID, backend.LabelSnapshot: strconv.Itoa(n),
 			},
 		},
 		Spec: corev1.PersistentVolumeClaimSpec{
@@ -125,13 +107,13 @@ func (b *Backend) Snapshot(ctx context.Context, engineID string) (string, error)
 		b.deleteClaim(context.WithoutCancel(ctx), snap.Name)
 		return "", fmt.Errorf("snapshot engine %s: %w", engineID, err)
 	}
-	return snapName(n), nil
+	return backend.SnapshotName(n), nil
 }
 
 // Restore makes the engine's data the named snapshot's. The engine must not
 // run. ErrNotFound when there is no such snapshot.
 func (b *Backend) Restore(ctx context.Context, engineID, snapshot string) error {
-	n, ok := parseSnap(snapshot)
+	n, ok := backend.ParseSnapshotName(snapshot)
 	if !ok {
 		return fmt.Errorf("restore engine %s: snapshot %q: %w", engineID, snapshot, backend.ErrNotFound)
 	}
@@ -163,7 +145,7 @@ func (b *Backend) PruneSnapshots(ctx context.Context, engineID string, keep int)
 	}
 	kept := make([]string, 0, len(nums)-cut)
 	for _, n := range nums[cut:] {
-		kept = append(kept, snapName(n))
+		kept = append(kept, backend.SnapshotName(n))
 	}
 	return kept, nil
 }
@@ -194,7 +176,7 @@ func (b *Backend) copyClaim(ctx context.Context, engineID, from, to string) erro
 			Name:      "engine-snap-" + ClaimName(engineID)[len(claimPrefix):] + "-" + newInstanceID()[:8],
 			Namespace: b.cfg.Namespace,
 			Labels: map[string]string{
-				backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment, labelSnapshotOf: engineID,
+				backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment, backend.LabelSnapshotOf: engineID,
 			},
 		},
 		Spec: corev1.PodSpec{
@@ -206,10 +188,10 @@ func (b *Backend) copyClaim(ctx context.Context, engineID, from, to string) erro
 				Name:    "snapshot",
 				Image:   b.cfg.HelperImage,
 				Command: []string{"/bap-engine"},
-				Args:    []string{"snapshot", helperFrom, helperTo},
+				Args:    []string{"snapshot", backend.SnapshotFrom, backend.SnapshotTo},
 				VolumeMounts: []corev1.VolumeMount{
-					{Name: "from", MountPath: helperFrom, ReadOnly: true},
-					{Name: "to", MountPath: helperTo},
+					{Name: "from", MountPath: backend.SnapshotFrom, ReadOnly: true},
+					{Name: "to", MountPath: backend.SnapshotTo},
 				},
 			}},
 			Volumes: []corev1.Volume{
@@ -229,7 +211,7 @@ func (b *Backend) copyClaim(ctx context.Context, engineID, from, to string) erro
 		defer cancel()
 		_ = b.cs.CoreV1().Pods(b.cfg.Namespace).Delete(dctx, made.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))})
 	}()
-	wctx, cancel := context.WithTimeout(ctx, helperWait)
+	wctx, cancel := context.WithTimeout(ctx, backend.SnapshotHelperWait)
 	defer cancel()
 	delay := 20 * time.Millisecond
 	for {

@@ -50,8 +50,6 @@ func (b *Backend) snapshots(engineID string) ([]int, error) {
 	return nums, nil
 }
 
-func snapName(n int) string { return "snap-" + strconv.Itoa(n) }
-
 // Snapshot copies the engine's data dir (its brain, without the instance's
 // spec, pid file and log) to the next numbered snapshot beside it.
 func (b *Backend) Snapshot(ctx context.Context, engineID string) (string, error) {
@@ -75,7 +73,7 @@ func (b *Backend) Snapshot(ctx context.Context, engineID string) (string, error)
 	if len(nums) > 0 {
 		n = nums[len(nums)-1] + 1
 	}
-	name := snapName(n)
+	name := backend.SnapshotName(n)
 	dst := b.snapDir(engineID, name)
 	tmp := dst + ".tmp"
 	if err := os.RemoveAll(tmp); err != nil {
@@ -137,8 +135,8 @@ func (b *Backend) pruneSnapshots(engineID string, keep int) ([]string, error) {
 	}
 	drop := max(len(nums)-max(keep, 0), 0)
 	for _, n := range nums[:drop] {
-		if err := os.RemoveAll(b.snapDir(engineID, snapName(n))); err != nil {
-			return nil, fmt.Errorf("prune snapshot %s of %s: %w", snapName(n), engineID, err)
+		if err := os.RemoveAll(b.snapDir(engineID, backend.SnapshotName(n))); err != nil {
+			return nil, fmt.Errorf("prune snapshot %s of %s: %w", backend.SnapshotName(n), engineID, err)
 		}
 	}
 	tmps, _ := filepath.Glob(filepath.Join(b.cfg.DataRoot, engineID+snapInfix+"*.tmp"))
@@ -147,7 +145,7 @@ func (b *Backend) pruneSnapshots(engineID string, keep int) ([]string, error) {
 	}
 	kept := []string{}
 	for _, n := range nums[drop:] {
-		kept = append(kept, snapName(n))
+		kept = append(kept, backend.SnapshotName(n))
 	}
 	return kept, nil
 }
