@@ -16,12 +16,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/september/bap-engine/internal/pdeath"
 
 	"k8s.io/client-go/rest"
 )
@@ -181,7 +182,7 @@ func (cp *ControlPlane) run(name string, args ...string) error {
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + cp.dir, "TMPDIR=" + os.TempDir()}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := spawn(cmd); err != nil {
+	if err := pdeath.Start(cmd); err != nil {
 		return fmt.Errorf("kubetest: start %s: %w", name, err)
 	}
 	p := &proc{name: name, cmd: cmd, exited: make(chan struct{})}
@@ -394,43 +395,6 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// Every process start runs on one OS thread that lives until Stop:
-// Pdeathsig fires when the thread that started the child exits, not the
-// process, so the starting thread must outlive the control plane.
-var (
-	spawnMu sync.Mutex
-	spawnCh chan func()
-)
-
-func spawnLoop(ch <-chan func()) {
-	runtime.LockOSThread() // never unlocked: the thread ends with the loop
-	for f := range ch {
-		f()
-	}
-}
-
-func spawn(cmd *exec.Cmd) error {
-	spawnMu.Lock()
-	defer spawnMu.Unlock()
-	if spawnCh == nil {
-		spawnCh = make(chan func())
-		go spawnLoop(spawnCh)
-	}
-	done := make(chan error)
-	spawnCh <- func() { done <- cmd.Start() }
-	return <-done
-}
-
-// stopSpawner ends spawnLoop; call only when no control plane runs.
-func stopSpawner() {
-	spawnMu.Lock()
-	defer spawnMu.Unlock()
-	if spawnCh != nil {
-		close(spawnCh)
-		spawnCh = nil
-	}
-}
-
 // removeStale deletes the directories of control planes whose test binary
 // is gone (killed or crashed). Their processes died with it (Pdeathsig).
 func removeStale(base string) {
@@ -441,17 +405,9 @@ func removeStale(base string) {
 			if fi, err := os.Stat(dir); err != nil || time.Since(fi.ModTime()) < time.Minute {
 				continue
 			}
-		} else if pid, err := strconv.Atoi(string(owner)); err == nil && alive(pid) {
+		} else if pid, err := strconv.Atoi(string(owner)); err == nil && pdeath.Alive(pid) {
 			continue
 		}
 		_ = os.RemoveAll(dir)
 	}
-}
-
-func alive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
 }

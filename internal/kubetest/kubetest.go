@@ -33,6 +33,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/september/bap-engine/internal/pdeath"
+
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -93,7 +95,7 @@ func Stop() error {
 		shared = nil
 	}
 	sharedErr = errors.New("kubetest: the control plane was stopped")
-	stopSpawner()
+	pdeath.Stop()
 	return err
 }
 

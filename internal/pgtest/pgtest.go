@@ -46,6 +46,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/september/bap-engine/internal/pdeath"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
@@ -185,7 +187,7 @@ func shutdown() error {
 		delete(private, s)
 	}
 	privateMu.Unlock()
-	stopSpawner()
+	pdeath.Stop()
 	return errors.Join(errs...)
 }
 

@@ -10,13 +10,14 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/september/bap-engine/internal/pdeath"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -168,7 +169,7 @@ func (s *Server) Start() error {
 	// The server dies with the test binary (SIGQUIT: immediate shutdown),
 	// so a killed run leaves no server behind.
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGQUIT
-	if err := spawn(cmd); err != nil {
+	if err := pdeath.Start(cmd); err != nil {
 		return fmt.Errorf("pgtest: start postgres: %w", err)
 	}
 	exited := make(chan struct{})
@@ -271,44 +272,6 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// Every server start runs on one OS thread that lives until Main ends:
-// Pdeathsig fires when the thread that started the child exits, not the
-// process, so the starting thread must outlive the servers.
-var (
-	spawnMu sync.Mutex
-	spawnCh chan func()
-)
-
-// spawnLoop runs start requests on its locked thread until ch is closed.
-func spawnLoop(ch <-chan func()) {
-	runtime.LockOSThread() // never unlocked: the thread ends with the loop
-	for f := range ch {
-		f()
-	}
-}
-
-func spawn(cmd *exec.Cmd) error {
-	spawnMu.Lock()
-	if spawnCh == nil {
-		spawnCh = make(chan func())
-		go spawnLoop(spawnCh)
-	}
-	defer spawnMu.Unlock()
-	done := make(chan error)
-	spawnCh <- func() { done <- cmd.Start() }
-	return <-done
-}
-
-// stopSpawner ends spawnLoop; call only when no server runs.
-func stopSpawner() {
-	spawnMu.Lock()
-	defer spawnMu.Unlock()
-	if spawnCh != nil {
-		close(spawnCh)
-		spawnCh = nil
-	}
-}
-
 // removeStale deletes the directories of test servers whose test binary is
 // gone (killed or crashed), stopping their server if it still runs.
 func removeStale(base string) {
@@ -320,27 +283,18 @@ func removeStale(base string) {
 			if fi, err := os.Stat(dir); err != nil || time.Since(fi.ModTime()) < time.Minute {
 				continue
 			}
-		} else if pid, err := strconv.Atoi(string(owner)); err == nil && alive(pid) {
+		} else if pid, err := strconv.Atoi(string(owner)); err == nil && pdeath.Alive(pid) {
 			continue
 		}
 		if pidFile, err := os.ReadFile(filepath.Join(dir, "data", "postmaster.pid")); err == nil {
 			first, _, _ := bytes.Cut(pidFile, []byte("\n"))
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(first))); err == nil && alive(pid) {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(first))); err == nil && pdeath.Alive(pid) {
 				_ = syscall.Kill(pid, syscall.SIGQUIT)
-				for i := 0; i < 100 && alive(pid); i++ {
+				for i := 0; i < 100 && pdeath.Alive(pid); i++ {
 					time.Sleep(20 * time.Millisecond)
 				}
 			}
 		}
 		_ = os.RemoveAll(dir)
 	}
-}
-
-// alive reports whether a process with that pid exists.
-func alive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
 }

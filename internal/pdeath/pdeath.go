@@ -1,0 +1,64 @@
+// Package pdeath starts the helper servers of tests (PostgreSQL, etcd,
+// kube-apiserver) so that they die with the test binary, however it ends.
+//
+// Such a child gets Pdeathsig (a signal when its parent goes), but Linux
+// sends it when the *thread* that started the child exits, not the process:
+// a goroutine's thread may end at any time. Start therefore runs every
+// cmd.Start on one OS thread locked for the purpose, which lives until Stop.
+package pdeath
+
+import (
+	"errors"
+	"os/exec"
+	"runtime"
+	"sync"
+	"syscall"
+)
+
+var (
+	mu sync.Mutex
+	ch chan func()
+)
+
+// loop runs start requests on its locked thread until c is closed.
+func loop(c <-chan func()) {
+	runtime.LockOSThread() // never unlocked: the thread ends with the loop
+	for f := range c {
+		f()
+	}
+}
+
+// Start starts cmd from the long-lived thread. Set
+// cmd.SysProcAttr.Pdeathsig yourself: this only makes it hold.
+func Start(cmd *exec.Cmd) error {
+	mu.Lock()
+	defer mu.Unlock()
+	if ch == nil {
+		ch = make(chan func())
+		go loop(ch)
+	}
+	done := make(chan error)
+	ch <- func() { done <- cmd.Start() }
+	return <-done
+}
+
+// Stop ends the thread; call it only when no child started by Start runs
+// any more (their Pdeathsig would fire).
+func Stop() {
+	mu.Lock()
+	defer mu.Unlock()
+	if ch != nil {
+		close(ch)
+		ch = nil
+	}
+}
+
+// Alive reports whether a process with pid exists (possibly someone
+// else's).
+func Alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
