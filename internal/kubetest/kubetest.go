@@ -33,8 +33,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/september/bap-engine/internal/pdeath"
-
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -95,7 +93,6 @@ func Stop() error {
 		shared = nil
 	}
 	sharedErr = errors.New("kubetest: the control plane was stopped")
-	pdeath.Stop()
 	return err
 }
 

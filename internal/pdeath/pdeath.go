@@ -43,7 +43,8 @@ func Start(cmd *exec.Cmd) error {
 }
 
 // Stop ends the thread; call it only when no child started by Start runs
-// any more (their Pdeathsig would fire).
+// any more (their Pdeathsig would fire). Test helpers leave the thread to
+// the end of the process instead, since several share it.
 func Stop() {
 	mu.Lock()
 	defer mu.Unlock()

@@ -46,8 +46,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/september/bap-engine/internal/pdeath"
-
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
@@ -187,7 +185,6 @@ func shutdown() error {
 		delete(private, s)
 	}
 	privateMu.Unlock()
-	pdeath.Stop()
 	return errors.Join(errs...)
 }
 
@@ -197,7 +194,9 @@ func shutdown() error {
 func GoleakOptions() []goleak.Option {
 	return []goleak.Option{
 		goleak.IgnoreAnyFunction("github.com/september/bap-engine/internal/pgtest.watch"),
-		goleak.IgnoreAnyFunction("github.com/september/bap-engine/internal/pgtest.spawnLoop"),
+		// The thread that starts servers lives as long as the process
+		// (pdeath): pgtest's and kubetest's servers share it.
+		goleak.IgnoreAnyFunction("github.com/september/bap-engine/internal/pdeath.loop"),
 	}
 }
 

@@ -20,7 +20,7 @@ import (
 // stopped.
 func TestMain(m *testing.M) {
 	code := Main(m)
-	if err := goleak.Find(); err != nil && code == 0 {
+	if err := goleak.Find(GoleakOptions()...); err != nil && code == 0 {
 		fmt.Fprintln(os.Stderr, err)
 		code = 1
 	}
