@@ -18,7 +18,7 @@
 //
 //	func TestMain(m *testing.M) {
 //		code := pgtest.Main(m)
-//		if err := goleak.Find(); err != nil && code == 0 {
+//		if err := goleak.Find(pgtest.GoleakOptions()...); err != nil && code == 0 {
 //			fmt.Fprintln(os.Stderr, err)
 //			code = 1
 //		}
