@@ -41,3 +41,14 @@ func ParseSnapshotName(name string) (int, bool) {
 	n, err := strconv.Atoi(rest)
 	return n, err == nil && n > 0
 }
+
+// DataName is the name of an engine's data volume (Docker) or claim
+// (Kubernetes): engine-data-<first 12 characters of engine_id>, the
+// original's naming, so existing volumes are found again.
+func DataName(engineID string) string {
+	const idLen = 12
+	if len(engineID) > idLen {
+		engineID = engineID[:idLen]
+	}
+	return "engine-data-" + engineID
+}

@@ -398,16 +398,7 @@ func freePorts(n int) ([]int, error) {
 // removeStale deletes the directories of control planes whose test binary
 // is gone (killed or crashed). Their processes died with it (Pdeathsig).
 func removeStale(base string) {
-	dirs, _ := filepath.Glob(filepath.Join(base, dirPrefix+"*"))
-	for _, dir := range dirs {
-		owner, err := os.ReadFile(filepath.Join(dir, "owner"))
-		if err != nil {
-			if fi, err := os.Stat(dir); err != nil || time.Since(fi.ModTime()) < time.Minute {
-				continue
-			}
-		} else if pid, err := strconv.Atoi(string(owner)); err == nil && pdeath.Alive(pid) {
-			continue
-		}
+	for _, dir := range pdeath.Orphaned(base, dirPrefix) {
 		_ = os.RemoveAll(dir)
 	}
 }

@@ -5,14 +5,19 @@
 // sends it when the *thread* that started the child exits, not the process:
 // a goroutine's thread may end at any time. Start therefore runs every
 // cmd.Start on one OS thread locked for the purpose, which lives until Stop.
+// Orphaned finds the scratch directories of test binaries that are gone.
 package pdeath
 
 import (
 	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
+	"time"
 )
 
 var (
@@ -62,4 +67,24 @@ func Alive(pid int) bool {
 	}
 	err := syscall.Kill(pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// Orphaned returns the directories base/prefix* whose owning test binary is
+// gone: the pid in their "owner" file is not alive, or they have none and
+// are over a minute old (a younger one may be being made right now).
+func Orphaned(base, prefix string) []string {
+	dirs, _ := filepath.Glob(filepath.Join(base, prefix+"*"))
+	var out []string
+	for _, dir := range dirs {
+		owner, err := os.ReadFile(filepath.Join(dir, "owner"))
+		if err != nil {
+			if fi, err := os.Stat(dir); err != nil || time.Since(fi.ModTime()) < time.Minute {
+				continue
+			}
+		} else if pid, err := strconv.Atoi(string(owner)); err == nil && Alive(pid) {
+			continue
+		}
+		out = append(out, dir)
+	}
+	return out
 }

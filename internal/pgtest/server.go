@@ -275,17 +275,7 @@ func freePort() (int, error) {
 // removeStale deletes the directories of test servers whose test binary is
 // gone (killed or crashed), stopping their server if it still runs.
 func removeStale(base string) {
-	dirs, _ := filepath.Glob(filepath.Join(base, dirPrefix+"*"))
-	for _, dir := range dirs {
-		owner, err := os.ReadFile(filepath.Join(dir, "owner"))
-		if err != nil {
-			// Being created right now, or not ours to judge yet.
-			if fi, err := os.Stat(dir); err != nil || time.Since(fi.ModTime()) < time.Minute {
-				continue
-			}
-		} else if pid, err := strconv.Atoi(string(owner)); err == nil && pdeath.Alive(pid) {
-			continue
-		}
+	for _, dir := range pdeath.Orphaned(base, dirPrefix) {
 		if pidFile, err := os.ReadFile(filepath.Join(dir, "data", "postmaster.pid")); err == nil {
 			first, _, _ := bytes.Cut(pidFile, []byte("\n"))
 			if pid, err := strconv.Atoi(strings.TrimSpace(string(first))); err == nil && pdeath.Alive(pid) {

@@ -34,14 +34,12 @@ const (
 
 // What every engine container looks like from the inside (SPEC §3, §10).
 const (
-	enginePort  = 8000
-	dataDir     = "/data"
-	catalogDir  = "/catalog"
-	dbPath      = dataDir + "/brain.sqlite"
-	publishIP   = "127.0.0.1"
-	namePrefix  = "engine-"
-	volumePref  = "engine-data-"
-	volumeIDLen = 12
+	enginePort = 8000
+	dataDir    = "/data"
+	catalogDir = "/catalog"
+	dbPath     = dataDir + "/brain.sqlite"
+	publishIP  = "127.0.0.1"
+	namePrefix = "engine-"
 )
 
 // reservedEnv are the variables the backend sets itself; a passthrough entry
@@ -164,16 +162,8 @@ func (b *Backend) Name() string { return "docker" }
 // ContainerName is the container name of an engine: engine-<engine_id>.
 func ContainerName(engineID string) string { return namePrefix + engineID }
 
-// VolumeName is the data volume of an engine: engine-data-<first 12
-// characters of engine_id>, the original's naming, so existing volumes are
-// found again.
-func VolumeName(engineID string) string {
-	id := engineID
-	if len(id) > volumeIDLen {
-		id = id[:volumeIDLen]
-	}
-	return volumePref + id
-}
+// VolumeName is the data volume of an engine (backend.DataName).
+func VolumeName(engineID string) string { return backend.DataName(engineID) }
 
 // URL is http://<EngineHost>:<port> in host mode and
 // http://engine-<engine_id>:8000 in network mode.

@@ -74,8 +74,6 @@ const (
 	catalogDir    = "/catalog"
 	dbPath        = dataDir + "/brain.sqlite"
 	namePrefix    = "engine-"
-	claimPrefix   = "engine-data-"
-	claimIDLen    = 12
 	containerName = "engine"
 	dataVolume    = "data"
 	catalogVolume = "catalog"
@@ -317,15 +315,9 @@ func (b *Backend) Client() kubernetes.Interface { return b.cs }
 // PodName is the Pod of an engine: engine-<engine_id>.
 func PodName(engineID string) string { return namePrefix + engineID }
 
-// ClaimName is the data PVC of an engine: engine-data-<first 12 characters
-// of engine_id>, the name the Docker volumes have.
-func ClaimName(engineID string) string {
-	id := engineID
-	if len(id) > claimIDLen {
-		id = id[:claimIDLen]
-	}
-	return claimPrefix + id
-}
+// ClaimName is the data PVC of an engine (backend.DataName), the name the
+// Docker volumes have.
+func ClaimName(engineID string) string { return backend.DataName(engineID) }
 
 // URL is http://<pod IP>:8000 for the engine's current Pod, as the informer
 // or the last Start saw it; "" when no Pod of the engine has an address

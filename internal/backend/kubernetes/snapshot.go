@@ -173,7 +173,7 @@ func (b *Backend) copyClaim(ctx context.Context, engineID, from, to string) erro
 	grace := int64(0)
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:      "engine-snap-" + ClaimName(engineID)[len(claimPrefix):] + "-" + newInstanceID()[:8],
+			Name:      "engine-snap-" + strings.TrimPrefix(ClaimName(engineID), "engine-data-") + "-" + newInstanceID()[:8],
 			Namespace: b.cfg.Namespace,
 			Labels: map[string]string{
 				backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment, backend.LabelSnapshotOf: engineID,
