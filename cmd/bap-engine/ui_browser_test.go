@@ -270,10 +270,13 @@ func TestDashboardInBrowser(t *testing.T) {
 	require.Contains(t, main.text("#engine-state"), "running")
 	eval[chromedp.Void](main, `window.__notReloaded = true`)
 	main.confirm("stop")
+	// The live refresh (from the change feed) and the form's own answer race:
+	// either may show the new state first, but only the answer carries the
+	// flash, so wait for both.
 	main.waitFor(`document.getElementById('engine-state').textContent.includes('stopped')`, "alice stopped on her page")
+	main.waitFor(`((document.querySelector('.flash') || {}).textContent || '').includes('Engine stopped.')`, "the stop's answer on her page")
 	main.waitFor(`[...document.querySelectorAll('.audit-action')].some(td => td.textContent === 'stop')`, "stop in the timeline")
 	require.True(t, eval[bool](main, `window.__notReloaded === true`), "the page changed without a reload")
-	require.Contains(t, main.text(".flash"), "Engine stopped.")
 	list.waitFor(`document.querySelector('tr[data-engine-id="`+ids["alice"]+`"] .state-cell').textContent.includes('stopped')`,
 		"the row of alice stopped in the other tab")
 	require.True(t, eval[bool](list, `window.__notReloaded === true`), "the table changed without a reload")
