@@ -73,16 +73,28 @@ func TestAllowedInternalImports(t *testing.T) {
 	}
 }
 
-// TestOnlyLifecycleCallsBackends: apart from the composition root and the
-// backends' own packages, only lifecycle imports a backend.
+// TestOnlyLifecycleCallsBackends: apart from the composition root, the
+// backends' own packages and the tests' world (servertest, which hands the
+// fake backend to lifecycle and is for tests only), only lifecycle imports
+// a backend.
 func TestOnlyLifecycleCallsBackends(t *testing.T) {
 	for pkg, deps := range imports(t) {
-		if pkg == "internal/lifecycle" || strings.HasPrefix(pkg, "cmd/") || strings.HasPrefix(pkg, "internal/backend") {
+		if pkg == "internal/lifecycle" || pkg == "internal/servertest" || strings.HasPrefix(pkg, "cmd/") || strings.HasPrefix(pkg, "internal/backend") {
 			continue
 		}
 		for _, d := range internalImports(deps) {
 			require.False(t, strings.HasPrefix(d, "internal/backend"), "%s imports %s: only lifecycle may call a backend", pkg, d)
 		}
+	}
+}
+
+// TestServerTestIsForTests: servertest builds whole worlds on a fake
+// backend; no package's own (non-test) code may import it.
+func TestServerTestIsForTests(t *testing.T) {
+	pkgs := imports(t)
+	require.Contains(t, pkgs, "internal/servertest")
+	for pkg, deps := range pkgs {
+		require.NotContains(t, internalImports(deps), "internal/servertest", "%s imports servertest outside its tests", pkg)
 	}
 }
 
