@@ -1,21 +1,16 @@
 package api_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/september/bap-engine/internal/testlog"
-
-	"github.com/september/bap-engine/internal/registry/storetest"
 
 	"github.com/stretchr/testify/require"
 
@@ -23,16 +18,13 @@ import (
 	"github.com/september/bap-engine/internal/api"
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/backend/backendtest"
-	"github.com/september/bap-engine/internal/bap"
-	"github.com/september/bap-engine/internal/discovery"
 	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/metrics"
-	"github.com/september/bap-engine/internal/policy"
 	"github.com/september/bap-engine/internal/registry"
-	"github.com/september/bap-engine/internal/requestid"
-	"github.com/september/bap-engine/internal/rollout"
-	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/registry/storetest"
+	"github.com/september/bap-engine/internal/servertest"
 	"github.com/september/bap-engine/internal/testclock"
+	"github.com/september/bap-engine/internal/testlog"
 	"github.com/september/bap-engine/internal/testmain"
 )
 
@@ -57,10 +49,11 @@ type options struct {
 	build       api.BuildInfo
 }
 
-// harness is a whole server: real store, real lifecycle manager on the fake
-// backend, real discovery, metrics, the api handler on httptest, and a
-// client with the admin key.
+// harness is a whole server (servertest.Serve with metrics and the
+// discovery and rollout loops running), driven through the typed client
+// and raw requests.
 type harness struct {
+	*servertest.Server
 	t        testing.TB
 	store    registry.Store
 	fake     *backendtest.Fake
@@ -71,135 +64,27 @@ type harness struct {
 	admin    *client.Client
 	adminKey string
 	logs     *testlog.Buffer
-	// secrets are every key the harness saw; none may appear in the logs.
-	secretsMu sync.Mutex
-	secrets   []string
 }
 
 func newHarness(t testing.TB, store registry.Store, o options) *harness {
 	t.Helper()
-	fake := backendtest.NewFake()
-	t.Cleanup(fake.Close)
-	fkey, err := secret.NewFernetKey()
-	require.NoError(t, err)
-	sealer, err := secret.NewSealer(fkey)
-	require.NoError(t, err)
-	clk := testclock.Fixed(time.Now().UTC().Truncate(time.Second))
-	logs := &testlog.Buffer{}
-	log := slog.New(requestid.Handler(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-
-	m := metrics.New(metrics.Config{
-		Engines: func(ctx context.Context) (map[string]map[string]int, error) {
-			counts, err := store.CountByProductStatus(ctx)
-			if err != nil {
-				return nil, err
-			}
-			out := make(map[string]map[string]int, len(counts))
-			for slug, byState := range counts {
-				out[slug] = map[string]int{}
-				for st, n := range byState {
-					out[slug][string(st)] = n
-				}
-			}
-			return out, nil
-		},
-		Slug: func(ctx context.Context, id string) (string, error) {
-			p, err := store.GetProduct(ctx, id)
-			return p.Slug, err
-		},
-		States: statesOf(),
-		Logger: log,
-	})
-	ports := o.ports
-	if ports == 0 {
-		ports = 300
-	}
-	portMin, portMax := backendtest.PortRange(t, ports)
-	bootTimeout := o.bootTimeout
-	if bootTimeout == 0 {
-		bootTimeout = 10 * time.Second
-	}
-	lm := lifecycle.New(store, fake, sealer, lifecycle.Config{
-		PortMin:      portMin,
-		PortMax:      portMax,
-		BootTimeout:  bootTimeout,
-		StopGrace:    time.Second,
-		DefaultImage: "september-engine:test",
-		Logger:       log,
-		Observer:     m,
-	})
-	disc := discovery.New(store, lm, policy.NewLimiter(clk.Now), discovery.Config{Now: clk.Now, Logger: log})
-	rollouts := rollout.New(rollout.Config{Store: store, Lifecycle: lm, Replica: lm.Replica(),
-		Every: 20 * time.Millisecond, ProductChanged: disc.ForgetProduct, Logger: log})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 2)
-	go func() {
-		defer func() { done <- struct{}{} }()
-		_ = disc.Run(ctx)
-	}()
-	go func() {
-		defer func() { done <- struct{}{} }()
-		_ = rollouts.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		<-done
-	})
-
-	adminKey := "admin-" + fkey[:16]
-	h := &harness{t: t, store: store, fake: fake, lm: lm, metrics: m, clock: clk, adminKey: adminKey, logs: logs}
-	h.srv = httptest.NewServer(api.New(api.Deps{
-		Store:            store,
-		Lifecycle:        lm,
-		Discovery:        disc,
-		Rollouts:         rollouts,
-		Metrics:          m,
-		AdminKey:         adminKey,
-		PlatformKeyGrace: o.grace,
-		Logger:           log,
-		MaxBodyBytes:     o.maxBody,
-		Now:              clk.Now,
-		Ready:            o.ready,
-		Build:            o.build,
-	}))
-	t.Cleanup(h.srv.Close)
-	h.admin = client.New(h.srv.URL, client.WithAdminKey(adminKey), client.WithHTTPClient(h.srv.Client()))
-	h.remember(adminKey)
-	t.Cleanup(h.checkLogs)
-	return h
+	s := servertest.Serve(t, store,
+		servertest.Clock(testclock.Fixed(time.Now().UTC().Truncate(time.Second))),
+		servertest.Ports(cmp.Or(o.ports, 300)),
+		servertest.BootTimeout(o.bootTimeout),
+		servertest.WithMetrics(),
+		servertest.RunLoops(),
+		servertest.API(func(d *api.Deps) {
+			d.PlatformKeyGrace = o.grace
+			d.MaxBodyBytes = o.maxBody
+			d.Ready = o.ready
+			d.Build = o.build
+		}))
+	return &harness{Server: s, t: t, store: store, fake: s.Fake, lm: s.Manager, metrics: s.Metrics, clock: s.Clock,
+		srv: s.HTTP, admin: s.Admin, adminKey: s.AdminKey, logs: s.Logs}
 }
 
-func statesOf() []string {
-	out := make([]string, 0, len(bap.States))
-	for _, s := range bap.States {
-		out = append(out, string(s))
-	}
-	return out
-}
-
-func (h *harness) remember(keys ...string) {
-	h.secretsMu.Lock()
-	h.secrets = append(h.secrets, keys...)
-	h.secretsMu.Unlock()
-}
-
-// checkLogs fails the test when any key the harness saw was logged.
-func (h *harness) checkLogs() {
-	logs := h.logs.String()
-	h.secretsMu.Lock()
-	defer h.secretsMu.Unlock()
-	for _, k := range h.secrets {
-		if k != "" && strings.Contains(logs, k) {
-			h.t.Errorf("a key appeared in the logs")
-		}
-	}
-	for _, prefix := range []string{"pk-sept-", "sk-sept-"} {
-		if strings.Contains(logs, prefix) {
-			h.t.Errorf("a %s key appeared in the logs", prefix)
-		}
-	}
-}
+func (h *harness) remember(keys ...string) { h.Remember(keys...) }
 
 // product registers a product with policy (JSON, "" for none) and returns
 // a client with its key.
@@ -216,9 +101,7 @@ func (h *harness) product(slug, policyJSON string) (*client.Client, client.Produ
 }
 
 // platform returns a client with the given platform key.
-func (h *harness) platform(key string) *client.Client {
-	return client.New(h.srv.URL, client.WithPlatformKey(key), client.WithHTTPClient(h.srv.Client()))
-}
+func (h *harness) platform(key string) *client.Client { return h.Platform(key) }
 
 // provision provisions userID's engine and checks it runs.
 func (h *harness) provision(c *client.Client, userID string) client.Provisioned {
