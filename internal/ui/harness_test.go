@@ -5,21 +5,16 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/september/bap-engine/internal/testlog"
 
 	"github.com/stretchr/testify/require"
 
@@ -27,16 +22,13 @@ import (
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/backend/backendtest"
 	"github.com/september/bap-engine/internal/bap"
-	"github.com/september/bap-engine/internal/discovery"
 	"github.com/september/bap-engine/internal/lifecycle"
-	"github.com/september/bap-engine/internal/policy"
 	"github.com/september/bap-engine/internal/registry"
-	"github.com/september/bap-engine/internal/registry/registrytest"
-	"github.com/september/bap-engine/internal/registry/sqlite"
-	"github.com/september/bap-engine/internal/replica"
+	"github.com/september/bap-engine/internal/registry/storetest"
 	"github.com/september/bap-engine/internal/rollout"
-	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/servertest"
 	"github.com/september/bap-engine/internal/testclock"
+	"github.com/september/bap-engine/internal/testlog"
 	"github.com/september/bap-engine/internal/testmain"
 	"github.com/september/bap-engine/internal/ui"
 )
@@ -51,10 +43,11 @@ type product struct {
 	key string
 }
 
-// harness is the orchestrator's HTTP handler (the API with the dashboard
-// mounted) over a real SQLite store, a real lifecycle on the fake backend
-// and real discovery.
+// harness is the orchestrator's HTTP handler (servertest.Serve with the
+// dashboard mounted, on a running clock, nothing running in the
+// background).
 type harness struct {
+	*servertest.Server
 	t        testing.TB
 	store    registry.Store
 	lm       *lifecycle.Manager
@@ -66,9 +59,6 @@ type harness struct {
 	adminKey string
 	grace    time.Duration
 	logs     *testlog.Buffer
-
-	secretsMu sync.Mutex
-	secrets   []string
 }
 
 // options tune a harness.
@@ -83,97 +73,53 @@ type options struct {
 
 func newHarness(t *testing.T, o options) *harness {
 	t.Helper()
-	store, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "registry.db"))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = store.Close() })
-	return newHarnessOn(t, store, o)
+	return newHarnessOn(t, storetest.SQLite(t), o)
 }
 
 func newHarnessOn(t testing.TB, store registry.Store, o options) *harness {
 	t.Helper()
-	fake := backendtest.NewFake()
-	t.Cleanup(fake.Close)
-	fkey, err := secret.NewFernetKey()
-	require.NoError(t, err)
-	sealer, err := secret.NewSealer(fkey)
-	require.NoError(t, err)
-	logs := &testlog.Buffer{}
-	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	portMin, portMax := backendtest.PortRange(t, 60)
-	lm := lifecycle.New(store, fake, sealer, lifecycle.Config{
-		PortMin: portMin, PortMax: portMax, BootTimeout: 10 * time.Second, StopGrace: time.Second,
-		DefaultImage: "september-engine:test", Logger: log,
-	})
-	clk := testclock.Running()
-	disc := discovery.New(store, lm, policy.NewLimiter(clk.Now), discovery.Config{Logger: log})
-	ctx, cancel := context.WithCancel(context.Background())
-	adminKey := "admin-" + fkey[:20]
-	h := &harness{t: t, store: store, lm: lm, fake: fake, clock: clk, adminKey: adminKey, grace: o.grace, logs: logs}
-	if !o.noRollouts {
-		// The service's forms and reads only: no runner is started, so a
-		// rollout stays as the test leaves it.
-		rep := replica.New(store, replica.Config{Host: "ui-test", Logger: log})
-		h.rollouts = rollout.New(rollout.Config{Store: store, Lifecycle: lm, Replica: rep, Logger: log})
+	opts := []servertest.Option{
+		servertest.Clock(testclock.Running()),
+		servertest.Ports(60),
+		servertest.API(func(d *api.Deps) { d.PlatformKeyGrace = o.grace }),
 	}
-	dash := ui.New(ui.Deps{
-		Store: store, Lifecycle: lm, Discovery: disc, Rollouts: h.rollouts, AdminKey: adminKey,
-		PlatformKeyGrace: o.grace, Logs: o.logs, Logger: log, Now: clk.Now,
-		SessionTTL: o.ttl, PollInterval: 100 * time.Millisecond, Context: ctx,
-	})
-	h.dash = dash
-	h.srv = httptest.NewServer(api.New(api.Deps{
-		Store: store, Lifecycle: lm, Discovery: disc, Rollouts: h.rollouts, AdminKey: adminKey,
-		PlatformKeyGrace: o.grace, Logger: log, Now: clk.Now, UI: dash,
+	if o.noRollouts {
+		opts = append(opts, servertest.NoRollouts())
+	}
+	var dash http.Handler
+	opts = append(opts, servertest.Dashboard(func(s *servertest.Server) http.Handler {
+		dash = ui.New(ui.Deps{
+			Store: s.Store, Lifecycle: s.Manager, Discovery: s.Discovery, Rollouts: s.Rollouts, AdminKey: s.AdminKey,
+			PlatformKeyGrace: o.grace, Logs: o.logs, Logger: s.Log, Now: s.Clock.Now,
+			SessionTTL: o.ttl, PollInterval: 100 * time.Millisecond, Context: s.Context,
+		})
+		return dash
 	}))
-	// Streams end with ctx (as at server shutdown) before the server closes.
-	t.Cleanup(h.srv.Close)
-	t.Cleanup(cancel)
-	h.remember(adminKey)
-	t.Cleanup(h.checkLogs)
-	return h
+	s := servertest.Serve(t, store, opts...)
+	return &harness{Server: s, t: t, store: store, lm: s.Manager, fake: s.Fake, rollouts: s.Rollouts, clock: s.Clock,
+		srv: s.HTTP, dash: dash, adminKey: s.AdminKey, grace: o.grace, logs: s.Logs}
 }
 
-func (h *harness) remember(keys ...string) {
-	h.secretsMu.Lock()
-	h.secrets = append(h.secrets, keys...)
-	h.secretsMu.Unlock()
-}
+func (h *harness) remember(keys ...string) { h.Remember(keys...) }
 
 // requireNoSecret fails when text holds any key the harness has seen, or
 // anything shaped like a platform or engine key.
 func (h *harness) requireNoSecret(text, where string) {
 	h.t.Helper()
-	h.secretsMu.Lock()
-	defer h.secretsMu.Unlock()
-	for _, k := range h.secrets {
-		require.NotContains(h.t, text, k, "a key appeared in %s", where)
-	}
-	require.NotContains(h.t, text, secret.PlatformKeyPrefix, "a platform key appeared in %s", where)
-	require.NotContains(h.t, text, secret.EngineKeyPrefix, "an engine key appeared in %s", where)
+	h.RequireNoSecret(text, where)
 }
-
-// checkLogs fails the test when a key reached the logs.
-func (h *harness) checkLogs() { h.requireNoSecret(h.logs.String(), "the logs") }
 
 // product registers a product with a platform key.
 func (h *harness) product(slug string) product {
 	h.t.Helper()
-	key, err := secret.NewPlatformKey()
-	require.NoError(h.t, err)
-	h.remember(key)
-	p := registrytest.NewProduct(h.t, h.store, func(p *bap.Product) {
-		p.Slug, p.DisplayName, p.APIKeyHash = slug, "Product "+slug, secret.Hash(key)
-	})
+	p, key := h.Product(h.t, func(p *bap.Product) { p.Slug, p.DisplayName = slug, "Product "+slug })
 	return product{Product: p, key: key}
 }
 
 // provision provisions userID's engine through lifecycle.
 func (h *harness) provision(p product, userID string) bap.Engine {
 	h.t.Helper()
-	res, err := h.lm.Provision(h.t.Context(), p.Product, bap.UserID(userID), "", p.Slug)
-	require.NoError(h.t, err)
-	h.remember(res.APIKey)
-	return res.Engine
+	return h.Provisioned(h.t, p.Product, userID).Engine
 }
 
 // engine reads an engine back.
