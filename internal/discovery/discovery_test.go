@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"sync"
@@ -13,9 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/september/bap-engine/internal/registry/storetest"
-
-	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
 	"github.com/september/bap-engine/internal/audit"
@@ -27,8 +23,9 @@ import (
 	"github.com/september/bap-engine/internal/policy"
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/registrytest"
-	"github.com/september/bap-engine/internal/replica"
+	"github.com/september/bap-engine/internal/registry/storetest"
 	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/servertest"
 	"github.com/september/bap-engine/internal/testclock"
 	"github.com/september/bap-engine/internal/testmain"
 )
@@ -43,9 +40,11 @@ func eachStore(t *testing.T, fn func(t *testing.T, open func(testing.TB) registr
 	storetest.Each(t, fn)
 }
 
-// env is one test's world: a real store (behind a hook wrapper), the fake
-// backend, a lifecycle manager and the Service under test.
+// env is one test's world (servertest.World on a store behind a hook
+// wrapper, its Manager acting as a registered replica) and the Service
+// under test.
 type env struct {
+	*servertest.World
 	store  *hookStore
 	fake   *backendtest.Fake
 	sealer *secret.Sealer
@@ -53,7 +52,6 @@ type env struct {
 	lim    *policy.Limiter
 	clock  *testclock.Clock
 	svc    *discovery.Service
-	cfg    lifecycle.Config
 }
 
 type envOptions struct {
@@ -63,76 +61,27 @@ type envOptions struct {
 func newEnv(t testing.TB, open func(testing.TB) registry.Store, o envOptions) *env {
 	t.Helper()
 	store := &hookStore{Store: open(t)}
-	fake := backendtest.NewFake()
-	t.Cleanup(fake.Close)
-	key, err := secret.NewFernetKey()
-	require.NoError(t, err)
-	sealer, err := secret.NewSealer(key)
-	require.NoError(t, err)
-	portMin, portMax := backendtest.PortRange(t, 100)
-	cfg := lifecycle.Config{
-		PortMin:      portMin,
-		PortMax:      portMax,
-		BootTimeout:  cmpDur(o.bootTimeout, 10*time.Second),
-		StopGrace:    time.Second,
-		DefaultImage: "september-engine:test",
-	}
-	cfg.Replica = registeredReplica(t, store)
-	lm := lifecycle.New(store, fake, sealer, cfg)
-	c := testclock.Fixed(time.Now())
-	lim := policy.NewLimiter(c.Now)
-	svc := discovery.New(store, lm, lim, discovery.Config{Now: c.Now})
-	return &env{store: store, fake: fake, sealer: sealer, lm: lm, lim: lim, clock: c, svc: svc, cfg: cfg}
-}
-
-// registeredReplica is a replica registered on store and heartbeating until
-// the test ends: each Manager standing for an orchestrator process of its
-// own needs one, so that the others see its claims as a live replica's.
-func registeredReplica(t testing.TB, store registry.Store) *replica.Replica {
-	t.Helper()
-	r := replica.New(store, replica.Config{TTL: 10 * time.Second, Host: "discovery-test-" + uuid.NewString()[:8],
-		Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, r.Start(context.Background()))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = r.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		r.Deregister(context.Background())
-	})
-	return r
+	w := servertest.New(t, store, servertest.BootTimeout(o.bootTimeout), servertest.Registered())
+	lim := policy.NewLimiter(w.Clock.Now)
+	svc := discovery.New(store, w.Manager, lim, discovery.Config{Now: w.Clock.Now})
+	return &env{World: w, store: store, fake: w.Fake, sealer: w.Sealer, lm: w.Manager, lim: lim, clock: w.Clock, svc: svc}
 }
 
 // otherProcess is a second orchestrator process on e's database: its own
 // manager and replica, so no in-process flight is shared with e.lm.
 func (e *env) otherProcess(t testing.TB) *lifecycle.Manager {
 	t.Helper()
-	cfg := e.cfg
-	cfg.Replica = registeredReplica(t, e.store.Store)
+	cfg := e.Config
+	cfg.Replica = servertest.RegisteredReplica(t, e.store.Store)
 	return lifecycle.New(e.store.Store, e.fake, e.sealer, cfg)
-}
-
-func cmpDur(a, b time.Duration) time.Duration {
-	if a != 0 {
-		return a
-	}
-	return b
 }
 
 // product registers a product with a real platform key and returns it and
 // its key hash.
 func (e *env) product(t testing.TB, policyJSON string) (bap.Product, string) {
 	t.Helper()
-	pk, err := secret.NewPlatformKey()
-	require.NoError(t, err)
-	h := secret.Hash(pk)
-	p := registrytest.NewProduct(t, e.store, registrytest.WithPolicy(t, policyJSON),
-		func(p *bap.Product) { p.APIKeyHash = h })
-	return p, h
+	p, _ := e.Product(t, registrytest.WithPolicy(t, policyJSON))
+	return p, p.APIKeyHash
 }
 
 // engineRow inserts an engine row in state st with a real sealed key (no
