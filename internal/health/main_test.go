@@ -2,6 +2,7 @@ package health_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -9,8 +10,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/september/bap-engine/internal/registry/storetest"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
@@ -24,7 +23,8 @@ import (
 	"github.com/september/bap-engine/internal/health"
 	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/registry"
-	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/registry/storetest"
+	"github.com/september/bap-engine/internal/servertest"
 	"github.com/september/bap-engine/internal/testmain"
 )
 
@@ -97,14 +97,31 @@ var fastRestart = lifecycle.RestartPolicy{MaxAttempts: 8, BackoffBase: 50 * time
 
 func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
-	ctx := context.Background()
 	store := o.store
 	if store == nil {
 		store = storetest.SQLite(t)
 	}
-	e := &env{store: store}
+	e := &env{store: store, watching: make(chan struct{})}
+	opts := []servertest.Option{
+		servertest.Ports(40),
+		servertest.BootTimeout(cmp.Or(o.bootTimeout, 15*time.Second)),
+		servertest.WrapBackend(func(b backend.Backend) backend.Backend {
+			return &watchedBackend{Backend: b, watching: e.watching}
+		}),
+		servertest.Lifecycle(func(c *lifecycle.Config) {
+			c.DefaultImage = o.image
+			c.StopGrace = 2 * time.Second
+			c.ProbeTimeout = 500 * time.Millisecond
+			c.SleepMode = o.sleepMode
+			c.Restart = o.restart
+			if c.Restart == (lifecycle.RestartPolicy{}) {
+				c.Restart = fastRestart
+			}
+			c.Logger = quietLogger()
+		}),
+	}
 	if o.backend != nil {
-		e.be = o.backend
+		opts = append(opts, servertest.Backend(o.backend))
 	} else if o.subprocess {
 		b, err := subprocess.New(subprocess.Config{
 			Command:     []string{os.Args[0]},
@@ -120,37 +137,11 @@ func newEnv(t testing.TB, o envOptions) *env {
 		})
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = b.Close() })
-		e.be = b
-	} else {
-		e.fake = backendtest.NewFake()
-		t.Cleanup(e.fake.Close)
-		e.be = e.fake
+		opts = append(opts, servertest.Backend(b))
 	}
-	key, err := secret.NewFernetKey()
-	require.NoError(t, err)
-	sealer, err := secret.NewSealer(key)
-	require.NoError(t, err)
-	portMin, portMax := backendtest.PortRange(t, 40)
-	e.watching = make(chan struct{})
-	restart := o.restart
-	if restart == (lifecycle.RestartPolicy{}) {
-		restart = fastRestart
-	}
-	e.lm = lifecycle.New(store, &watchedBackend{Backend: e.be, watching: e.watching}, sealer, lifecycle.Config{
-		PortMin:      portMin,
-		PortMax:      portMax,
-		BootTimeout:  cmpDur(o.bootTimeout, 15*time.Second),
-		DefaultImage: o.image,
-		StopGrace:    2 * time.Second,
-		ProbeTimeout: 500 * time.Millisecond,
-		SleepMode:    o.sleepMode,
-		Restart:      restart,
-		Logger:       quietLogger(),
-	})
-	e.product = bap.Product{ID: uuid.NewString(), Slug: "p-" + uuid.NewString()[:8], DisplayName: "Test",
-		APIKeyHash: secret.Hash(uuid.NewString()), CreatedAt: bap.Now()}
-	require.NoError(t, store.CreateProduct(ctx, e.product,
-		audit.Entry{ProductID: e.product.ID, Action: audit.PolicyRegister, Actor: audit.ActorAdmin}))
+	w := servertest.New(t, store, opts...)
+	e.be, e.fake, e.lm = w.Backend, w.Fake, w.Manager
+	e.product, _ = w.Product(t)
 	t.Cleanup(func() {
 		// Leave no engine running behind the test.
 		engines, _ := store.EnginesByStatus(context.Background(), bap.States...)
@@ -159,13 +150,6 @@ func newEnv(t testing.TB, o envOptions) *env {
 		}
 	})
 	return e
-}
-
-func cmpDur(a, b time.Duration) time.Duration {
-	if a != 0 {
-		return a
-	}
-	return b
 }
 
 // provision creates a running engine and returns it with its key.
