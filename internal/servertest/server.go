@@ -33,19 +33,26 @@ import (
 // found there fails the test when it ends.
 type Server struct {
 	*World
+	// Discovery admits on the world's clock.
 	Discovery *discovery.Service
 	// Rollouts is nil with NoRollouts.
 	Rollouts *rollout.Service
 	// Metrics is nil without WithMetrics.
 	Metrics *metrics.Metrics
-	Logs    *testlog.Buffer
-	Log     *slog.Logger
+	// Logs is everything logged, as JSON lines.
+	Logs *testlog.Buffer
+	// Log writes to Logs with the request id; give it to what a Dashboard
+	// builds.
+	Log *slog.Logger
 	// Context ends when the test does, before the server closes (as at a
 	// shutdown), for what streams: give it to the dashboard.
-	Context  context.Context
+	Context context.Context
+	// AdminKey is the server's ORCH_ADMIN_KEY.
 	AdminKey string
-	HTTP     *httptest.Server
-	Admin    *client.Client
+	// HTTP serves the API handler.
+	HTTP *httptest.Server
+	// Admin is a client of HTTP with the admin key.
+	Admin *client.Client
 
 	t         testing.TB
 	secretsMu sync.Mutex

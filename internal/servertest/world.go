@@ -41,10 +41,12 @@ type World struct {
 	Backend backend.Backend
 	// FernetKey is the key Sealer seals with.
 	FernetKey string
-	Sealer    *secret.Sealer
+	// Sealer seals the engines' keys, as the Manager does.
+	Sealer *secret.Sealer
 	// Config is what Manager was built with (before lifecycle's defaults),
 	// for a second Manager standing for another process.
-	Config  lifecycle.Config
+	Config lifecycle.Config
+	// Manager is the lifecycle under test or serving the test.
 	Manager *lifecycle.Manager
 	// Clock is the test's clock (default: fixed at the world's creation).
 	Clock *testclock.Clock
