@@ -61,7 +61,7 @@ class Stream(_Base[T]):
     ``with`` block exits."""
 
     @classmethod
-    def open(cls: Type[S], http: httpx.Client, request: Any, name: str, error: ErrorOf) -> S:
+    def _open(cls: Type[S], http: httpx.Client, request: Any, name: str, error: ErrorOf) -> S:
         """Send ``request`` (``httpx.Client.stream`` arguments) and return the
         open stream of its answer. A failure is raised here, before the first
         item: TransportError naming the call ``name``, or ``error`` of the
@@ -106,8 +106,8 @@ class AsyncStream(_Base[T]):
     """The asyncio form of :class:`Stream` (``async for``, ``async with``)."""
 
     @classmethod
-    async def open(cls: Type[A], http: httpx.AsyncClient, request: Any, name: str, error: ErrorOf) -> A:
-        """See :meth:`Stream.open`."""
+    async def _open(cls: Type[A], http: httpx.AsyncClient, request: Any, name: str, error: ErrorOf) -> A:
+        """See :meth:`Stream._open`."""
         context = http.stream(**request)
         with _http.transport_errors(name):
             response = await context.__aenter__()

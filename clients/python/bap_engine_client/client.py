@@ -421,7 +421,7 @@ class Client(_Base, _http.Pool):
         as long as the stream is open.
         """
         call = _Calls.logs(user_id, tail, True)
-        return LogStream.open(self._http, self._follow_args(call, timeout), call.name, _http.api_error)
+        return LogStream._open(self._http, self._follow_args(call, timeout), call.name, _http.api_error)
 
     # Fleet.
 
@@ -678,7 +678,7 @@ class AsyncClient(_Base, _http.AsyncPool):
         """See :meth:`Client.follow_logs`; returns an open
         :class:`~bap_engine_client.logs.AsyncLogStream` (``async for``)."""
         call = _Calls.logs(user_id, tail, True)
-        return await AsyncLogStream.open(self._http, self._follow_args(call, timeout), call.name, _http.api_error)
+        return await AsyncLogStream._open(self._http, self._follow_args(call, timeout), call.name, _http.api_error)
 
     async def status(self) -> FleetStatus:
         """See :meth:`Client.status`."""

@@ -254,7 +254,7 @@ class EngineClient(_EngineBase, _http.Pool):
         answer its own client with a proper status.
         """
         request = self._args(path, payload, "text/event-stream")
-        return EventStream.open(self._http, request, f"POST {self.url}{path}", _http.engine_error)
+        return EventStream._open(self._http, request, f"POST {self.url}{path}", _http.engine_error)
 
 
 class AsyncEngineClient(_EngineBase, _http.AsyncPool):
@@ -285,4 +285,4 @@ class AsyncEngineClient(_EngineBase, _http.AsyncPool):
     async def stream(self, payload: Payload, *, path: str = "/execute") -> AsyncEventStream:
         """See :meth:`EngineClient.stream`; returns an :class:`AsyncEventStream`."""
         request = self._args(path, payload, "text/event-stream")
-        return await AsyncEventStream.open(self._http, request, f"POST {self.url}{path}", _http.engine_error)
+        return await AsyncEventStream._open(self._http, request, f"POST {self.url}{path}", _http.engine_error)
