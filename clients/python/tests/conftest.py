@@ -66,9 +66,15 @@ def eventually(probe: Callable[[], Optional[T]], timeout: float = 30.0, what: st
 
 
 def free_port_range(n: int) -> range:
-    """``n`` consecutive ports on 127.0.0.1 that nothing listens on now."""
+    """``n`` consecutive ports on 127.0.0.1 that nothing listens on now.
+
+    They are taken from 32000-32767: below Linux's ephemeral ports (32768 on),
+    which any client connection may hold by the time an engine binds, and
+    above the ranges the Go tests hand out (10000-31999), which may run at the
+    same time.
+    """
     for _ in range(200):
-        lo = random.randint(33000, 39000 - n)
+        lo = random.randint(32000, 32768 - n)
         if all(_bindable(p) for p in range(lo, lo + n)):
             return range(lo, lo + n)
     raise RuntimeError(f"no {n} free consecutive ports")
