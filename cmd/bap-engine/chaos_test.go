@@ -115,9 +115,7 @@ func TestChaosSoak(t *testing.T) {
 		env["ORCH_HEALTH_CHECK_INTERVAL_S"] = "0.5"
 		env["ORCH_RESTART_BACKOFF_BASE_S"] = "0.2"
 		env["ORCH_BOOT_TIMEOUT_S"] = "30"
-		env["ENGINE_WARMUP_S"] = "0.3"
-		env["ENGINE_SHUTDOWN_DELAY_S"] = "0.3"
-		env["ORCH_ENGINE_ENV_PASSTHROUGH"] = mainEnv + ",ENGINE_WARMUP_S,ENGINE_SHUTDOWN_DELAY_S"
+		engineEnv(env, "ENGINE_WARMUP_S", "0.3", "ENGINE_SHUTDOWN_DELAY_S", "0.3")
 	})
 	ctx := context.Background()
 	_, err := adminClient(c.procs[0].url, c.env).UpdatePolicy(ctx, c.prod.ProductID,

@@ -145,6 +145,24 @@ func adminClient(url string, env map[string]string) *client.Client {
 	return client.New(url, client.WithAdminKey(env["ORCH_ADMIN_KEY"]))
 }
 
+// registerAcme registers the product "acme" on the orchestrator at url and
+// returns it with a client holding its platform key.
+func registerAcme(t *testing.T, url string, env map[string]string) (client.Product, *client.Client) {
+	t.Helper()
+	prod, err := adminClient(url, env).RegisterProduct(context.Background(), client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
+	require.NoError(t, err)
+	return prod, client.New(url, client.WithPlatformKey(prod.PlatformAPIKey))
+}
+
+// engineEnv sets variables for the reference engines the orchestrator
+// starts (name, value pairs) and passes them through to them.
+func engineEnv(env map[string]string, nameValues ...string) {
+	for i := 0; i+1 < len(nameValues); i += 2 {
+		env[nameValues[i]] = nameValues[i+1]
+		env["ORCH_ENGINE_ENV_PASSTHROUGH"] += "," + nameValues[i]
+	}
+}
+
 func engineAnswers(t *testing.T, url, key string) int {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url+"/brain", nil)
@@ -209,9 +227,7 @@ func TestServeRestartKeepsEngines(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, "ok", h.Status)
 
-			prod, err := adminClient(o.url, env).RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
-			require.NoError(t, err)
-			pc := client.New(o.url, client.WithPlatformKey(prod.PlatformAPIKey))
+			prod, pc := registerAcme(t, o.url, env)
 			adm, err := pc.Admit(ctx, "alice", client.AdmitOptions{AutoProvision: true})
 			require.NoError(t, err)
 			require.True(t, adm.Admitted)
@@ -476,15 +492,11 @@ func TestKilledDuringProvisionAndDestroy(t *testing.T) {
 	for _, st := range stores() {
 		t.Run(st.name, func(t *testing.T) {
 			env := baseEnv(t, st.url(t))
-			env["ENGINE_WARMUP_S"] = "1"
-			env["ENGINE_SHUTDOWN_DELAY_S"] = "1"
-			env["ORCH_ENGINE_ENV_PASSTHROUGH"] = mainEnv + ",ENGINE_WARMUP_S,ENGINE_SHUTDOWN_DELAY_S"
+			engineEnv(env, "ENGINE_WARMUP_S", "1", "ENGINE_SHUTDOWN_DELAY_S", "1")
 			ctx := context.Background()
 
 			c := startChild(t, env)
-			prod, err := adminClient(c.url, env).RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
-			require.NoError(t, err)
-			pc := client.New(c.url, client.WithPlatformKey(prod.PlatformAPIKey))
+			prod, pc := registerAcme(t, c.url, env)
 			// One engine provisioned completely, to be destroyed later.
 			done, err := pc.Provision(ctx, client.ProvisionRequest{UserID: "bob"})
 			require.NoError(t, err)
@@ -517,7 +529,7 @@ func TestKilledDuringProvisionAndDestroy(t *testing.T) {
 			require.Eventually(t, func() bool {
 				_, err = pc.Get(ctx, "bob")
 				return client.ErrorCode(err) == "ENGINE_NOT_FOUND"
-			}, 5*time.Second, 10*time.Millisecond, "destroy finished by the takeover of the dead orchestrator's operation")
+			}, 15*time.Second, 10*time.Millisecond, "destroy finished by the takeover of the dead orchestrator's operation")
 			require.Zero(t, engineAnswers(t, done.URL, done.APIKey), "destroyed engine's process is gone")
 
 			list, err := pc.List(ctx, client.ListOptions{})
@@ -556,9 +568,7 @@ func TestPostgresRestartUnderRunningOrchestrator(t *testing.T) {
 	env := baseEnv(t, pg.URL(t))
 	ctx := context.Background()
 	o := startServe(t, env)
-	prod, err := adminClient(o.url, env).RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
-	require.NoError(t, err)
-	pc := client.New(o.url, client.WithPlatformKey(prod.PlatformAPIKey))
+	_, pc := registerAcme(t, o.url, env)
 	eng, err := pc.Provision(ctx, client.ProvisionRequest{UserID: "alice"})
 	require.NoError(t, err)
 
@@ -612,9 +622,7 @@ func TestRekeyMovesEngineKeysToTheNewMasterKey(t *testing.T) {
 	env := baseEnv(t, "sqlite:///"+strings.TrimPrefix(filepath.Join(t.TempDir(), "bap.db"), "/"))
 	ctx := context.Background()
 	o := startServe(t, env)
-	prod, err := adminClient(o.url, env).RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
-	require.NoError(t, err)
-	pc := client.New(o.url, client.WithPlatformKey(prod.PlatformAPIKey))
+	prod, pc := registerAcme(t, o.url, env)
 	eng, err := pc.Provision(ctx, client.ProvisionRequest{UserID: "alice"})
 	require.NoError(t, err)
 	o.stop(t)

@@ -299,9 +299,7 @@ func (c *cluster) requireClean() {
 // TTL + 5 s, leaving no orphan process, data or port.
 func TestReplicaKilledMidOperation(t *testing.T) {
 	slowEngines := func(env map[string]string) {
-		env["ENGINE_WARMUP_S"] = "1.5"
-		env["ENGINE_SHUTDOWN_DELAY_S"] = "1.5"
-		env["ORCH_ENGINE_ENV_PASSTHROUGH"] = mainEnv + ",ENGINE_WARMUP_S,ENGINE_SHUTDOWN_DELAY_S"
+		engineEnv(env, "ENGINE_WARMUP_S", "1.5", "ENGINE_SHUTDOWN_DELAY_S", "1.5")
 		env["ORCH_HEALTH_CHECK_INTERVAL_S"] = "30"
 	}
 	ctx := context.Background()
@@ -475,8 +473,7 @@ func TestConcurrentRotateKeyAcrossReplicas(t *testing.T) {
 func TestStopOnOneReplicaWhileAnotherProbes(t *testing.T) {
 	c := newCluster(t, 2, func(env map[string]string) {
 		env["ORCH_HEALTH_CHECK_INTERVAL_S"] = "0.3"
-		env["ENGINE_SHUTDOWN_DELAY_S"] = "1"
-		env["ORCH_ENGINE_ENV_PASSTHROUGH"] = mainEnv + ",ENGINE_SHUTDOWN_DELAY_S"
+		engineEnv(env, "ENGINE_SHUTDOWN_DELAY_S", "1")
 	})
 	ctx := context.Background()
 	// Engines until one's shard is held by r0; r1 stops it.
@@ -650,8 +647,7 @@ func TestQuotaAndMaxRunningAcrossReplicas(t *testing.T) {
 func TestFrozenReplicaCommitsNothingStale(t *testing.T) {
 	c := newCluster(t, 2, func(env map[string]string) {
 		env["ORCH_HEALTH_CHECK_INTERVAL_S"] = "0.3"
-		env["ENGINE_WARMUP_S"] = "2"
-		env["ORCH_ENGINE_ENV_PASSTHROUGH"] = mainEnv + ",ENGINE_WARMUP_S"
+		engineEnv(env, "ENGINE_WARMUP_S", "2")
 	})
 	ctx := context.Background()
 	a, b := c.procs[0], c.procs[1]
@@ -755,15 +751,11 @@ func TestSingleOrchestratorRestartFinishesWithin5s(t *testing.T) {
 			t.Parallel()
 			env := baseEnv(t, st.url(t))
 			delete(env, "ORCH_RECONCILE_GRACE_S")
-			env["ENGINE_WARMUP_S"] = "1"
-			env["ENGINE_SHUTDOWN_DELAY_S"] = "1"
-			env["ORCH_ENGINE_ENV_PASSTHROUGH"] = mainEnv + ",ENGINE_WARMUP_S,ENGINE_SHUTDOWN_DELAY_S"
+			engineEnv(env, "ENGINE_WARMUP_S", "1", "ENGINE_SHUTDOWN_DELAY_S", "1")
 			killEnginesUnder(t, env["ORCH_DATA_ROOT"])
 			ctx := context.Background()
 			o := startChild(t, env)
-			prod, err := adminClient(o.url, env).RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
-			require.NoError(t, err)
-			pc := client.New(o.url, client.WithPlatformKey(prod.PlatformAPIKey))
+			prod, pc := registerAcme(t, o.url, env)
 			doomed, err := pc.Provision(ctx, client.ProvisionRequest{UserID: "doomed"})
 			require.NoError(t, err)
 

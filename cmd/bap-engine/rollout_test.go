@@ -49,6 +49,21 @@ func awaitRollout(t *testing.T, ac *client.Client, id, state string) client.Roll
 	return ro
 }
 
+// provisionV1 provisions n engines on v1, user-0 to user-<n-1>, each
+// remembering its user's name in its brain.
+func provisionV1(t *testing.T, pc *client.Client, n int) map[string]client.Provisioned {
+	t.Helper()
+	keys := map[string]client.Provisioned{}
+	for i := range n {
+		u := fmt.Sprintf("user-%d", i)
+		e, err := pc.Provision(context.Background(), client.ProvisionRequest{UserID: u, EngineVersion: "v1"})
+		require.NoError(t, err)
+		keys[u] = e
+		remember(t, e.URL, e.APIKey, u)
+	}
+	return keys
+}
+
 // TestRolloutUpgradesItsShareAndPausesItself drives rollouts of a 10-engine
 // product on a real orchestrator with reference engines: 20 % upgrades
 // exactly 2 engines, raising it to 50 % exactly 5 including those 2; a
@@ -58,21 +73,13 @@ func awaitRollout(t *testing.T, ac *client.Client, id, state string) client.Roll
 func TestRolloutUpgradesItsShareAndPausesItself(t *testing.T) {
 	for _, st := range stores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel() // mostly waits out boot timeouts: the stores share them
 			env := upgradeEnv(t, st.url(t))
 			ctx := context.Background()
 			o := startServe(t, env)
 			ac := adminClient(o.url, env)
-			prod, err := ac.RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
-			require.NoError(t, err)
-			pc := client.New(o.url, client.WithPlatformKey(prod.PlatformAPIKey))
-			keys := map[string]client.Provisioned{}
-			for i := range 10 {
-				u := fmt.Sprintf("user-%d", i)
-				e, err := pc.Provision(ctx, client.ProvisionRequest{UserID: u, EngineVersion: "v1"})
-				require.NoError(t, err)
-				keys[u] = e
-				remember(t, e.URL, e.APIKey, u)
-			}
+			prod, pc := registerAcme(t, o.url, env)
+			keys := provisionV1(t, pc, 10)
 
 			ro, err := ac.CreateRollout(ctx, "acme", client.RolloutRequest{EngineVersion: "v2", Percent: 20})
 			require.NoError(t, err)
@@ -177,19 +184,11 @@ func TestRolloutUpgradesItsShareAndPausesItself(t *testing.T) {
 // new version with its brain, and no engine is left with a claim.
 func TestRolloutSurvivesTheLeadersDeath(t *testing.T) {
 	c := newCluster(t, 2, func(env map[string]string) {
-		env["ENGINE_WARMUP_S"] = "0.3"
-		env["ORCH_ENGINE_ENV_PASSTHROUGH"] += ",ENGINE_WARMUP_S"
+		engineEnv(env, "ENGINE_WARMUP_S", "0.3")
 	})
 	ctx := context.Background()
 	pc := c.platform(c.procs[0])
-	keys := map[string]client.Provisioned{}
-	for i := range 6 {
-		u := fmt.Sprintf("user-%d", i)
-		e, err := pc.Provision(ctx, client.ProvisionRequest{UserID: u, EngineVersion: "v1"})
-		require.NoError(t, err)
-		keys[u] = e
-		remember(t, e.URL, e.APIKey, u)
-	}
+	keys := provisionV1(t, pc, 6)
 	leader := c.holderOfShard(replica.LeaderShard)
 	require.NotNil(t, leader)
 	var other *replicaProc
@@ -250,22 +249,12 @@ func (c *cluster) holderOfShard(shard int) *replicaProc {
 // finishes the rollout.
 func TestRolloutResumesAfterARestart(t *testing.T) {
 	env := upgradeEnv(t, stores()[0].url(t))
-	env["ENGINE_WARMUP_S"] = "0.3"
-	env["ORCH_ENGINE_ENV_PASSTHROUGH"] += ",ENGINE_WARMUP_S"
+	engineEnv(env, "ENGINE_WARMUP_S", "0.3")
 	ctx := context.Background()
 	c := startChild(t, env)
 	ac := adminClient(c.url, env)
-	prod, err := ac.RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
-	require.NoError(t, err)
-	pc := client.New(c.url, client.WithPlatformKey(prod.PlatformAPIKey))
-	keys := map[string]client.Provisioned{}
-	for i := range 4 {
-		u := fmt.Sprintf("user-%d", i)
-		e, err := pc.Provision(ctx, client.ProvisionRequest{UserID: u, EngineVersion: "v1"})
-		require.NoError(t, err)
-		keys[u] = e
-		remember(t, e.URL, e.APIKey, u)
-	}
+	_, pc := registerAcme(t, c.url, env)
+	keys := provisionV1(t, pc, 4)
 	ro, err := ac.CreateRollout(ctx, "acme", client.RolloutRequest{EngineVersion: "v2", Percent: 100, MaxParallel: 1})
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {

@@ -16,41 +16,43 @@ import (
 	"github.com/september/bap-engine/client"
 )
 
-// remember writes input into the engine's brain (POST /execute) and
-// returns the brain's counter after it.
-func remember(t *testing.T, url, key, input string) int {
+// engineJSON calls the engine at url with its key and decodes its 200
+// answer into out.
+func engineJSON(t *testing.T, method, url, key, body string, out any) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url+"/execute", strings.NewReader(`{"input":"`+input+`"}`))
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	require.NoError(t, err)
-	req.Header.Set("X-Engine-Key", key)
+	if key != "" {
+		req.Header.Set("X-Engine-Key", key)
+	}
 	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(out))
+}
+
+// remember writes input into the engine's brain (POST /execute) and
+// returns the brain's counter after it.
+func remember(t *testing.T, url, key, input string) int {
+	t.Helper()
 	var out struct {
 		Counter int `json:"counter"`
 	}
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+	engineJSON(t, http.MethodPost, url+"/execute", key, `{"input":"`+input+`"}`, &out)
 	return out.Counter
 }
 
 // brainOf reads the engine's brain: its counter and the inputs it noted.
 func brainOf(t *testing.T, url, key string) (int, []string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url+"/brain", nil)
-	require.NoError(t, err)
-	req.Header.Set("X-Engine-Key", key)
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
 	var out struct {
 		Counter int `json:"counter"`
 		Notes   []struct {
 			Input string `json:"input"`
 		} `json:"notes"`
 	}
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+	engineJSON(t, http.MethodGet, url+"/brain", key, "", &out)
 	var inputs []string
 	for _, n := range out.Notes {
 		inputs = append(inputs, n.Input)
@@ -61,14 +63,11 @@ func brainOf(t *testing.T, url, key string) (int, []string) {
 // versionOf is the ENGINE_VERSION the engine itself reports on /health.
 func versionOf(t *testing.T, url string) string {
 	t.Helper()
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url + "/health")
-	require.NoError(t, err)
-	defer resp.Body.Close()
 	var h struct {
 		Status        string `json:"status"`
 		EngineVersion string `json:"engine_version"`
 	}
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&h))
+	engineJSON(t, http.MethodGet, url+"/health", "", "", &h)
 	require.Equal(t, "ok", h.Status)
 	return h.EngineVersion
 }
@@ -89,8 +88,7 @@ func snapshotDirs(t *testing.T, env map[string]string, engineID string) []string
 // and a short boot timeout, so a refused upgrade is rolled back quickly.
 func upgradeEnv(t *testing.T, dbURL string) map[string]string {
 	env := baseEnv(t, dbURL)
-	env["ENGINE_REFUSE_VERSIONS"] = "v-bad"
-	env["ORCH_ENGINE_ENV_PASSTHROUGH"] = mainEnv + ",ENGINE_REFUSE_VERSIONS"
+	engineEnv(env, "ENGINE_REFUSE_VERSIONS", "v-bad")
 	env["ORCH_BOOT_TIMEOUT_S"] = "8" // generous: CI runs the race build of everything at once
 	env["ORCH_SNAPSHOTS_KEPT"] = "2"
 	return env
@@ -105,15 +103,13 @@ func upgradeEnv(t *testing.T, dbURL string) map[string]string {
 func TestUpgradeKeepsTheBrainAndRollsBackARefusedVersion(t *testing.T) {
 	for _, st := range stores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel() // mostly waits out boot timeouts: the stores share them
 			env := upgradeEnv(t, st.url(t))
 			// Engines take half a second to answer, so the CLI sees the wait.
-			env["ENGINE_WARMUP_S"] = "0.5"
-			env["ORCH_ENGINE_ENV_PASSTHROUGH"] += ",ENGINE_WARMUP_S"
+			engineEnv(env, "ENGINE_WARMUP_S", "0.5")
 			ctx := context.Background()
 			o := startServe(t, env)
-			prod, err := adminClient(o.url, env).RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
-			require.NoError(t, err)
-			pc := client.New(o.url, client.WithPlatformKey(prod.PlatformAPIKey))
+			prod, pc := registerAcme(t, o.url, env)
 			eng, err := pc.Provision(ctx, client.ProvisionRequest{UserID: "alice", EngineVersion: "v1"})
 			require.NoError(t, err)
 			require.Equal(t, "v1", versionOf(t, eng.URL))
@@ -216,22 +212,22 @@ func TestUpgradeKeepsTheBrainAndRollsBackARefusedVersion(t *testing.T) {
 func TestKilledDuringUpgrade(t *testing.T) {
 	for _, tc := range []struct{ to, want string }{{"v2", ""}, {"v-bad", "v1"}} {
 		for _, st := range stores() {
-			t.Run(tc.to+"/"+st.name, func(t *testing.T) { killedDuringUpgrade(t, st, tc.to, tc.want) })
+			t.Run(tc.to+"/"+st.name, func(t *testing.T) {
+				t.Parallel() // mostly waits on warming engines and boot timeouts
+				killedDuringUpgrade(t, st, tc.to, tc.want)
+			})
 		}
 	}
 }
 
 func killedDuringUpgrade(t *testing.T, st store, to, want string) {
 	env := upgradeEnv(t, st.url(t))
-	env["ENGINE_WARMUP_S"] = "1"
-	env["ORCH_ENGINE_ENV_PASSTHROUGH"] += ",ENGINE_WARMUP_S"
+	engineEnv(env, "ENGINE_WARMUP_S", "1")
 	env["ORCH_BOOT_TIMEOUT_S"] = "10"
 	ctx := context.Background()
 
 	c := startChild(t, env)
-	prod, err := adminClient(c.url, env).RegisterProduct(ctx, client.ProductRequest{Slug: "acme", DisplayName: "Acme"})
-	require.NoError(t, err)
-	pc := client.New(c.url, client.WithPlatformKey(prod.PlatformAPIKey))
+	prod, pc := registerAcme(t, c.url, env)
 	eng, err := pc.Provision(ctx, client.ProvisionRequest{UserID: "alice", EngineVersion: "v1"})
 	require.NoError(t, err)
 	remember(t, eng.URL, eng.APIKey, "before")

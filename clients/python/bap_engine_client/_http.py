@@ -3,17 +3,19 @@ decoded the same way, and the admit helper's retry decisions."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Dict, Generic, List, Mapping, Optional, TypeVar
+from typing import Any, Callable, Dict, Generic, Iterator, List, Mapping, Optional, TypeVar
 from urllib.parse import quote
 
 import httpx
 
-from .errors import ApiError, BapEngineError, EngineError, RateLimitedError, error_for
+from .errors import ApiError, BapEngineError, EngineError, RateLimitedError, TransportError, error_for
 
 HEADER_PLATFORM_KEY = "X-Platform-Key"
 HEADER_ADMIN_KEY = "X-Admin-Key"
@@ -30,6 +32,8 @@ PLATFORM = "platform"
 ADMIN = "admin"
 
 T = TypeVar("T")
+P = TypeVar("P", bound="Pool")
+AP = TypeVar("AP", bound="AsyncPool")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,48 @@ class Call(Generic[T]):
     decode: Callable[[httpx.Response], T]
     body: Any = None
     params: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The call as errors name it (``"GET /health"``)."""
+        return f"{self.method} {self.path}"
+
+
+class Pool:
+    """What a blocking client adds to its connection pool ``_http``:
+    :meth:`close` (when the pool is its own) and ``with``."""
+
+    _http: httpx.Client
+    _owns_http: bool
+
+    def close(self) -> None:
+        """Close the connection pool (unless it was passed in)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self: P) -> P:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AsyncPool:
+    """The asyncio form of :class:`Pool`: :meth:`aclose` and ``async with``."""
+
+    _http: httpx.AsyncClient
+    _owns_http: bool
+
+    async def aclose(self) -> None:
+        """Close the connection pool (unless it was passed in)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self: AP) -> AP:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
 
 
 def engine_path(user_id: str, action: str = "") -> str:
@@ -135,6 +181,36 @@ def parse_retry_after(value: Optional[str], now: Optional[datetime] = None) -> O
     return max((when - now).total_seconds(), 0.0)
 
 
+@contextlib.contextmanager
+def transport_errors(name: str) -> Iterator[None]:
+    """Raise an httpx failure inside the block as a TransportError naming
+    the call (``"GET /health"``). Also around an ``await``."""
+    try:
+        yield
+    except httpx.HTTPError as err:
+        raise TransportError(f"{name}: {err}") from err
+
+
+def read_error_body(response: httpx.Response) -> bytes:
+    """The first :data:`MAX_ERROR_BODY` bytes of a streamed error answer."""
+    body = b""
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) >= MAX_ERROR_BODY:
+            break
+    return body[:MAX_ERROR_BODY]
+
+
+async def aread_error_body(response: httpx.Response) -> bytes:
+    """The asyncio form of :func:`read_error_body`."""
+    body = b""
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) >= MAX_ERROR_BODY:
+            break
+    return body[:MAX_ERROR_BODY]
+
+
 def _envelope(body: bytes) -> Optional[Mapping[str, Any]]:
     try:
         data = json.loads(body)
@@ -160,6 +236,13 @@ def api_error(response: httpx.Response, body: bytes) -> ApiError:
     if env is not None:
         return error_for(response.status_code, str(env["code"]), str(env.get("message", "")), retry_after)
     return error_for(response.status_code, None, _plain_message(response, body), retry_after)
+
+
+def engine_answer(response: httpx.Response) -> httpx.Response:
+    """``response`` when it is a 2xx engine answer; else its EngineError is raised."""
+    if not response.is_success:
+        raise engine_error(response, response.content[:MAX_ERROR_BODY])
+    return response
 
 
 def engine_error(response: httpx.Response, body: bytes) -> EngineError:
@@ -202,3 +285,34 @@ def attempt_timeout(default: Optional[float], remaining: float) -> Optional[floa
     if default is None:
         return max(remaining, 0.001)
     return max(min(default, remaining), 0.001)
+
+
+class Retries:
+    """The attempts of an admit helper: each one's timeout, and the wait
+    after each retryable failure, until ``deadline`` seconds from now."""
+
+    def __init__(
+        self, deadline: float, timeout: Optional[float], on_retry: Optional[Callable[[BapEngineError, float], None]]
+    ) -> None:
+        if not deadline > 0:
+            raise ValueError("deadline must be a positive number of seconds")
+        self._end = time.monotonic() + deadline
+        self._timeout = timeout
+        self._on_retry = on_retry
+        self._attempt = 0
+
+    def timeout(self) -> Optional[float]:
+        """The timeout of the next attempt (see :func:`attempt_timeout`)."""
+        return attempt_timeout(self._timeout, self._end - time.monotonic())
+
+    def wait_after(self, err: BapEngineError) -> float:
+        """Seconds to wait after ``err`` before the next attempt (told to
+        ``on_retry`` first); raises ``err`` when it is not retried (see
+        :func:`retry_delay`)."""
+        delay = retry_delay(err, self._attempt, self._end - time.monotonic())
+        if delay is None:
+            raise err
+        if self._on_retry is not None:
+            self._on_retry(err, delay)
+        self._attempt += 1
+        return delay

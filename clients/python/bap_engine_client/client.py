@@ -17,7 +17,7 @@ import httpx
 from . import _http
 from ._http import ADMIN, PLATFORM, Call
 from .engine import AsyncEngineClient, EngineClient
-from .errors import AdmissionDenied, BapEngineError, TransportError
+from .errors import AdmissionDenied, BapEngineError
 from .logs import AsyncLogStream, LogStream
 from .types import (
     AdmitResult,
@@ -186,10 +186,12 @@ class _Calls:
     OPENAPI = Call("GET", "/openapi.json", None, _http.json_object)
 
 
-def _deadline_of(deadline: float) -> float:
-    if not deadline > 0:
-        raise ValueError("deadline must be a positive number of seconds")
-    return time.monotonic() + deadline
+def _admitted(res: AdmitResult) -> EngineInfo:
+    """The engine of an admit with auto-provision and auto-wake; its denial
+    (``engine_unhealthy``, ``engine_busy``) is raised as AdmissionDenied."""
+    if not res.admitted or res.engine is None:
+        raise AdmissionDenied(res.reason or "")
+    return res.engine
 
 
 class _Base:
@@ -198,15 +200,18 @@ class _Base:
     def __init__(
         self,
         base_url: str,
-        *,
         platform_key: Optional[str],
         admin_key: Optional[str],
         timeout: Optional[float],
+        http: Any,
+        own_http: Callable[[], Any],
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.platform_key = platform_key
         self.admin_key = admin_key
         self.timeout = timeout
+        self._owns_http = http is None
+        self._http = own_http() if http is None else http
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r})"
@@ -221,21 +226,21 @@ class _Base:
             "timeout": timeout,
         }
 
-    def _follow_args(self, user_id: str, tail: Optional[int], timeout: Optional[float]) -> Dict[str, Any]:
+    def _follow_args(self, call: Call[Any], timeout: Optional[float]) -> Dict[str, Any]:
         # A followed log may stay quiet for long: only connecting (and
         # writing the request) is bounded, unless the caller bounds reads.
         bound = self.timeout if timeout is None else timeout
-        return self._request_args(_Calls.logs(user_id, tail, True), httpx.Timeout(bound, read=timeout))
+        return self._request_args(call, httpx.Timeout(bound, read=timeout))
 
     @staticmethod
     def _decode(call: Call[T], response: httpx.Response) -> T:
         try:
             return call.decode(response)
         except (ValueError, KeyError, TypeError) as err:
-            raise _http.decode_failed(f"{call.method} {call.path}", err) from err
+            raise _http.decode_failed(call.name, err) from err
 
 
-class Client(_Base):
+class Client(_Base, _http.Pool):
     """Blocking client of one bap-engine orchestrator.
 
     ``platform_key`` is the product's key (``X-Platform-Key``), needed by the
@@ -260,35 +265,14 @@ class Client(_Base):
         timeout: Optional[float] = DEFAULT_TIMEOUT,
         http_client: Optional[httpx.Client] = None,
     ) -> None:
-        super().__init__(base_url, platform_key=platform_key, admin_key=admin_key, timeout=timeout)
-        self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.Client()
-
-    def close(self) -> None:
-        """Close the connection pool (unless it was passed in)."""
-        if self._owns_http:
-            self._http.close()
-
-    def __enter__(self) -> "Client":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        super().__init__(base_url, platform_key, admin_key, timeout, http_client, httpx.Client)
 
     def _send(self, call: Call[T], timeout: Optional[float] = None) -> T:
         args = self._request_args(call, self.timeout if timeout is None else timeout)
-        try:
-            with self._http.stream(**args) as response:
-                if not response.is_success:
-                    body = b""
-                    for chunk in response.iter_bytes():
-                        body += chunk
-                        if len(body) >= _http.MAX_ERROR_BODY:
-                            break
-                    raise _http.api_error(response, body[: _http.MAX_ERROR_BODY])
-                response.read()
-        except httpx.HTTPError as err:
-            raise TransportError(f"{call.method} {call.path}: {err}") from err
+        with _http.transport_errors(call.name), self._http.stream(**args) as response:
+            if not response.is_success:
+                raise _http.api_error(response, _http.read_error_body(response))
+            response.read()
         return self._decode(call, response)
 
     # Engines.
@@ -363,20 +347,13 @@ class Client(_Base):
         errors (quota, port exhaustion, boot timeout, bad key) are raised as
         they come. ``on_retry(error, seconds)`` is called before each wait.
         """
-        end = _deadline_of(deadline)
+        retries = _http.Retries(deadline, self.timeout, on_retry)
         call = _Calls.admit(user_id, auto_provision, auto_wake)
-        attempt = 0
         while True:
             try:
-                return self._send(call, _http.attempt_timeout(self.timeout, end - time.monotonic()))
+                return self._send(call, retries.timeout())
             except BapEngineError as err:
-                delay = _http.retry_delay(err, attempt, end - time.monotonic())
-                if delay is None:
-                    raise
-                if on_retry is not None:
-                    on_retry(err, delay)
-                _sleep(delay)
-                attempt += 1
+                _sleep(retries.wait_after(err))
 
     def engine_for(
         self, user_id: str, *, deadline: float = 30.0, on_retry: Optional[RetryHook] = None
@@ -391,9 +368,7 @@ class Client(_Base):
         the errors of :meth:`admit_with_retry`.
         """
         res = self.admit_with_retry(user_id, auto_provision=True, auto_wake=True, deadline=deadline, on_retry=on_retry)
-        if not res.admitted or res.engine is None:
-            raise AdmissionDenied(res.reason or "")
-        return EngineClient.from_engine(res.engine, http_client=self._http)
+        return EngineClient.from_engine(_admitted(res), http_client=self._http)
 
     def list_engines(
         self, status: Optional[str] = None, limit: Optional[int] = None, offset: Optional[int] = None
@@ -445,19 +420,8 @@ class Client(_Base):
         each wait for more output; ``None`` (the default) waits for output
         as long as the stream is open.
         """
-        context = self._http.stream(**self._follow_args(user_id, tail, timeout))
-        try:
-            response = context.__enter__()
-        except httpx.HTTPError as err:
-            raise TransportError(f"GET {_http.engine_path(user_id, 'logs')}: {err}") from err
-        try:
-            if not response.is_success:
-                response.read()
-                raise _http.api_error(response, response.content[: _http.MAX_ERROR_BODY])
-        except BaseException:
-            context.__exit__(None, None, None)
-            raise
-        return LogStream(response, context)
+        call = _Calls.logs(user_id, tail, True)
+        return LogStream._open(self._http, self._follow_args(call, timeout), call.name, _http.api_error)
 
     # Fleet.
 
@@ -607,7 +571,7 @@ class Client(_Base):
         return self._send(_Calls.READYZ)
 
 
-class AsyncClient(_Base):
+class AsyncClient(_Base, _http.AsyncPool):
     """The asyncio form of :class:`Client`: the same methods, as coroutines.
 
     Use one per event loop; close it with :meth:`aclose` or ``async with``.
@@ -622,35 +586,15 @@ class AsyncClient(_Base):
         timeout: Optional[float] = DEFAULT_TIMEOUT,
         http_client: Optional[httpx.AsyncClient] = None,
     ) -> None:
-        super().__init__(base_url, platform_key=platform_key, admin_key=admin_key, timeout=timeout)
-        self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.AsyncClient()
-
-    async def aclose(self) -> None:
-        """Close the connection pool (unless it was passed in)."""
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> "AsyncClient":
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.aclose()
+        super().__init__(base_url, platform_key, admin_key, timeout, http_client, httpx.AsyncClient)
 
     async def _send(self, call: Call[T], timeout: Optional[float] = None) -> T:
         args = self._request_args(call, self.timeout if timeout is None else timeout)
-        try:
+        with _http.transport_errors(call.name):
             async with self._http.stream(**args) as response:
                 if not response.is_success:
-                    body = b""
-                    async for chunk in response.aiter_bytes():
-                        body += chunk
-                        if len(body) >= _http.MAX_ERROR_BODY:
-                            break
-                    raise _http.api_error(response, body[: _http.MAX_ERROR_BODY])
+                    raise _http.api_error(response, await _http.aread_error_body(response))
                 await response.aread()
-        except httpx.HTTPError as err:
-            raise TransportError(f"{call.method} {call.path}: {err}") from err
         return self._decode(call, response)
 
     async def provision(self, user_id: str, engine_version: Optional[str] = None) -> Provisioned:
@@ -691,20 +635,13 @@ class AsyncClient(_Base):
         on_retry: Optional[RetryHook] = None,
     ) -> AdmitResult:
         """See :meth:`Client.admit_with_retry`."""
-        end = _deadline_of(deadline)
+        retries = _http.Retries(deadline, self.timeout, on_retry)
         call = _Calls.admit(user_id, auto_provision, auto_wake)
-        attempt = 0
         while True:
             try:
-                return await self._send(call, _http.attempt_timeout(self.timeout, end - time.monotonic()))
+                return await self._send(call, retries.timeout())
             except BapEngineError as err:
-                delay = _http.retry_delay(err, attempt, end - time.monotonic())
-                if delay is None:
-                    raise
-                if on_retry is not None:
-                    on_retry(err, delay)
-                await _async_sleep(delay)
-                attempt += 1
+                await _async_sleep(retries.wait_after(err))
 
     async def engine_for(
         self, user_id: str, *, deadline: float = 30.0, on_retry: Optional[RetryHook] = None
@@ -713,9 +650,7 @@ class AsyncClient(_Base):
         res = await self.admit_with_retry(
             user_id, auto_provision=True, auto_wake=True, deadline=deadline, on_retry=on_retry
         )
-        if not res.admitted or res.engine is None:
-            raise AdmissionDenied(res.reason or "")
-        return AsyncEngineClient.from_engine(res.engine, http_client=self._http)
+        return AsyncEngineClient.from_engine(_admitted(res), http_client=self._http)
 
     async def list_engines(
         self, status: Optional[str] = None, limit: Optional[int] = None, offset: Optional[int] = None
@@ -742,19 +677,8 @@ class AsyncClient(_Base):
     ) -> AsyncLogStream:
         """See :meth:`Client.follow_logs`; returns an open
         :class:`~bap_engine_client.logs.AsyncLogStream` (``async for``)."""
-        context = self._http.stream(**self._follow_args(user_id, tail, timeout))
-        try:
-            response = await context.__aenter__()
-        except httpx.HTTPError as err:
-            raise TransportError(f"GET {_http.engine_path(user_id, 'logs')}: {err}") from err
-        try:
-            if not response.is_success:
-                await response.aread()
-                raise _http.api_error(response, response.content[: _http.MAX_ERROR_BODY])
-        except BaseException:
-            await context.__aexit__(None, None, None)
-            raise
-        return AsyncLogStream(response, context)
+        call = _Calls.logs(user_id, tail, True)
+        return await AsyncLogStream._open(self._http, self._follow_args(call, timeout), call.name, _http.api_error)
 
     async def status(self) -> FleetStatus:
         """See :meth:`Client.status`."""

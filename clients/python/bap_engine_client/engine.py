@@ -14,12 +14,13 @@ from __future__ import annotations
 import codecs
 import json
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Type, TypeVar, Union
 
 import httpx
 
 from . import _http
-from .errors import EngineError, TransportError
+from ._stream import AsyncStream, Stream
+from .errors import EngineError
 from .types import EngineInfo
 
 __all__ = [
@@ -130,92 +131,69 @@ def _headers(api_key: str, accept: str) -> Dict[str, str]:
     return {_http.HEADER_ENGINE_KEY: api_key, "Accept": accept, "Content-Type": "application/json"}
 
 
-def _check_stream(response: httpx.Response) -> None:
-    ctype = response.headers.get("Content-Type", "")
-    if not ctype.startswith("text/event-stream"):
-        raise EngineError(
-            f"the engine answered {ctype or 'no content type'} where text/event-stream was asked for",
-            status=response.status_code,
-        )
+class _EventDecoder:
+    """The events of a streamed body of UTF-8 bytes."""
+
+    def __init__(self) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._sse = SSEDecoder()
+
+    def feed(self, chunk: bytes) -> List[ServerSentEvent]:
+        return self._sse.feed(self._utf8.decode(chunk))
+
+    def end(self) -> List[ServerSentEvent]:
+        return self._sse.feed(self._utf8.decode(b"", final=True))
 
 
-class EventStream:
+class _Events:
+    """What :class:`EventStream` and :class:`AsyncEventStream` add to a stream."""
+
+    _what = "engine stream"
+    _decoder = _EventDecoder
+
+    @staticmethod
+    def _check(response: httpx.Response) -> None:
+        ctype = response.headers.get("Content-Type", "")
+        if not ctype.startswith("text/event-stream"):
+            raise EngineError(
+                f"the engine answered {ctype or 'no content type'} where text/event-stream was asked for",
+                status=response.status_code,
+            )
+
+
+class EventStream(_Events, Stream[ServerSentEvent]):
     """The events of one streamed engine answer (blocking).
 
     Iterate it for :class:`ServerSentEvent` values; the connection is closed
     when the stream ends, on :meth:`close`, or when a ``with`` block exits.
     """
 
-    def __init__(self, response: httpx.Response, context: Any) -> None:
-        self.response = response
-        self._context = context
-        self._closed = False
 
-    def __iter__(self) -> Iterator[ServerSentEvent]:
-        decoder = SSEDecoder()
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        try:
-            for chunk in self.response.iter_bytes():
-                yield from decoder.feed(utf8.decode(chunk))
-            yield from decoder.feed(utf8.decode(b"", final=True))
-        except httpx.HTTPError as err:
-            raise TransportError(f"engine stream: {err}") from err
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            self._context.__exit__(None, None, None)
-
-    def __enter__(self) -> "EventStream":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-class AsyncEventStream:
+class AsyncEventStream(_Events, AsyncStream[ServerSentEvent]):
     """The asyncio form of :class:`EventStream` (``async for``, ``async with``)."""
 
-    def __init__(self, response: httpx.Response, context: Any) -> None:
-        self.response = response
-        self._context = context
-        self._closed = False
 
-    async def __aiter__(self) -> AsyncIterator[ServerSentEvent]:
-        decoder = SSEDecoder()
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        try:
-            async for chunk in self.response.aiter_bytes():
-                for event in decoder.feed(utf8.decode(chunk)):
-                    yield event
-            for event in decoder.feed(utf8.decode(b"", final=True)):
-                yield event
-        except httpx.HTTPError as err:
-            raise TransportError(f"engine stream: {err}") from err
-        finally:
-            await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            await self._context.__aexit__(None, None, None)
-
-    async def __aenter__(self) -> "AsyncEventStream":
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.aclose()
+E = TypeVar("E", bound="_EngineBase")
 
 
 class _EngineBase:
-    def __init__(self, url: str, api_key: str, timeout: Optional[float]) -> None:
+    """What both engine clients share: the engine, its key, and the requests."""
+
+    def __init__(
+        self, url: str, api_key: str, timeout: Optional[float], http: Any, own_http: Callable[[], Any]
+    ) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
+        self._owns_http = http is None
+        self._http = own_http() if http is None else http
+
+    @classmethod
+    def from_engine(cls: Type[E], engine: EngineInfo, **kwargs: Any) -> E:
+        """The client of an admitted engine (``EngineInfo`` with its key)."""
+        if not engine.api_key:
+            raise ValueError("this EngineInfo carries no key (lists never do): admit or get the engine first")
+        return cls(engine.url, engine.api_key, **kwargs)
 
     def __repr__(self) -> str:
         # Never the key.
@@ -231,7 +209,7 @@ class _EngineBase:
         }
 
 
-class EngineClient(_EngineBase):
+class EngineClient(_EngineBase, _http.Pool):
     """Blocking client of one engine at ``url`` with its key.
 
     ``http_client`` shares an ``httpx.Client`` (the orchestrator client's,
@@ -247,38 +225,14 @@ class EngineClient(_EngineBase):
         timeout: Optional[float] = DEFAULT_ENGINE_TIMEOUT,
         http_client: Optional[httpx.Client] = None,
     ) -> None:
-        super().__init__(url, api_key, timeout)
-        self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.Client()
-
-    @classmethod
-    def from_engine(cls, engine: EngineInfo, **kwargs: Any) -> "EngineClient":
-        """The client of an admitted engine (``EngineInfo`` with its key)."""
-        if not engine.api_key:
-            raise ValueError("this EngineInfo carries no key (lists never do): admit or get the engine first")
-        return cls(engine.url, engine.api_key, **kwargs)
-
-    def close(self) -> None:
-        """Close the connection pool if this client owns it."""
-        if self._owns_http:
-            self._http.close()
-
-    def __enter__(self) -> "EngineClient":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        super().__init__(url, api_key, timeout, http_client, httpx.Client)
 
     def health(self) -> Dict[str, Any]:
         """The engine's ``GET /health`` answer (no key needed). Raises
         EngineError when it is not ready."""
-        try:
+        with _http.transport_errors(f"GET {self.url}/health"):
             response = self._http.get(self.url + "/health", timeout=self.timeout)
-        except httpx.HTTPError as err:
-            raise TransportError(f"GET {self.url}/health: {err}") from err
-        if not response.is_success:
-            raise _http.engine_error(response, response.content[: _http.MAX_ERROR_BODY])
-        return dict(response.json())
+        return dict(_http.engine_answer(response).json())
 
     def execute(self, payload: Payload, *, path: str = "/execute") -> Any:
         """POST ``payload`` to the engine and return its JSON answer.
@@ -287,13 +241,9 @@ class EngineClient(_EngineBase):
         EngineError on a non-2xx answer (a 401 means the key is stale:
         admit again) and TransportError when the engine cannot be reached.
         """
-        try:
+        with _http.transport_errors(f"POST {self.url}{path}"):
             response = self._http.request(**self._args(path, payload, "application/json"))
-        except httpx.HTTPError as err:
-            raise TransportError(f"POST {self.url}{path}: {err}") from err
-        if not response.is_success:
-            raise _http.engine_error(response, response.content[: _http.MAX_ERROR_BODY])
-        return response.json()
+        return _http.engine_answer(response).json()
 
     def stream(self, payload: Payload, *, path: str = "/execute") -> EventStream:
         """POST ``payload`` asking for server-sent events and return the
@@ -303,23 +253,11 @@ class EngineClient(_EngineBase):
         first event (EngineError, TransportError), while the caller can still
         answer its own client with a proper status.
         """
-        context = self._http.stream(**self._args(path, payload, "text/event-stream"))
-        try:
-            response = context.__enter__()
-        except httpx.HTTPError as err:
-            raise TransportError(f"POST {self.url}{path}: {err}") from err
-        try:
-            if not response.is_success:
-                response.read()
-                raise _http.engine_error(response, response.content[: _http.MAX_ERROR_BODY])
-            _check_stream(response)
-        except BaseException:
-            context.__exit__(None, None, None)
-            raise
-        return EventStream(response, context)
+        request = self._args(path, payload, "text/event-stream")
+        return EventStream._open(self._http, request, f"POST {self.url}{path}", _http.engine_error)
 
 
-class AsyncEngineClient(_EngineBase):
+class AsyncEngineClient(_EngineBase, _http.AsyncPool):
     """The asyncio form of :class:`EngineClient`."""
 
     def __init__(
@@ -330,61 +268,21 @@ class AsyncEngineClient(_EngineBase):
         timeout: Optional[float] = DEFAULT_ENGINE_TIMEOUT,
         http_client: Optional[httpx.AsyncClient] = None,
     ) -> None:
-        super().__init__(url, api_key, timeout)
-        self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.AsyncClient()
-
-    @classmethod
-    def from_engine(cls, engine: EngineInfo, **kwargs: Any) -> "AsyncEngineClient":
-        """See :meth:`EngineClient.from_engine`."""
-        if not engine.api_key:
-            raise ValueError("this EngineInfo carries no key (lists never do): admit or get the engine first")
-        return cls(engine.url, engine.api_key, **kwargs)
-
-    async def aclose(self) -> None:
-        """Close the connection pool if this client owns it."""
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> "AsyncEngineClient":
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.aclose()
+        super().__init__(url, api_key, timeout, http_client, httpx.AsyncClient)
 
     async def health(self) -> Dict[str, Any]:
         """See :meth:`EngineClient.health`."""
-        try:
+        with _http.transport_errors(f"GET {self.url}/health"):
             response = await self._http.get(self.url + "/health", timeout=self.timeout)
-        except httpx.HTTPError as err:
-            raise TransportError(f"GET {self.url}/health: {err}") from err
-        if not response.is_success:
-            raise _http.engine_error(response, response.content[: _http.MAX_ERROR_BODY])
-        return dict(response.json())
+        return dict(_http.engine_answer(response).json())
 
     async def execute(self, payload: Payload, *, path: str = "/execute") -> Any:
         """See :meth:`EngineClient.execute`."""
-        try:
+        with _http.transport_errors(f"POST {self.url}{path}"):
             response = await self._http.request(**self._args(path, payload, "application/json"))
-        except httpx.HTTPError as err:
-            raise TransportError(f"POST {self.url}{path}: {err}") from err
-        if not response.is_success:
-            raise _http.engine_error(response, response.content[: _http.MAX_ERROR_BODY])
-        return response.json()
+        return _http.engine_answer(response).json()
 
     async def stream(self, payload: Payload, *, path: str = "/execute") -> AsyncEventStream:
         """See :meth:`EngineClient.stream`; returns an :class:`AsyncEventStream`."""
-        context = self._http.stream(**self._args(path, payload, "text/event-stream"))
-        try:
-            response = await context.__aenter__()
-        except httpx.HTTPError as err:
-            raise TransportError(f"POST {self.url}{path}: {err}") from err
-        try:
-            if not response.is_success:
-                await response.aread()
-                raise _http.engine_error(response, response.content[: _http.MAX_ERROR_BODY])
-            _check_stream(response)
-        except BaseException:
-            await context.__aexit__(None, None, None)
-            raise
-        return AsyncEventStream(response, context)
+        request = self._args(path, payload, "text/event-stream")
+        return await AsyncEventStream._open(self._http, request, f"POST {self.url}{path}", _http.engine_error)

@@ -9,11 +9,9 @@ or the orchestrator shuts down.
 from __future__ import annotations
 
 import codecs
-from typing import Any, AsyncIterator, Iterator, List
+from typing import List
 
-import httpx
-
-from .errors import TransportError
+from ._stream import AsyncStream, Stream
 
 __all__ = ["LogStream", "AsyncLogStream", "LineDecoder"]
 
@@ -40,7 +38,7 @@ class LineDecoder:
         return [rest.rstrip("\r")] if rest else []
 
 
-class LogStream:
+class LogStream(Stream[str]):
     """The lines of a followed engine log (blocking).
 
     Iterate it for ``str`` lines, without their line ends. The iteration ends
@@ -50,66 +48,14 @@ class LogStream:
     :class:`~bap_engine_client.errors.TransportError`.
     """
 
-    def __init__(self, response: httpx.Response, context: Any) -> None:
-        self.response = response
-        self._context = context
-        self._closed = False
-
-    def __iter__(self) -> Iterator[str]:
-        decoder = LineDecoder()
-        try:
-            for chunk in self.response.iter_bytes():
-                yield from decoder.feed(chunk)
-            yield from decoder.end()
-        except httpx.HTTPError as err:
-            if not self._closed:
-                raise TransportError(f"engine log stream: {err}") from err
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            self._context.__exit__(None, None, None)
-
-    def __enter__(self) -> "LogStream":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    _what = "engine log stream"
+    _closing_ends_quietly = True
+    _decoder = LineDecoder
 
 
-class AsyncLogStream:
+class AsyncLogStream(AsyncStream[str]):
     """The asyncio form of :class:`LogStream` (``async for``, ``async with``)."""
 
-    def __init__(self, response: httpx.Response, context: Any) -> None:
-        self.response = response
-        self._context = context
-        self._closed = False
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        decoder = LineDecoder()
-        try:
-            async for chunk in self.response.aiter_bytes():
-                for line in decoder.feed(chunk):
-                    yield line
-            for line in decoder.end():
-                yield line
-        except httpx.HTTPError as err:
-            if not self._closed:
-                raise TransportError(f"engine log stream: {err}") from err
-        finally:
-            await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            await self._context.__aexit__(None, None, None)
-
-    async def __aenter__(self) -> "AsyncLogStream":
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.aclose()
+    _what = "engine log stream"
+    _closing_ends_quietly = True
+    _decoder = LineDecoder

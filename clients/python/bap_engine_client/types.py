@@ -8,9 +8,10 @@ ignored, so a newer orchestrator does not break an older client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar, Union, get_args, get_origin, get_type_hints
 
 __all__ = [
     "STATES",
@@ -96,22 +97,81 @@ def _time(value: Optional[str]) -> datetime:
     return parsed
 
 
+#: The metadata key of a field's value when its key is absent from the JSON.
+_ABSENT = "bap_engine_client.absent"
+
+_T = TypeVar("_T", bound="_FromJSON")
+
+
+def _omittable(absent: Any, **kwargs: Any) -> Any:
+    """A field whose key older servers may leave out; it then reads as ``absent``."""
+    return field(metadata={_ABSENT: absent}, **kwargs)
+
+
+def _decode(hint: Any, value: Any) -> Any:
+    """``value`` of the JSON as the type ``hint`` says; ``None`` stands for an
+    absent key (or null)."""
+    origin = get_origin(hint)
+    if origin is Union:  # Optional[X]: null, and an empty string or object, are None
+        (inner,) = [arg for arg in get_args(hint) if arg is not type(None)]
+        if value is None or (not value and (inner is str or is_dataclass(inner))):
+            return None
+        return _decode(inner, value)
+    if origin is list:
+        (item,) = get_args(hint)
+        return [_decode(item, v) for v in value or []]
+    if origin is dict:
+        return dict(value or {})
+    if hint is datetime:
+        return _time(value)
+    if is_dataclass(hint):
+        return hint.from_json(value or {})
+    if hint in (bool, float):
+        return hint(value)
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _field_hints(cls: type) -> Dict[str, Any]:
+    return get_type_hints(cls)
+
+
+class _FromJSON:
+    """The decoding every type of this module shares, driven by its fields'
+    type hints. A key the server may leave out reads as ``None`` (an
+    ``Optional`` field), as empty (a list, a map, a nested object), or as
+    what its field declares with :func:`_omittable`; any other absent key
+    raises KeyError (ValueError for a timestamp)."""
+
+    @classmethod
+    def from_json(cls: Type[_T], data: Mapping[str, Any]) -> _T:
+        """Decode a JSON object of the API (as ``response.json()`` returns it)."""
+        hints = _field_hints(cls)
+        values = {}
+        for f in fields(cls):  # type: ignore[arg-type]  # every subclass is a dataclass
+            hint = hints[f.name]
+            if f.name in data:
+                values[f.name] = _decode(hint, data[f.name])
+            elif _ABSENT in f.metadata:
+                values[f.name] = f.metadata[_ABSENT]
+            elif hint in (str, int, bool, float):
+                raise KeyError(f.name)
+            else:
+                values[f.name] = _decode(hint, None)
+        return cls(**values)
+
+
 @dataclass(frozen=True)
-class Operation:
+class Operation(_FromJSON):
     """An operation in flight on an engine: ``op`` (``"upgrade"``, ...) and,
     for an upgrade, its ``phase`` (one of :data:`OPERATION_PHASES`)."""
 
     op: str
     phase: Optional[str] = None
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Operation":
-        """Decode an operation object."""
-        return cls(op=data["op"], phase=data.get("phase") or None)
-
 
 @dataclass(frozen=True)
-class EngineInfo:
+class EngineInfo(_FromJSON):
     """One user's engine.
 
     ``api_key`` is the engine's plaintext key (send it as ``X-Engine-Key``);
@@ -126,31 +186,11 @@ class EngineInfo:
     user_id: str
     status: str
     url: str
-    engine_version: str
+    engine_version: str = _omittable("")
     created_at: datetime
     api_key: Optional[str] = field(default=None, repr=False)
     last_health_at: Optional[datetime] = None
     operation: Optional[Operation] = None
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "EngineInfo":
-        """Decode an EngineInfo object."""
-        return cls(**_engine_fields(data))
-
-
-def _engine_fields(data: Mapping[str, Any]) -> Dict[str, Any]:
-    op = data.get("operation")
-    return dict(
-        engine_id=data["engine_id"],
-        user_id=data["user_id"],
-        status=data["status"],
-        url=data["url"],
-        engine_version=data.get("engine_version", ""),
-        created_at=_time(data.get("created_at")),
-        api_key=data.get("api_key"),
-        last_health_at=parse_time(data.get("last_health_at")),
-        operation=Operation.from_json(op) if op else None,
-    )
 
 
 @dataclass(frozen=True)
@@ -163,35 +203,20 @@ class FleetEngine(EngineInfo):
     """
 
     product_slug: str = ""
-    health_failures: int = 0
-    restart_count: int = 0
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "FleetEngine":
-        """Decode a FleetEngine object."""
-        return cls(
-            **_engine_fields(data),
-            product_slug=data["product_slug"],
-            health_failures=data.get("health_failures", 0),
-            restart_count=data.get("restart_count", 0),
-        )
+    health_failures: int = _omittable(0, default=0)
+    restart_count: int = _omittable(0, default=0)
 
 
 @dataclass(frozen=True)
-class FleetEngineList:
+class FleetEngineList(_FromJSON):
     """One page of the engines of every product and the total matching."""
 
     engines: List[FleetEngine]
     total: int
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "FleetEngineList":
-        """Decode a /fleet/engines answer."""
-        return cls(engines=[FleetEngine.from_json(e) for e in data.get("engines") or []], total=data["total"])
-
 
 @dataclass(frozen=True)
-class Upgraded:
+class Upgraded(_FromJSON):
     """Answer of an upgrade: the engine on ``engine_version`` (same key and
     URL as before), and the version it left."""
 
@@ -202,21 +227,9 @@ class Upgraded:
     engine_version: str
     previous_version: str
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Upgraded":
-        """Decode an upgrade answer."""
-        return cls(
-            engine_id=data["engine_id"],
-            user_id=data["user_id"],
-            status=data["status"],
-            url=data["url"],
-            engine_version=data["engine_version"],
-            previous_version=data["previous_version"],
-        )
-
 
 @dataclass(frozen=True)
-class Provisioned:
+class Provisioned(_FromJSON):
     """Answer of a provision: the new engine, running, with its plaintext key."""
 
     engine_id: str
@@ -225,73 +238,42 @@ class Provisioned:
     url: str
     api_key: str = field(repr=False)
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Provisioned":
-        """Decode a provision answer."""
-        return cls(
-            engine_id=data["engine_id"],
-            user_id=data["user_id"],
-            status=data["status"],
-            url=data["url"],
-            api_key=data["api_key"],
-        )
-
 
 @dataclass(frozen=True)
-class Destroyed:
+class Destroyed(_FromJSON):
     """Answer of a destroy (``status`` is ``"destroyed"``)."""
 
     status: str
     engine_id: str
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Destroyed":
-        """Decode a destroy answer."""
-        return cls(status=data["status"], engine_id=data["engine_id"])
-
 
 @dataclass(frozen=True)
-class Started:
+class Started(_FromJSON):
     """Answer of a start: the engine runs at ``url``."""
 
     status: str
     url: str
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Started":
-        """Decode a start answer."""
-        return cls(status=data["status"], url=data["url"])
-
 
 @dataclass(frozen=True)
-class Stopped:
+class Stopped(_FromJSON):
     """Answer of a stop (``status`` is ``"stopped"``); the engine's data is kept."""
 
     status: str
     engine_id: str
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Stopped":
-        """Decode a stop answer."""
-        return cls(status=data["status"], engine_id=data["engine_id"])
-
 
 @dataclass(frozen=True)
-class KeyRotated:
+class KeyRotated(_FromJSON):
     """Answer of an engine key rotation: the new key; the old one no longer works."""
 
     engine_id: str
     status: str
     api_key: str = field(repr=False)
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "KeyRotated":
-        """Decode a rotate-key answer."""
-        return cls(engine_id=data["engine_id"], status=data["status"], api_key=data["api_key"])
-
 
 @dataclass(frozen=True)
-class AdmitResult:
+class AdmitResult(_FromJSON):
     """Answer of an admit.
 
     When ``admitted`` is true, ``engine`` is the running engine with its key;
@@ -303,32 +285,17 @@ class AdmitResult:
     engine: Optional[EngineInfo] = None
     reason: Optional[str] = None
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "AdmitResult":
-        """Decode an admit answer."""
-        engine = data.get("engine")
-        return cls(
-            admitted=bool(data["admitted"]),
-            engine=EngineInfo.from_json(engine) if engine else None,
-            reason=data.get("reason"),
-        )
-
 
 @dataclass(frozen=True)
-class EngineList:
+class EngineList(_FromJSON):
     """One page of the product's engines (without keys) and the total matching."""
 
     engines: List[EngineInfo]
     total: int
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "EngineList":
-        """Decode a list answer."""
-        return cls(engines=[EngineInfo.from_json(e) for e in data.get("engines") or []], total=data["total"])
-
 
 @dataclass(frozen=True)
-class FleetStatus:
+class FleetStatus(_FromJSON):
     """The product's engines by state; ``health`` is ``ok``, ``degraded`` or ``critical``."""
 
     total: int
@@ -336,19 +303,9 @@ class FleetStatus:
     health: str
     unhealthy_count: int
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "FleetStatus":
-        """Decode a /status answer."""
-        return cls(
-            total=data["total"],
-            by_status=dict(data.get("by_status") or {}),
-            health=data["health"],
-            unhealthy_count=data["unhealthy_count"],
-        )
-
 
 @dataclass(frozen=True)
-class FleetMetrics:
+class FleetMetrics(_FromJSON):
     """The product's operational numbers from the audit log (last hour and all time)."""
 
     provisions_1h: int
@@ -358,21 +315,9 @@ class FleetMetrics:
     total_provisions: int
     total_destroys: int
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "FleetMetrics":
-        """Decode a /metrics answer."""
-        return cls(
-            provisions_1h=data["provisions_1h"],
-            crashes_1h=data["crashes_1h"],
-            restarts_1h=data["restarts_1h"],
-            avg_boot_ms=float(data["avg_boot_ms"]),
-            total_provisions=data["total_provisions"],
-            total_destroys=data["total_destroys"],
-        )
-
 
 @dataclass(frozen=True)
-class AuditEntry:
+class AuditEntry(_FromJSON):
     """One recorded action on an engine (``provision``, ``wake``, ``admit_denied``, ...)."""
 
     timestamp: datetime
@@ -381,47 +326,26 @@ class AuditEntry:
     metadata: Dict[str, Any]
     duration_ms: Optional[int] = None
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "AuditEntry":
-        """Decode one audit entry."""
-        return cls(
-            timestamp=_time(data.get("timestamp")),
-            action=data["action"],
-            actor=data["actor"],
-            metadata=dict(data.get("metadata") or {}),
-            duration_ms=data.get("duration_ms"),
-        )
-
 
 @dataclass(frozen=True)
-class AuditPage:
+class AuditPage(_FromJSON):
     """One page of an engine's audit trail, newest first, and the total count."""
 
     entries: List[AuditEntry]
     total: int
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "AuditPage":
-        """Decode an audit answer."""
-        return cls(entries=[AuditEntry.from_json(e) for e in data.get("entries") or []], total=data["total"])
-
 
 @dataclass(frozen=True)
-class ProductRegistration:
+class ProductRegistration(_FromJSON):
     """Answer of a product registration; the platform key is shown only here."""
 
     product_id: str
     slug: str
     platform_api_key: str = field(repr=False)
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ProductRegistration":
-        """Decode a registration answer."""
-        return cls(product_id=data["product_id"], slug=data["slug"], platform_api_key=data["platform_api_key"])
-
 
 @dataclass(frozen=True)
-class PlatformKeyRotation:
+class PlatformKeyRotation(_FromJSON):
     """Answer of a platform key rotation: the new key (shown once) and until
     when the previous key keeps working."""
 
@@ -429,30 +353,16 @@ class PlatformKeyRotation:
     previous_key_expires_at: datetime
     platform_api_key: str = field(repr=False)
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "PlatformKeyRotation":
-        """Decode a rotate-platform-key answer."""
-        return cls(
-            product_id=data["product_id"],
-            previous_key_expires_at=_time(data.get("previous_key_expires_at")),
-            platform_api_key=data["platform_api_key"],
-        )
-
 
 @dataclass(frozen=True)
-class Health:
+class Health(_FromJSON):
     """The orchestrator's own health (``status`` is ``"ok"``)."""
 
     status: str
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Health":
-        """Decode a /health (or /livez, /readyz) answer."""
-        return cls(status=data["status"])
-
 
 @dataclass(frozen=True)
-class Version:
+class Version(_FromJSON):
     """The orchestrator's build: ``version`` (``"dev"`` unless stamped),
     ``commit`` (or ``"unknown"``) and the ``go`` version it was built with."""
 
@@ -460,14 +370,9 @@ class Version:
     commit: str
     go: str
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Version":
-        """Decode a /version answer."""
-        return cls(version=data["version"], commit=data["commit"], go=data["go"])
-
 
 @dataclass(frozen=True)
-class ProductInfo:
+class ProductInfo(_FromJSON):
     """A product as operators see it (never its key), with its engines
     counted by state (every state named)."""
 
@@ -478,34 +383,17 @@ class ProductInfo:
     created_at: datetime
     engines_by_status: Dict[str, int]
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ProductInfo":
-        """Decode a ProductInfo object."""
-        return cls(
-            product_id=data["product_id"],
-            slug=data["slug"],
-            display_name=data["display_name"],
-            policy=dict(data.get("policy") or {}),
-            created_at=_time(data.get("created_at")),
-            engines_by_status=dict(data.get("engines_by_status") or {}),
-        )
-
 
 @dataclass(frozen=True)
-class ProductList:
+class ProductList(_FromJSON):
     """Every product, ordered by slug, and how many there are."""
 
     products: List[ProductInfo]
     total: int
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ProductList":
-        """Decode a /products answer."""
-        return cls(products=[ProductInfo.from_json(p) for p in data.get("products") or []], total=data["total"])
-
 
 @dataclass(frozen=True)
-class Replica:
+class Replica(_FromJSON):
     """One orchestrator process sharing the database. ``alive``: its
     heartbeat is younger than ORCH_REPLICA_TTL_S; ``shards``: how many shards
     of the engines' background work it holds."""
@@ -519,55 +407,26 @@ class Replica:
     alive: bool
     shards: int
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Replica":
-        """Decode a replica object."""
-        return cls(
-            replica_id=data["replica_id"],
-            host=data["host"],
-            pid=data["pid"],
-            version=data["version"],
-            started_at=_time(data.get("started_at")),
-            heartbeat_at=_time(data.get("heartbeat_at")),
-            alive=bool(data["alive"]),
-            shards=data["shards"],
-        )
-
 
 @dataclass(frozen=True)
-class ReplicaList:
+class ReplicaList(_FromJSON):
     """The orchestrator processes sharing the database."""
 
     replicas: List[Replica]
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ReplicaList":
-        """Decode a /replicas answer."""
-        return cls(replicas=[Replica.from_json(r) for r in data.get("replicas") or []])
-
 
 @dataclass(frozen=True)
-class RolloutCounts:
+class RolloutCounts(_FromJSON):
     """Progress of a rollout over the engines it chose."""
 
-    pending: int
-    upgraded: int
-    rolled_back: int
-    skipped: int
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "RolloutCounts":
-        """Decode a rollout's counts."""
-        return cls(
-            pending=data.get("pending", 0),
-            upgraded=data.get("upgraded", 0),
-            rolled_back=data.get("rolled_back", 0),
-            skipped=data.get("skipped", 0),
-        )
+    pending: int = _omittable(0)
+    upgraded: int = _omittable(0)
+    rolled_back: int = _omittable(0)
+    skipped: int = _omittable(0)
 
 
 @dataclass(frozen=True)
-class Rollout:
+class Rollout(_FromJSON):
     """A canary or fleet upgrade of a product's engines to ``engine_version``.
 
     ``percent`` is the share of the product's engines it upgrades (exactly
@@ -587,31 +446,10 @@ class Rollout:
     updated_at: datetime
     reason: Optional[str] = None
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Rollout":
-        """Decode a rollout object."""
-        return cls(
-            rollout_id=data["rollout_id"],
-            engine_version=data["engine_version"],
-            percent=data["percent"],
-            max_parallel=data["max_parallel"],
-            max_failures=data["max_failures"],
-            state=data["state"],
-            counts=RolloutCounts.from_json(data.get("counts") or {}),
-            created_at=_time(data.get("created_at")),
-            updated_at=_time(data.get("updated_at")),
-            reason=data.get("reason") or None,
-        )
-
 
 @dataclass(frozen=True)
-class RolloutList:
+class RolloutList(_FromJSON):
     """A product's rollouts, newest first, and how many there are."""
 
     rollouts: List[Rollout]
     total: int
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "RolloutList":
-        """Decode a rollout list answer."""
-        return cls(rollouts=[Rollout.from_json(r) for r in data.get("rollouts") or []], total=data["total"])

@@ -66,9 +66,15 @@ def eventually(probe: Callable[[], Optional[T]], timeout: float = 30.0, what: st
 
 
 def free_port_range(n: int) -> range:
-    """``n`` consecutive ports on 127.0.0.1 that nothing listens on now."""
+    """``n`` consecutive ports on 127.0.0.1 that nothing listens on now.
+
+    They are taken from 32000-32767: below Linux's ephemeral ports (32768 on),
+    which any client connection may hold by the time an engine binds, and
+    above the ranges the Go tests hand out (10000-31999), which may run at the
+    same time.
+    """
     for _ in range(200):
-        lo = random.randint(33000, 39000 - n)
+        lo = random.randint(32000, 32768 - n)
         if all(_bindable(p) for p in range(lo, lo + n)):
             return range(lo, lo + n)
     raise RuntimeError(f"no {n} free consecutive ports")
@@ -229,6 +235,13 @@ def start_orchestrator(binary: str, workdir: Path, ports: int = 80, **overrides:
         time.sleep(0.05)
 
 
+def serving(binary: str, workdir: Path, ports: int = 80, **overrides: str) -> Iterator[Orchestrator]:
+    """A fixture's orchestrator: :func:`start_orchestrator`, yielded, then stopped."""
+    o = start_orchestrator(binary, workdir, ports, **overrides)
+    yield o
+    o.stop()
+
+
 @pytest.fixture(scope="session")
 def binary(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The bap-engine binary under test."""
@@ -245,9 +258,7 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def orch(binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestrator]:
     """The orchestrator most tests share (each on a product of its own)."""
-    o = start_orchestrator(binary, tmp_path_factory.mktemp("orch"))
-    yield o
-    o.stop()
+    yield from serving(binary, tmp_path_factory.mktemp("orch"))
 
 
 @pytest.fixture(scope="session")
@@ -255,7 +266,7 @@ def tight_orch(binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """An orchestrator with one engine port and engines that take 30 s to
     become ready, but a 1 s boot timeout: its first provision times out (and
     the failed engine keeps the port), the next finds no port."""
-    o = start_orchestrator(
+    yield from serving(
         binary,
         tmp_path_factory.mktemp("tight"),
         ports=1,
@@ -264,16 +275,12 @@ def tight_orch(binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         ENGINE_WARMUP_S="30",
         ORCH_RESTART_BACKOFF_BASE_S="300",
     )
-    yield o
-    o.stop()
 
 
 @pytest.fixture(scope="session")
 def sleepy_orch(binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestrator]:
     """An orchestrator that puts engines to sleep after 1 s without an admit."""
-    o = start_orchestrator(binary, tmp_path_factory.mktemp("sleepy"), ports=10, ORCH_IDLE_TIMEOUT_S="1")
-    yield o
-    o.stop()
+    yield from serving(binary, tmp_path_factory.mktemp("sleepy"), ports=10, ORCH_IDLE_TIMEOUT_S="1")
 
 
 #: The engine version the reference engines of ``upgrade_orch`` refuse to
@@ -287,7 +294,7 @@ def upgrade_orch(binary: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     subprocess engine reports ENGINE_VERSION and answers /health 503 for a
     version in ENGINE_REFUSE_VERSIONS), with a 6 s boot timeout: an upgrade
     to it is rolled back in a few seconds."""
-    o = start_orchestrator(
+    yield from serving(
         binary,
         tmp_path_factory.mktemp("upgrade"),
         ports=20,
@@ -296,8 +303,6 @@ def upgrade_orch(binary: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         ORCH_ENGINE_ENV_PASSTHROUGH="ENGINE_REFUSE_VERSIONS",
         ENGINE_REFUSE_VERSIONS=REFUSED_VERSION,
     )
-    yield o
-    o.stop()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 from bap_engine_client import (
     AdmitResult,
     EngineInfo,
+    EngineList,
     FleetEngine,
     Operation,
     ProductInfo,
@@ -83,17 +84,18 @@ def test_fleet_engine_is_an_engine_info_with_its_product() -> None:
     assert (e.product_slug, e.health_failures, e.restart_count, e.api_key) == ("acme", 2, 1, None)
 
 
+PRODUCT = {
+    "product_id": "p",
+    "slug": "acme",
+    "display_name": "Acme",
+    "policy": {"max_engines": 3},
+    "created_at": "2026-04-27T12:00:00.000Z",
+    "engines_by_status": {"running": 2, "failed": 0},
+}
+
+
 def test_products_upgrades_and_version() -> None:
-    p = ProductInfo.from_json(
-        {
-            "product_id": "p",
-            "slug": "acme",
-            "display_name": "Acme",
-            "policy": {"max_engines": 3},
-            "created_at": "2026-04-27T12:00:00.000Z",
-            "engines_by_status": {"running": 2, "failed": 0},
-        }
-    )
+    p = ProductInfo.from_json(PRODUCT)
     assert (p.policy, p.engines_by_status["running"]) == ({"max_engines": 3}, 2)
     up = Upgraded.from_json(
         {"engine_id": "e", "user_id": "u", "status": "running", "url": "http://h:1", "engine_version": "b", "previous_version": "a"}
@@ -143,3 +145,21 @@ def test_rollout_list_with_a_reason() -> None:
     rl = RolloutList.from_json({"rollouts": [one], "total": 1})
     assert rl.total == 1 and rl.rollouts[0].reason == "1 upgrade rolled back"
     assert isinstance(rl.rollouts[0].percent, int)
+
+
+def test_keys_the_server_may_leave_out() -> None:
+    """Optional fields, lists, maps, nested objects and the keys older
+    servers did not send may be absent; any other key is required."""
+    info = EngineInfo.from_json({k: v for k, v in ENGINE.items() if k not in ("engine_version", "last_health_at")})
+    assert (info.engine_version, info.last_health_at, info.api_key, info.operation) == ("", None, None, None)
+    fleet = FleetEngine.from_json({**ENGINE, "product_slug": "acme"})
+    assert (fleet.health_failures, fleet.restart_count) == (0, 0)
+    assert RolloutCounts.from_json({}) == RolloutCounts(pending=0, upgraded=0, rolled_back=0, skipped=0)
+    assert EngineList.from_json({"total": 0}) == EngineList(engines=[], total=0)
+    assert ProductInfo.from_json({**PRODUCT, "policy": None}).policy == {}
+    with pytest.raises(KeyError):
+        FleetEngine.from_json(ENGINE)  # no product_slug
+    with pytest.raises(KeyError):
+        Version.from_json({"version": "dev", "commit": "unknown"})
+    with pytest.raises(ValueError, match="timestamp missing"):
+        EngineInfo.from_json({k: v for k, v in ENGINE.items() if k != "created_at"})

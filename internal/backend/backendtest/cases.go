@@ -85,10 +85,7 @@ func (s *suite) testCreateIdempotent(t *testing.T) {
 
 func (s *suite) testStartStopKeepsBrain(t *testing.T) {
 	t.Parallel()
-	b := s.newBackend(t)
-	e := s.newEngine(t, b)
-	s.create(t, e)
-	s.start(t, e)
+	b, e := s.running(t)
 	require.Equal(t, backend.StatusRunning, s.inspect(t, e).Status)
 
 	require.Equal(t, 0, counter(t, e, e.key))
@@ -115,11 +112,8 @@ func (s *suite) testStartStopKeepsBrain(t *testing.T) {
 
 func (s *suite) testPauseUnpause(t *testing.T) {
 	t.Parallel()
-	b := s.newBackend(t)
-	e := s.newEngine(t, b)
+	b, e := s.running(t)
 	ctx := ctxFor(t, time.Minute)
-	s.create(t, e)
-	s.start(t, e)
 	require.Equal(t, 1, execute(t, e, "before sleep"))
 
 	require.NoError(t, b.Pause(ctx, e.spec.EngineID))
@@ -143,19 +137,12 @@ func (s *suite) testPauseUnpause(t *testing.T) {
 
 func (s *suite) testRemoveKeepsData(t *testing.T) {
 	t.Parallel()
-	b := s.newBackend(t)
-	e := s.newEngine(t, b)
+	b, e := s.running(t)
 	ctx := ctxFor(t, time.Minute)
-	s.create(t, e)
-	s.start(t, e)
 	require.Equal(t, 1, execute(t, e, "keep this"))
 
-	require.NoError(t, b.Remove(ctx, e.spec.EngineID))
-	requireNotAnswering(t, e.url)
-	_, err := b.Inspect(ctx, e.spec.EngineID)
-	require.ErrorIs(t, err, backend.ErrNotFound)
+	requireGone(t, b, e, b.Remove)
 	require.ErrorIs(t, b.Start(ctx, e.spec.EngineID), backend.ErrNotFound, "a removed instance must be recreated")
-	require.NoError(t, b.Remove(ctx, e.spec.EngineID), "removing twice is success")
 
 	// Recreate with a new key on the same data (what rotate-key does).
 	oldKey := e.key
@@ -167,20 +154,25 @@ func (s *suite) testRemoveKeepsData(t *testing.T) {
 	require.Equal(t, 1, counter(t, e, e.key), "the brain survives remove and recreate")
 }
 
-func (s *suite) testDestroyDeletesData(t *testing.T) {
-	t.Parallel()
-	b := s.newBackend(t)
-	e := s.newEngine(t, b)
+// requireGone removes e's instance with remove (Remove or Destroy): it no
+// longer answers nor exists, and removing it again is success.
+func requireGone(t *testing.T, b backend.Backend, e *engine, remove func(context.Context, string) error) {
+	t.Helper()
 	ctx := ctxFor(t, time.Minute)
-	s.create(t, e)
-	s.start(t, e)
-	require.Equal(t, 1, execute(t, e, "forget this"))
-
-	require.NoError(t, b.Destroy(ctx, e.spec.EngineID))
+	require.NoError(t, remove(ctx, e.spec.EngineID))
 	requireNotAnswering(t, e.url)
 	_, err := b.Inspect(ctx, e.spec.EngineID)
 	require.ErrorIs(t, err, backend.ErrNotFound)
-	require.NoError(t, b.Destroy(ctx, e.spec.EngineID), "destroy is idempotent")
+	require.NoError(t, remove(ctx, e.spec.EngineID), "removing twice is success")
+}
+
+func (s *suite) testDestroyDeletesData(t *testing.T) {
+	t.Parallel()
+	b, e := s.running(t)
+	ctx := ctxFor(t, time.Minute)
+	require.Equal(t, 1, execute(t, e, "forget this"))
+
+	requireGone(t, b, e, b.Destroy)
 	list, err := b.List(ctx)
 	require.NoError(t, err)
 	for _, inst := range list {

@@ -125,6 +125,17 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
+// running is the prologue of most cases: a fresh backend and one engine on
+// it, created, started and answering.
+func (s *suite) running(t *testing.T) (backend.Backend, *engine) {
+	t.Helper()
+	b := s.newBackend(t)
+	e := s.newEngine(t, b)
+	s.create(t, e)
+	s.start(t, e)
+	return b, e
+}
+
 func (s *suite) create(t *testing.T, e *engine) backend.Instance {
 	t.Helper()
 	inst, err := e.b.Create(ctxFor(t, time.Minute), e.spec)
