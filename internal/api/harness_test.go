@@ -18,8 +18,6 @@ import (
 	"github.com/september/bap-engine/internal/api"
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/backend/backendtest"
-	"github.com/september/bap-engine/internal/lifecycle"
-	"github.com/september/bap-engine/internal/metrics"
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/storetest"
 	"github.com/september/bap-engine/internal/servertest"
@@ -52,13 +50,12 @@ type options struct {
 // harness is a whole server (servertest.Serve with metrics and the
 // discovery and rollout loops running), driven through the typed client
 // and raw requests.
+// The short fields are the Server's parts under the names the tests use.
 type harness struct {
 	*servertest.Server
 	t        testing.TB
 	store    registry.Store
 	fake     *backendtest.Fake
-	lm       *lifecycle.Manager
-	metrics  *metrics.Metrics
 	clock    *testclock.Clock // key grace, the rate limiter and the /metrics window; still unless advanced
 	srv      *httptest.Server
 	admin    *client.Client
@@ -80,7 +77,7 @@ func newHarness(t testing.TB, store registry.Store, o options) *harness {
 			d.Ready = o.ready
 			d.Build = o.build
 		}))
-	return &harness{Server: s, t: t, store: store, fake: s.Fake, lm: s.Manager, metrics: s.Metrics, clock: s.Clock,
+	return &harness{Server: s, t: t, store: store, fake: s.Fake, clock: s.Clock,
 		srv: s.HTTP, admin: s.Admin, adminKey: s.AdminKey, logs: s.Logs}
 }
 

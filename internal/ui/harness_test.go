@@ -46,6 +46,7 @@ type product struct {
 // harness is the orchestrator's HTTP handler (servertest.Serve with the
 // dashboard mounted, on a running clock, nothing running in the
 // background).
+// The short fields are the Server's parts under the names the tests use.
 type harness struct {
 	*servertest.Server
 	t        testing.TB
@@ -57,7 +58,6 @@ type harness struct {
 	srv      *httptest.Server
 	dash     http.Handler // the dashboard alone, as mounted in srv
 	adminKey string
-	grace    time.Duration
 	logs     *testlog.Buffer
 }
 
@@ -97,7 +97,7 @@ func newHarnessOn(t testing.TB, store registry.Store, o options) *harness {
 	}))
 	s := servertest.Serve(t, store, opts...)
 	return &harness{Server: s, t: t, store: store, lm: s.Manager, fake: s.Fake, rollouts: s.Rollouts, clock: s.Clock,
-		srv: s.HTTP, dash: dash, adminKey: s.AdminKey, grace: o.grace, logs: s.Logs}
+		srv: s.HTTP, dash: dash, adminKey: s.AdminKey, logs: s.Logs}
 }
 
 func (h *harness) remember(keys ...string) { h.Remember(keys...) }
