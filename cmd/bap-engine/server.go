@@ -136,29 +136,11 @@ func newServer(ctx context.Context, cfg config.Config, getenv func(string) strin
 		p, err := store.GetProduct(ctx, productID)
 		return p.Slug, err
 	}
-	states := make([]string, len(bap.States))
-	for i, st := range bap.States {
-		states[i] = string(st)
-	}
 	met := metrics.New(metrics.Config{
-		Slug:   slugOf,
-		States: states,
-		Logger: log,
-		Engines: func(ctx context.Context) (map[string]map[string]int, error) {
-			counts, err := store.CountByProductStatus(ctx)
-			if err != nil {
-				return nil, err
-			}
-			out := make(map[string]map[string]int, len(counts))
-			for slug, byState := range counts {
-				m := make(map[string]int, len(byState))
-				for st, n := range byState {
-					m[string(st)] = n
-				}
-				out[slug] = m
-			}
-			return out, nil
-		},
+		Slug:    slugOf,
+		States:  registry.StateNames(),
+		Logger:  log,
+		Engines: registry.EngineCounts(store),
 	})
 	lm := lifecycle.New(store, be, sealer, lifecycle.Config{
 		PortMin:      cfg.PortMin,

@@ -160,30 +160,13 @@ func (s *Server) runLoops(t testing.TB, ctx context.Context, cancel context.Canc
 // newMetrics is the metrics the orchestrator keeps, counting store's
 // engines.
 func newMetrics(store registry.Store, log *slog.Logger) *metrics.Metrics {
-	states := make([]string, 0, len(bap.States))
-	for _, s := range bap.States {
-		states = append(states, string(s))
-	}
 	return metrics.New(metrics.Config{
-		Engines: func(ctx context.Context) (map[string]map[string]int, error) {
-			counts, err := store.CountByProductStatus(ctx)
-			if err != nil {
-				return nil, err
-			}
-			out := make(map[string]map[string]int, len(counts))
-			for slug, byState := range counts {
-				out[slug] = map[string]int{}
-				for st, n := range byState {
-					out[slug][string(st)] = n
-				}
-			}
-			return out, nil
-		},
+		Engines: registry.EngineCounts(store),
 		Slug: func(ctx context.Context, id string) (string, error) {
 			p, err := store.GetProduct(ctx, id)
 			return p.Slug, err
 		},
-		States: states,
+		States: registry.StateNames(),
 		Logger: log,
 	})
 }
