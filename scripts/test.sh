@@ -68,6 +68,9 @@ if [ "${CI:-}" = "true" ] && ! docker info >/dev/null 2>&1; then
 fi
 
 start=$(date +%s)
+# step prints a step's title with the seconds since the start, so a slow run
+# shows where its time went.
+step() { echo "==> [+$(( $(date +%s) - start ))s] $*"; }
 if command -v promtool >/dev/null 2>&1; then
   echo "==> promtool: alert rules, their unit tests and the example scrape config (deploy/monitoring)"
   promtool check rules deploy/monitoring/alerts.yml
@@ -76,16 +79,16 @@ if command -v promtool >/dev/null 2>&1; then
 else
   echo "==> promtool missing and not installable here: alert rules NOT checked (CI fails on this)"
 fi
-echo "==> control plane for the Kubernetes tests (kube-apiserver, etcd; built once per machine)"
+step "control plane for the Kubernetes tests (kube-apiserver, etcd; built once per machine)"
 cp_start=$(date +%s)
 BAP_KUBETEST_BIN_DIR=$(./scripts/controlplane.sh | tail -1)
 export BAP_KUBETEST_BIN_DIR
-echo "==> control plane ready in $BAP_KUBETEST_BIN_DIR ($(( $(date +%s) - cp_start ))s)"
+step "control plane ready in $BAP_KUBETEST_BIN_DIR ($(( $(date +%s) - cp_start ))s)"
 
-echo "==> go vet ./..."
+step "go vet ./..."
 go vet ./...
 
-echo "==> go test -race ./... (the two soaks run on their own below)"
+step "go test -race ./... (the two soaks run on their own below)"
 go test -race -count=1 -timeout 40m -skip '^(TestSoak|TestChaosSoak)$' ./... 2>&1 | tee /tmp/bap-engine-test.log
 
 # A real orchestrator on PostgreSQL with 500 engines under mixed and hostile
@@ -94,7 +97,7 @@ go test -race -count=1 -timeout 40m -skip '^(TestSoak|TestChaosSoak)$' ./... 2>&
 SOAK=${BAP_SOAK:-3m}
 SOAK_TIMEOUT=30m
 if [ -n "${BAP_SOAK:-}" ]; then SOAK_TIMEOUT=0; fi
-echo "==> soak (${SOAK})"
+step "soak (${SOAK})"
 BAP_SOAK="$SOAK" go test -count=1 -timeout "$SOAK_TIMEOUT" -run '^TestSoak$' -v ./cmd/bap-engine/ 2>&1 | tee /tmp/bap-engine-soak.log
 
 bin_dir="$(mktemp -d)"
@@ -107,20 +110,20 @@ trap '[ -n "$chaos_pid" ] && kill "$chaos_pid" 2>/dev/null; rm -rf "$bin_dir"' E
 # not timings, so it runs in the background beside the client and fuzz
 # steps below instead of after them; its log is printed at the end.
 CHAOS_LOG=/tmp/bap-engine-chaos.log
-echo "==> chaos soak of the replicas (background, ${BAP_CHAOS_DURATION:-3m}; log in $CHAOS_LOG)"
+step "chaos soak of the replicas (background, ${BAP_CHAOS_DURATION:-3m}; log in $CHAOS_LOG)"
 go test -race -c -o "$bin_dir/cmd.test" ./cmd/bap-engine
 (cd cmd/bap-engine && exec "$bin_dir/cmd.test" -test.count=1 -test.timeout=30m -test.v -test.run '^TestChaosSoak$') >"$CHAOS_LOG" 2>&1 &
 chaos_pid=$!
 
-echo "==> Go client module (client/): vet, tests and examples"
+step "Go client module (client/): vet, tests and examples"
 (cd client && go vet ./... && go test -race -count=1 ./...)
 
-echo "==> Python client (clients/python/): pytest against a real orchestrator"
+step "Python client (clients/python/): pytest against a real orchestrator"
 go build -o "$bin_dir/bap-engine" ./cmd/bap-engine
 BAP_ENGINE_BIN="$bin_dir/bap-engine" "$PY" -m pytest -q -p no:cacheprovider clients/python/tests
 
 FUZZTIME=${FUZZTIME:-10s}
-echo "==> fuzz targets (${FUZZTIME} each)"
+step "fuzz targets (${FUZZTIME} each)"
 for pkg in $(go list ./...); do
   dir=$(go list -f '{{.Dir}}' "$pkg")
   for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
@@ -129,7 +132,7 @@ for pkg in $(go list ./...); do
   done
 done
 
-echo "==> chaos soak: waiting for it to finish"
+step "chaos soak: waiting for it to finish"
 if ! wait "$chaos_pid"; then
   chaos_pid=""
   cat "$CHAOS_LOG"
@@ -139,4 +142,4 @@ fi
 chaos_pid=""
 grep -v '^{' "$CHAOS_LOG" | tail -n 40
 
-echo "==> all tests passed in $(( $(date +%s) - start ))s"
+step "all tests passed in $(( $(date +%s) - start ))s"

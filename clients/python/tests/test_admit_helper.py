@@ -19,7 +19,7 @@ from bap_engine_client import (
     RateLimitedError,
 )
 
-from conftest import Orchestrator, Window
+from conftest import Orchestrator, Window, destroy_all
 
 ADMITTED = {
     "admitted": True,
@@ -173,24 +173,32 @@ def test_real_retry_after_beyond_the_deadline_is_raised_at_once(orch: Orchestrat
 
 
 @pytest.mark.run_last
-def test_real_retry_after_is_waited_out(rate_window: Window) -> None:
+def test_real_retry_after_is_waited_out(orch: Orchestrator, rate_window: Window) -> None:
     """The product of ``rate_window`` (rate_limit_rpm 1) used its one admit
     of the minute when the session began; this test runs last, so the slot
     frees within the minute. The helper gets a 429, waits its Retry-After
     and is admitted."""
-    c = rate_window.product.client
-    elapsed = time.monotonic() - rate_window.opened
-    if elapsed > 55:
-        # The session ran long: the first window may close before the
-        # helper's first attempt. Let it close (an admit before then is
-        # refused), then open a fresh one (this test then waits ~60 s).
-        time.sleep(max(61 - elapsed, 0))
-        assert c.admit("early").admitted
+    p, user = rate_window.product, "early"
+    if time.monotonic() - rate_window.opened > 55:
+        # The session ran long: that window may close before the helper's
+        # first attempt. Open a fresh one on a product of its own (this test
+        # then waits about a minute).
+        p, user = orch.product({"rate_limit_rpm": 1}), "late"
+        assert p.client.admit(user, auto_provision=True).admitted
+    try:
+        retry_after_is_waited_out(p.client, user)
+    finally:
+        destroy_all(p)
+
+
+def retry_after_is_waited_out(c: Client, user: str) -> None:
+    """``user``'s product has no admit left this minute: the helper gets a
+    429, waits its Retry-After and is admitted."""
     retries: List[Tuple[BapEngineError, float]] = []
     began = time.monotonic()
-    res = c.admit_with_retry("early", deadline=75, on_retry=lambda e, d: retries.append((e, d)))
+    res = c.admit_with_retry(user, deadline=75, on_retry=lambda e, d: retries.append((e, d)))
     waited = time.monotonic() - began
-    assert res.admitted and res.engine is not None and res.engine.user_id == "early"
+    assert res.admitted and res.engine is not None and res.engine.user_id == user
     assert len(retries) >= 1
     err, delay = retries[0]
     assert isinstance(err, RateLimitedError) and err.status == 429 and delay == err.retry_after
