@@ -89,19 +89,6 @@ func (m *Manager) provision(ctx context.Context, p bap.Product, userID, image, a
 	if err != nil {
 		return Result{}, err
 	}
-	now := bap.Now()
-	e := bap.Engine{
-		ID:        uuid.NewString(),
-		ProductID: p.ID,
-		UserID:    userID,
-		Status:    bap.StateProvisioning,
-		KeyHash:   secret.Hash(plain),
-		KeyEnc:    token,
-		Image:     image,
-		Claim:     bap.Claim{Op: bap.OpProvision, Owner: m.rep.ID(), Epoch: 1, StartedAt: &now},
-		CreatedAt: now,
-		UpdatedAt: now,
-	}
 	var quota registry.Quota
 	if p.Policy.MaxEngines != nil {
 		quota.MaxEngines = *p.Policy.MaxEngines
@@ -121,6 +108,26 @@ func (m *Manager) provision(ctx context.Context, p bap.Product, userID, image, a
 		return Result{}, err
 	}
 	defer release()
+	// The row's times, its claim's start among them, are those of the
+	// insert, not of the request that may have queued for a slot: a claim
+	// that looked older than it is could pass for a leftover (see
+	// releaseLeftovers).
+	now := bap.Now()
+	e := bap.Engine{
+		ID:        uuid.NewString(),
+		ProductID: p.ID,
+		UserID:    userID,
+		Status:    bap.StateProvisioning,
+		KeyHash:   secret.Hash(plain),
+		KeyEnc:    token,
+		Image:     image,
+		Claim:     bap.Claim{Op: bap.OpProvision, Owner: m.rep.ID(), Epoch: 1, StartedAt: &now},
+		CreatedAt: now,
+		UpdatedAt: now,
+	}
+	// The claim the insert writes is this operation's from the start, so a
+	// repair pass that lists it before underClaim runs leaves it alone.
+	m.active.Store(e.ID, e.Claim.Epoch)
 	// The row is inserted without an address: the backend gives it once
 	// the instance exists (for a pod, only then), and the running commit
 	// records it.
@@ -128,6 +135,8 @@ func (m *Manager) provision(ctx context.Context, p bap.Product, userID, image, a
 	if err == nil {
 		e.Port = port
 		e.URL = m.backend.URL(e.ID, port)
+	} else {
+		m.active.CompareAndDelete(e.ID, e.Claim.Epoch)
 	}
 	switch {
 	case errors.Is(err, registry.ErrQuotaExceeded):

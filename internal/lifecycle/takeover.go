@@ -185,7 +185,7 @@ func (m *Manager) repairProvision(ctx context.Context, c *opClaim, e bap.Engine,
 // operations holds must be before it is ended as a leftover: an operation
 // registers its claim right after the claim commits, so this only needs to
 // outlast a loaded machine's scheduling delay.
-const leftoverAge = 10 * time.Second
+var leftoverAge = 10 * time.Second
 
 // releaseLeftovers ends the claims this replica holds on rows that none of
 // its operations is running any more (their end could not be written, for
