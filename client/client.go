@@ -138,12 +138,7 @@ func (c *Client) List(ctx context.Context, opts ListOptions) (EngineList, error)
 	if opts.Status != "" {
 		q.Set("status", opts.Status)
 	}
-	if opts.Limit != 0 {
-		q.Set("limit", strconv.Itoa(opts.Limit))
-	}
-	if opts.Offset != 0 {
-		q.Set("offset", strconv.Itoa(opts.Offset))
-	}
+	setPage(q, opts.Limit, opts.Offset)
 	var out EngineList
 	err := c.do(ctx, http.MethodGet, "/engines", q, authPlatform, nil, &out)
 	return out, err
@@ -167,13 +162,19 @@ func (c *Client) Metrics(ctx context.Context) (FleetMetrics, error) {
 // Errors: ENGINE_NOT_FOUND.
 func (c *Client) Audit(ctx context.Context, userID string, opts AuditOptions) (AuditPage, error) {
 	q := url.Values{}
-	if opts.Limit != 0 {
-		q.Set("limit", strconv.Itoa(opts.Limit))
-	}
-	if opts.Offset != 0 {
-		q.Set("offset", strconv.Itoa(opts.Offset))
-	}
+	setPage(q, opts.Limit, opts.Offset)
 	var out AuditPage
 	err := c.do(ctx, http.MethodGet, enginePath(userID, "audit"), q, authPlatform, nil, &out)
 	return out, err
+}
+
+// setPage adds a page's limit and offset to q; zero leaves the server's
+// default.
+func setPage(q url.Values, limit, offset int) {
+	if limit != 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	if offset != 0 {
+		q.Set("offset", strconv.Itoa(offset))
+	}
 }

@@ -34,12 +34,7 @@ func (c *Client) FleetEngines(ctx context.Context, opts FleetOptions) (FleetEngi
 			q.Set(k, v)
 		}
 	}
-	if opts.Limit != 0 {
-		q.Set("limit", strconv.Itoa(opts.Limit))
-	}
-	if opts.Offset != 0 {
-		q.Set("offset", strconv.Itoa(opts.Offset))
-	}
+	setPage(q, opts.Limit, opts.Offset)
 	var out FleetEngineList
 	err := c.do(ctx, http.MethodGet, "/fleet/engines", q, authAdmin, nil, &out)
 	return out, err
