@@ -16,21 +16,20 @@ import (
 	"github.com/september/bap-engine/internal/backend/kubernetes"
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/kubetest"
+	"github.com/september/bap-engine/internal/testengine"
 )
 
 // kubeEnv points a cluster's replicas at a namespace of the test API
 // server (through a kubeconfig file, as outside a cluster) with a test node
-// running this binary's `engine` for each Pod.
+// running the standalone reference engine for each Pod.
 func kubeEnv(t *testing.T) (func(env map[string]string), *kubetest.Node) {
 	t.Helper()
 	rc := kubetest.Config(t)
 	ns := kubetest.Namespace(t, rc)
 	kubeconfig, err := kubetest.Shared(t).Kubeconfig(t.TempDir())
 	require.NoError(t, err)
-	self, err := os.Executable()
-	require.NoError(t, err)
 	node := kubetest.StartNode(t, rc, kubetest.NodeConfig{
-		Namespace: ns, Command: []string{self, "engine"}, Env: []string{mainEnv + "=1"},
+		Namespace: ns, Command: []string{testengine.Path(t), "engine"},
 		TerminationLimit: 10 * time.Second,
 	})
 	return func(env map[string]string) {

@@ -28,12 +28,15 @@ import (
 	"github.com/september/bap-engine/internal/kubetest"
 	"github.com/september/bap-engine/internal/pgtest"
 	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/testengine"
 	"github.com/september/bap-engine/internal/testmain"
 )
 
-// mainEnv makes the test binary behave as the bap-engine binary itself: the
-// orchestrator under test starts engines with it ("<test binary> engine"),
-// and crash tests run whole orchestrators with it that they can SIGKILL.
+// mainEnv makes the test binary behave as the bap-engine binary itself:
+// crash tests run whole orchestrators with it that they can SIGKILL, the
+// CLI tests run its commands, and the dev test runs its `engine` as the
+// engine command, as dev does. Other tests' orchestrators start the
+// standalone engine (testengine), which starts many times faster.
 const mainEnv = "BAP_CMD_TEST_MAIN"
 
 func TestMain(m *testing.M) {
@@ -52,12 +55,10 @@ type orchestrator struct {
 }
 
 // baseEnv is a complete serve configuration on a subprocess backend whose
-// engines are this test binary.
+// engines are the standalone reference engine.
 func baseEnv(t *testing.T, dbURL string) map[string]string {
 	t.Helper()
 	master, err := secret.NewFernetKey()
-	require.NoError(t, err)
-	self, err := os.Executable()
 	require.NoError(t, err)
 	portMin, portMax := backendtest.PortRange(t, 40)
 	dataRoot := filepath.Join(t.TempDir(), "engines")
@@ -67,9 +68,8 @@ func baseEnv(t *testing.T, dbURL string) map[string]string {
 		"ORCH_MASTER_KEY":              master,
 		"ORCH_ADMIN_KEY":               "test-admin-key-0123456789",
 		"ORCH_ENGINE_BACKEND":          "subprocess",
-		"ORCH_SUBPROCESS_COMMAND":      self + " engine",
-		"ORCH_ENGINE_ENV_PASSTHROUGH":  mainEnv,
-		mainEnv:                        "1",
+		"ORCH_SUBPROCESS_COMMAND":      testengine.Path(t),
+		mainEnv:                        "1", // for orchestrators run as children (startChild)
 		"ORCH_DATA_ROOT":               dataRoot,
 		"ORCH_LISTEN_ADDR":             "127.0.0.1:0",
 		"ORCH_PORT_MIN":                fmt.Sprint(portMin),
@@ -159,7 +159,11 @@ func registerAcme(t *testing.T, url string, env map[string]string) (client.Produ
 func engineEnv(env map[string]string, nameValues ...string) {
 	for i := 0; i+1 < len(nameValues); i += 2 {
 		env[nameValues[i]] = nameValues[i+1]
-		env["ORCH_ENGINE_ENV_PASSTHROUGH"] += "," + nameValues[i]
+		if pass := env["ORCH_ENGINE_ENV_PASSTHROUGH"]; pass != "" {
+			env["ORCH_ENGINE_ENV_PASSTHROUGH"] = pass + "," + nameValues[i]
+		} else {
+			env["ORCH_ENGINE_ENV_PASSTHROUGH"] = nameValues[i]
+		}
 	}
 }
 

@@ -73,13 +73,14 @@ func TestAllowedInternalImports(t *testing.T) {
 	}
 }
 
-// TestOnlyLifecycleCallsBackends: apart from the composition root, the
-// backends' own packages and the tests' world (servertest, which hands the
-// fake backend to lifecycle and is for tests only), only lifecycle imports
-// a backend.
+// TestOnlyLifecycleCallsBackends: apart from the commands (the composition
+// root, and the standalone engine, whose snapshot helper is the backend
+// package's data copy), the backends' own packages and the tests' world
+// (servertest, which hands the fake backend to lifecycle and is for tests
+// only), only lifecycle imports a backend.
 func TestOnlyLifecycleCallsBackends(t *testing.T) {
 	for pkg, deps := range imports(t) {
-		if pkg == "internal/lifecycle" || pkg == "internal/servertest" || strings.HasPrefix(pkg, "cmd/") || strings.HasPrefix(pkg, "internal/backend") {
+		if pkg == "internal/lifecycle" || pkg == "internal/servertest" || pkg == "internal/engine/standalone" || strings.HasPrefix(pkg, "cmd/") || strings.HasPrefix(pkg, "internal/backend") {
 			continue
 		}
 		for _, d := range internalImports(deps) {
@@ -89,12 +90,15 @@ func TestOnlyLifecycleCallsBackends(t *testing.T) {
 }
 
 // TestServerTestIsForTests: servertest builds whole worlds on a fake
-// backend; no package's own (non-test) code may import it.
+// backend and testengine builds the standalone engine for tests; no
+// package's own (non-test) code may import either.
 func TestServerTestIsForTests(t *testing.T) {
 	pkgs := imports(t)
-	require.Contains(t, pkgs, "internal/servertest")
-	for pkg, deps := range pkgs {
-		require.NotContains(t, internalImports(deps), "internal/servertest", "%s imports servertest outside its tests", pkg)
+	for _, forTests := range []string{"internal/servertest", "internal/testengine"} {
+		require.Contains(t, pkgs, forTests)
+		for pkg, deps := range pkgs {
+			require.NotContains(t, internalImports(deps), forTests, "%s imports %s outside its tests", pkg, forTests)
+		}
 	}
 }
 

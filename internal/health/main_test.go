@@ -19,23 +19,16 @@ import (
 	"github.com/september/bap-engine/internal/backend/backendtest"
 	"github.com/september/bap-engine/internal/backend/subprocess"
 	"github.com/september/bap-engine/internal/bap"
-	"github.com/september/bap-engine/internal/engine"
 	"github.com/september/bap-engine/internal/health"
 	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/storetest"
 	"github.com/september/bap-engine/internal/servertest"
+	"github.com/september/bap-engine/internal/testengine"
 	"github.com/september/bap-engine/internal/testmain"
 )
 
-// engineEnv makes the test binary run the reference engine instead of the
-// tests, so the subprocess backend has a real engine command to start.
-const engineEnv = "BAP_HEALTH_TEST_ENGINE"
-
 func TestMain(m *testing.M) {
-	if os.Getenv(engineEnv) == "1" {
-		engine.Main()
-	}
 	if os.Getenv(listenersEnv) != "" {
 		os.Exit(serveListeners())
 	}
@@ -124,16 +117,10 @@ func newEnv(t testing.TB, o envOptions) *env {
 		opts = append(opts, servertest.Backend(o.backend))
 	} else if o.subprocess {
 		b, err := subprocess.New(subprocess.Config{
-			Command:     []string{os.Args[0]},
-			DataRoot:    t.TempDir(),
-			Passthrough: []string{engineEnv},
-			Deployment:  "health-test-" + uuid.NewString()[:8],
-			Getenv: func(k string) string {
-				if k == engineEnv {
-					return "1"
-				}
-				return os.Getenv(k)
-			},
+			Command:    []string{testengine.Path(t)},
+			DataRoot:   t.TempDir(),
+			Deployment: "health-test-" + uuid.NewString()[:8],
+			Getenv:     os.Getenv,
 		})
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = b.Close() })

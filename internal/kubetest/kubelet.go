@@ -34,8 +34,7 @@ type NodeConfig struct {
 	// Command starts one engine (argv); the Pod's image only names it.
 	// Required.
 	Command []string
-	// Env is added to every engine's environment (e.g. a variable telling a
-	// test binary to run as the engine).
+	// Env is added to every engine's environment.
 	Env []string
 	// DataRoot holds one directory per PVC; empty: a t.TempDir.
 	DataRoot string

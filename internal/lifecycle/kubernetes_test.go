@@ -3,7 +3,6 @@ package lifecycle_test
 import (
 	"context"
 	"net/http"
-	"os"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -21,6 +20,7 @@ import (
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/kubetest"
 	"github.com/september/bap-engine/internal/lifecycle"
+	"github.com/september/bap-engine/internal/testengine"
 )
 
 // kubeCluster is a namespace of the test API server with a test node that
@@ -36,7 +36,7 @@ func newKubeCluster(t testing.TB, freshIPs bool) *kubeCluster {
 	rc := kubetest.Config(t)
 	ns := kubetest.Namespace(t, rc)
 	node := kubetest.StartNode(t, rc, kubetest.NodeConfig{
-		Namespace: ns, Command: []string{os.Args[0]}, Env: []string{engineEnv + "=1", "ENGINE_REFUSE_VERSIONS=" + subprocessRefused},
+		Namespace: ns, Command: []string{testengine.Path(t)}, Env: []string{"ENGINE_REFUSE_VERSIONS=" + subprocessRefused},
 		FreshIPs: freshIPs, TerminationLimit: 10 * time.Second,
 	})
 	return &kubeCluster{rc: rc, ns: ns, node: node}

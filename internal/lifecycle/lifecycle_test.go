@@ -21,33 +21,17 @@ import (
 	"github.com/september/bap-engine/internal/backend/backendtest"
 	"github.com/september/bap-engine/internal/backend/subprocess"
 	"github.com/september/bap-engine/internal/bap"
-	"github.com/september/bap-engine/internal/engine"
 	"github.com/september/bap-engine/internal/kubetest"
 	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/registrytest"
 	"github.com/september/bap-engine/internal/registry/sqlite"
 	"github.com/september/bap-engine/internal/secret"
+	"github.com/september/bap-engine/internal/testengine"
 	"github.com/september/bap-engine/internal/testmain"
 )
 
-// engineEnv makes the test binary run the reference engine instead of the
-// tests, so the subprocess backend has a real engine command to start.
-const engineEnv = "BAP_LIFECYCLE_TEST_ENGINE"
-
 func TestMain(m *testing.M) {
-	if os.Getenv(engineEnv) == "1" {
-		if len(os.Args) == 4 && os.Args[1] == "snapshot" {
-			// The kubernetes backend's snapshot helper Pod, run by the test
-			// node (the orchestrator image's `bap-engine snapshot FROM TO`).
-			if err := backend.CopyData(context.Background(), os.Args[2], os.Args[3], nil); err != nil {
-				os.Stderr.WriteString(err.Error() + "\n")
-				os.Exit(1)
-			}
-			os.Exit(0)
-		}
-		engine.Main()
-	}
 	os.Exit(testmain.Run(m, testmain.After(kubetest.Stop)))
 }
 
@@ -82,15 +66,12 @@ func (en *env) manager(mod func(*lifecycle.Config)) *lifecycle.Manager {
 func newSubprocessBackend(t testing.TB, dataRoot string) backend.Backend {
 	t.Helper()
 	b, err := subprocess.New(subprocess.Config{
-		Command:     []string{os.Args[0]},
+		Command:     []string{testengine.Path(t)},
 		DataRoot:    dataRoot,
-		Passthrough: []string{engineEnv, "ENGINE_REFUSE_VERSIONS"},
+		Passthrough: []string{"ENGINE_REFUSE_VERSIONS"},
 		Deployment:  "lifecycle-test-" + uuid.NewString()[:8],
 		Getenv: func(k string) string {
-			switch k {
-			case engineEnv:
-				return "1"
-			case "ENGINE_REFUSE_VERSIONS":
+			if k == "ENGINE_REFUSE_VERSIONS" {
 				return subprocessRefused
 			}
 			return os.Getenv(k)

@@ -106,7 +106,7 @@ func newBackend(t testing.TB, f fixture, configure ...func(*docker.Config)) *doc
 		Network:      f.network,
 		Deployment:   f.deployment,
 		DefaultImage: f.image,
-		HelperImage:  f.image,          // the engine image holds the bap-engine binary too
+		HelperImage:  f.image,          // the engine image answers `snapshot` too
 		CallTimeout:  30 * time.Second, // a busy CI daemon is slow, not down
 		Getenv:       func(string) string { return "" },
 	}

@@ -6,10 +6,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
-	"os/signal"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,31 +22,12 @@ import (
 	"github.com/september/bap-engine/internal/backend"
 	"github.com/september/bap-engine/internal/backend/backendtest"
 	"github.com/september/bap-engine/internal/backend/kubernetes"
-	"github.com/september/bap-engine/internal/engine"
 	"github.com/september/bap-engine/internal/kubetest"
+	"github.com/september/bap-engine/internal/testengine"
 	"github.com/september/bap-engine/internal/testmain"
 )
 
-// engineEnv makes the test binary run the reference engine: the test node
-// starts it for every Pod.
-const engineEnv = "BAP_K8S_TEST_ENGINE"
-
 func TestMain(m *testing.M) {
-	if os.Getenv(engineEnv) == "1" {
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		run := func() error { return engine.Run(ctx, os.Getenv, os.Stderr) }
-		if len(os.Args) == 4 && os.Args[1] == "snapshot" {
-			// The snapshot helper Pod (the orchestrator image's
-			// `bap-engine snapshot FROM TO`).
-			run = func() error { return backend.CopyData(ctx, os.Args[2], os.Args[3], nil) }
-		}
-		if err := run(); err != nil {
-			os.Stderr.WriteString(err.Error() + "\n")
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
 	os.Exit(testmain.Run(m, testmain.After(kubetest.Stop)))
 }
 
@@ -68,8 +47,7 @@ func newCluster(t *testing.T, nc kubetest.NodeConfig) *cluster {
 	rc := kubetest.Config(t)
 	ns := kubetest.Namespace(t, rc)
 	nc.Namespace = ns
-	nc.Command = []string{os.Args[0]}
-	nc.Env = append(nc.Env, engineEnv+"=1")
+	nc.Command = []string{testengine.Path(t)}
 	nc.TerminationLimit = cmpDur(nc.TerminationLimit, 10*time.Second)
 	return &cluster{rc: rc, ns: ns, node: kubetest.StartNode(t, rc, nc)}
 }

@@ -21,17 +21,11 @@ import (
 
 	"github.com/september/bap-engine/internal/backend"
 	"github.com/september/bap-engine/internal/backend/backendtest"
-	"github.com/september/bap-engine/internal/engine"
+	"github.com/september/bap-engine/internal/testengine"
 	"github.com/september/bap-engine/internal/testmain"
 )
 
-// envTestEngine makes the test binary run as the reference engine.
-const envTestEngine = "BAP_TEST_ENGINE"
-
 func TestMain(m *testing.M) {
-	if os.Getenv(envTestEngine) == "1" {
-		engine.Main()
-	}
 	os.Exit(testmain.Run(m, testmain.Goroutines()))
 }
 
@@ -40,8 +34,6 @@ func TestMain(m *testing.M) {
 // and the inherited ones.
 func orchestratorEnv(name string) string {
 	switch name {
-	case envTestEngine:
-		return "1"
 	case "LLM_API_KEY":
 		return "llm-test-value"
 	case "ORCH_ADMIN_KEY", "ORCH_MASTER_KEY":
@@ -52,15 +44,13 @@ func orchestratorEnv(name string) string {
 	return ""
 }
 
-// config is a backend config running this test binary as the engine.
+// config is a backend config running the standalone reference engine.
 func config(t *testing.T, root, deployment string) Config {
 	t.Helper()
-	exe, err := os.Executable()
-	require.NoError(t, err)
 	return Config{
-		Command:     []string{exe},
+		Command:     []string{testengine.Path(t)},
 		DataRoot:    root,
-		Passthrough: []string{envTestEngine, "LLM_API_KEY", "ENGINE_KEY_HASH"},
+		Passthrough: []string{"LLM_API_KEY", "ENGINE_KEY_HASH"},
 		Deployment:  deployment,
 		Getenv:      orchestratorEnv,
 	}
@@ -135,7 +125,7 @@ func TestEngineGetsOnlyItsEnvironment(t *testing.T) {
 	allowed := map[string]bool{
 		"PORT": true, "ENGINE_KEY_HASH": true, "SQLITE_DB_PATH": true, "CATALOG_DIR": true,
 		"ENGINE_LISTEN_HOST": true, "BAP_ENGINE_ID": true, "PATH": true, "HOME": true, "LANG": true,
-		envTestEngine: true, "LLM_API_KEY": true, "ENGINE_VERSION": true,
+		"LLM_API_KEY": true, "ENGINE_VERSION": true,
 	}
 	for name := range env {
 		require.True(t, allowed[name], "engine got %s", name)

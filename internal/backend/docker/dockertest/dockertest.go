@@ -77,9 +77,12 @@ var builds sync.Map // tag → *imageBuild
 // building.
 const ImageEnv = "BAP_ENGINE_TEST_IMAGE"
 
-// BuildEngineImage builds the reference engine (./cmd/bap-engine, served by
-// `bap-engine engine`) into a local image FROM scratch tagged tag, once per
-// test binary, and returns tag. It needs the go tool and the module source
+// BuildEngineImage builds the reference engine into a local image FROM
+// scratch tagged tag, once per test binary, and returns tag. The image's
+// /bap-engine is the standalone engine (internal/engine/standalone), which
+// answers the two commands the backend runs the image with, `engine` and
+// the snapshot helper's `snapshot FROM TO`, as the orchestrator's binary
+// does, at a tenth of its size. It needs the go tool and the module source
 // (found with `go env GOMOD`); a failed build fails the test. When ImageEnv
 // is set, that image is used as it is (it must exist) and nothing is built.
 func BuildEngineImage(t testing.TB, tag string) string {
@@ -120,11 +123,11 @@ func buildEngineImage(ctx context.Context, cli *client.Client, tag string) error
 	}
 	defer os.RemoveAll(dir)
 	bin := filepath.Join(dir, "bap-engine")
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./cmd/bap-engine")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./internal/engine/standalone")
 	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOFLAGS=")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/bap-engine: %w\n%s", err, out)
+		return fmt.Errorf("go build ./internal/engine/standalone: %w\n%s", err, out)
 	}
 	buildCtx, err := contextTar(bin)
 	if err != nil {
