@@ -2,7 +2,9 @@
 # The whole test suite: vet, unit and integration tests with the race detector
 # against SQLite and PostgreSQL (and Docker when a daemon answers; required
 # when CI=true), a 3-minute soak of a real orchestrator (BAP_SOAK sets its
-# length), then a short fixed-time run of every fuzz target.
+# length), then a short fixed-time run of every fuzz target. The soak and the
+# Python client's tests, which mostly wait (on a paced load, on a rate
+# limit's minute), run beside the race suite rather than after it.
 # The Kubernetes tests run against a real kube-apiserver and etcd, built
 # from source once per machine by scripts/controlplane.sh (several minutes
 # cold, a no-op once cached outside the repo).
@@ -87,26 +89,62 @@ step "control plane ready in $BAP_KUBETEST_BIN_DIR ($(( $(date +%s) - cp_start )
 step "go vet ./..."
 go vet ./...
 
-step "go test -race ./... (the soak runs on its own below)"
-go test -race -count=1 -timeout 40m -skip '^TestSoak$' ./... 2>&1 | tee /tmp/bap-engine-test.log
-
-# A real orchestrator on PostgreSQL with 500 engines under mixed and hostile
-# load, alone on the machine and without the race detector, so its figures
-# mean something. BAP_SOAK=6h runs it for hours.
+# Beside the race suite, one after the other: the soak (a real orchestrator
+# on PostgreSQL with 500 engines under mixed and hostile load, without the
+# race detector; BAP_SOAK=6h runs it for hours), then the Python client's
+# tests (pytest against a real `bap-engine serve`, and the example product).
+# Their logs are printed when they end.
 SOAK=${BAP_SOAK:-3m}
 SOAK_TIMEOUT=30m
 if [ -n "${BAP_SOAK:-}" ]; then SOAK_TIMEOUT=0; fi
-step "soak (${SOAK})"
-BAP_SOAK="$SOAK" go test -count=1 -timeout "$SOAK_TIMEOUT" -run '^TestSoak$' -v ./cmd/bap-engine/ 2>&1 | tee /tmp/bap-engine-soak.log
+bin_dir="$(mktemp -d)"
+beside_pid=""
+cleanup() {
+  if [ -n "$beside_pid" ]; then kill -- -"$beside_pid" 2>/dev/null || true; wait "$beside_pid" 2>/dev/null || true; fi
+  rm -rf "$bin_dir"
+}
+trap cleanup EXIT
+go build -o "$bin_dir/bap-engine" ./cmd/bap-engine
+step "soak (${SOAK}), then the Python client's tests, beside the race suite"
+set -m
+(
+  set +e
+  BAP_SOAK="$SOAK" go test -count=1 -timeout "$SOAK_TIMEOUT" -run '^TestSoak$' -v ./cmd/bap-engine/ >/tmp/bap-engine-soak.log 2>&1
+  echo $? >"$bin_dir/soak.rc"
+  echo "soak ended at +$(( $(date +%s) - start ))s" >>/tmp/bap-engine-soak.log
+  BAP_ENGINE_BIN="$bin_dir/bap-engine" "$PY" -m pytest -q -p no:cacheprovider clients/python/tests >/tmp/bap-engine-python.log 2>&1
+  echo $? >"$bin_dir/python.rc"
+  echo "Python tests ended at +$(( $(date +%s) - start ))s" >>/tmp/bap-engine-python.log
+) &
+beside_pid=$!
+set +m
+
+step "go test -race ./... (the soak runs beside it)"
+race_rc=0
+go test -race -count=1 -timeout 40m -skip '^TestSoak$' ./... 2>&1 | tee /tmp/bap-engine-test.log || race_rc=$?
 
 step "Go client module (client/): vet, tests and examples"
-(cd client && go vet ./... && go test -race -count=1 ./...)
+client_rc=0
+(cd client && go vet ./... && go test -race -count=1 ./...) || client_rc=$?
 
-step "Python client (clients/python/): pytest against a real orchestrator"
-bin_dir="$(mktemp -d)"
-trap 'rm -rf "$bin_dir"' EXIT
-go build -o "$bin_dir/bap-engine" ./cmd/bap-engine
-BAP_ENGINE_BIN="$bin_dir/bap-engine" "$PY" -m pytest -q -p no:cacheprovider clients/python/tests
+step "waiting for the soak and the Python client's tests"
+wait "$beside_pid" || true
+beside_pid=""
+echo "==> soak log"
+cat /tmp/bap-engine-soak.log
+echo "==> Python client's tests (clients/python/)"
+cat /tmp/bap-engine-python.log
+soak_rc=$(cat "$bin_dir/soak.rc" 2>/dev/null || echo "did not run")
+python_rc=$(cat "$bin_dir/python.rc" 2>/dev/null || echo "did not run")
+failed=""
+[ "$race_rc" = 0 ] || failed="$failed race-suite($race_rc)"
+[ "$client_rc" = 0 ] || failed="$failed go-client($client_rc)"
+[ "$soak_rc" = 0 ] || failed="$failed soak($soak_rc)"
+[ "$python_rc" = 0 ] || failed="$failed python($python_rc)"
+if [ -n "$failed" ]; then
+  echo "FAIL:$failed" >&2
+  exit 1
+fi
 
 FUZZTIME=${FUZZTIME:-10s}
 step "fuzz targets (${FUZZTIME} each)"

@@ -412,7 +412,9 @@ func TestSoak(t *testing.T) {
 	q.Set("pool_health_check_period", "1s")
 	u.RawQuery = q.Encode()
 	env := baseEnv(t, u.String())
-	portMin, portMax := backendtest.PortRange(t, soakEngines+100)
+	// scripts/test.sh runs the soak beside the race suite, whose tests take
+	// their ports from 10000 up: the soak's come from below.
+	portMin, portMax := backendtest.PortRangeIn(t, soakEngines+100, 9000, 10000)
 	env["ORCH_PORT_MIN"], env["ORCH_PORT_MAX"] = fmt.Sprint(portMin), fmt.Sprint(portMax)
 	env["ORCH_HEALTH_CHECK_INTERVAL_S"] = "10"
 	env["ORCH_HEALTH_CHECK_TIMEOUT_S"] = "5"

@@ -26,7 +26,13 @@ func FreePort(t testing.TB) int {
 // gone), so repeated runs (-count) do not run out.
 func PortRange(t testing.TB, n int) (lo, hi int) {
 	t.Helper()
-	const floor, ceiling = 10000, 32000
+	return PortRangeIn(t, n, 10000, 32000)
+}
+
+// PortRangeIn is PortRange within [floor, ceiling): a test that runs beside
+// the others (the soak) takes its ports from a band of its own.
+func PortRangeIn(t testing.TB, n, floor, ceiling int) (lo, hi int) {
+	t.Helper()
 	for range 200 {
 		lo = floor + mrand.IntN(ceiling-floor-n)
 		if rangeFree(lo, n) {
@@ -34,7 +40,7 @@ func PortRange(t testing.TB, n int) (lo, hi int) {
 			return lo, lo + n - 1
 		}
 	}
-	t.Fatalf("no %d free consecutive ports below %d", n, ceiling)
+	t.Fatalf("no %d free consecutive ports in [%d, %d)", n, floor, ceiling)
 	return 0, 0
 }
 
