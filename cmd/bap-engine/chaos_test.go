@@ -392,8 +392,9 @@ func (c *cluster) rowMatches(e bap.Engine, pids map[string]bool) bool {
 	return true
 }
 
-// checkFinal: once settled, every row matches its instance exactly, and
-// nothing exists without a row (process, data, port).
+// checkFinal: once settled, every row matches its instance exactly (within
+// the time the health loop needs to notice a change), and nothing exists
+// without a row (process, data, port).
 func (c *cluster) checkFinal(stats *chaosStats) {
 	c.t.Helper()
 	// Restarts of engines that failed while replicas died may still run.
@@ -408,18 +409,35 @@ func (c *cluster) checkFinal(stats *chaosStats) {
 		return true
 	}, time.Minute, 200*time.Millisecond, "failed engines still being restarted")
 	c.quiesce(2 * takeoverBound)
-	engines, err := c.store.EnginesByStatus(context.Background(), bap.States...)
-	require.NoError(c.t, err)
-	pids := map[string]bool{}
-	for _, pid := range enginePids(c.env["ORCH_DATA_ROOT"]) {
-		pids[engineOfPid(pid)] = true
-	}
-	for _, e := range engines {
-		require.True(c.t, c.rowMatches(e, pids), "engine %s is %s but its instance disagrees", e.UserID, e.Status)
-		if e.Status == bap.StateFailed {
-			require.False(c.t, pids[e.ID], "failed engine %s gave up but has a process", e.UserID)
+	// A row that changed just before the soak ended (an engine the health
+	// loop is restarting, one whose death is being recorded) may disagree
+	// with its instance for as long as the health loop takes to notice, as
+	// during the soak (settledAfter); a disagreement that outlasts finalBound
+	// is a violation.
+	const finalBound = 6 * settledAfter
+	deadline := time.Now().Add(finalBound)
+	for {
+		engines, err := c.store.EnginesByStatus(context.Background(), bap.States...)
+		require.NoError(c.t, err)
+		pids := map[string]bool{}
+		for _, pid := range enginePids(c.env["ORCH_DATA_ROOT"]) {
+			pids[engineOfPid(pid)] = true
 		}
-		stats.checks.Add(1)
+		var wrong []string
+		for _, e := range engines {
+			if !c.rowMatches(e, pids) || e.Status == bap.StateFailed && pids[e.ID] {
+				wrong = append(wrong, fmt.Sprintf("%s (%s) is %s since %s, process running: %v",
+					e.UserID, e.ID, e.Status, e.UpdatedAt.Format(time.RFC3339Nano), pids[e.ID]))
+			}
+		}
+		if len(wrong) == 0 {
+			stats.checks.Add(int64(len(engines)))
+			break
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%d engine(s) still disagree with their instance %s after settling: %v", len(wrong), finalBound, wrong)
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 	c.requireClean()
 	stats.checks.Add(1)
