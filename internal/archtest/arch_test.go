@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -13,10 +14,15 @@ import (
 
 const module = "github.com/september/bap-engine"
 
+// listed is the module's package graph, listed once for all the tests.
+var listed = sync.OnceValues(func() ([]byte, error) {
+	return exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, module+"/...").Output()
+})
+
 // imports lists each package of the module with its non-test imports.
 func imports(t *testing.T) map[string][]string {
 	t.Helper()
-	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, module+"/...").Output()
+	out, err := listed()
 	require.NoError(t, err, "go list")
 	pkgs := map[string][]string{}
 	sc := bufio.NewScanner(bytes.NewReader(out))
