@@ -63,8 +63,8 @@ func (s nullTimeScanner) Scan(v any) error {
 		*s.dst = nil
 		return nil
 	}
-	t, err := parseTime(v)
-	if err != nil {
+	var t time.Time
+	if err := (timeScanner{&t}).Scan(v); err != nil {
 		return err
 	}
 	*s.dst = &t
@@ -94,6 +94,25 @@ func placeholders(n int) string {
 		return ""
 	}
 	return strings.Repeat("?, ", n-1) + "?"
+}
+
+// conds collects a query's WHERE terms and their arguments.
+type conds struct {
+	terms []string
+	args  []any
+}
+
+func (c *conds) add(term string, args ...any) {
+	c.terms = append(c.terms, term)
+	c.args = append(c.args, args...)
+}
+
+// where is the WHERE clause of the terms, or "" when there are none.
+func (c *conds) where() string {
+	if len(c.terms) == 0 {
+		return ""
+	}
+	return " WHERE " + strings.Join(c.terms, " AND ")
 }
 
 // limitArg maps the registry's "0 means no limit" to SQLite's LIMIT -1.
