@@ -38,6 +38,21 @@ const (
 	LabelReplica = "bap-engine.replica"
 )
 
+// Labels are the labels of the instance (and its data) made for spec in
+// deployment.
+func Labels(spec Spec, deployment string) map[string]string {
+	l := map[string]string{
+		LabelManaged:    "true",
+		LabelEngineID:   spec.EngineID,
+		LabelProductID:  spec.ProductID,
+		LabelDeployment: deployment,
+	}
+	if spec.Replica != "" {
+		l[LabelReplica] = spec.Replica
+	}
+	return l
+}
+
 // Spec describes the instance to create for one engine.
 type Spec struct {
 	EngineID  string

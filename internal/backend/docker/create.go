@@ -22,16 +22,7 @@ import (
 
 // labels are put on an engine's container and volume.
 func (b *Backend) labels(spec backend.Spec) map[string]string {
-	l := map[string]string{
-		backend.LabelManaged:    "true",
-		backend.LabelEngineID:   spec.EngineID,
-		backend.LabelProductID:  spec.ProductID,
-		backend.LabelDeployment: b.cfg.Deployment,
-	}
-	if spec.Replica != "" {
-		l[backend.LabelReplica] = spec.Replica
-	}
-	return l
+	return backend.Labels(spec, b.cfg.Deployment)
 }
 
 // env is the engine's whole environment: the contract's variables and the

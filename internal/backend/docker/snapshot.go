@@ -25,9 +25,7 @@ import (
 // volumes.
 
 // SnapshotVolumeName is the volume of an engine's snapshot n.
-func SnapshotVolumeName(engineID string, n int) string {
-	return VolumeName(engineID) + "-snap-" + strconv.Itoa(n)
-}
+func SnapshotVolumeName(engineID string, n int) string { return backend.SnapshotDataName(engineID, n) }
 
 // snapshots lists the numbers of the engine's snapshot volumes, ascending.
 func (b *Backend) snapshots(ctx context.Context, engineID string) ([]int, error) {
@@ -40,7 +38,7 @@ func (b *Backend) snapshots(ctx context.Context, engineID string) ([]int, error)
 	}
 	var nums []int
 	for _, v := range res.Items {
-		if n, err := strconv.Atoi(v.Labels[backend.LabelSnapshot]); err == nil && n > 0 && v.Name == SnapshotVolumeName(engineID, n) {
+		if n, ok := backend.SnapshotNumber(v.Labels, v.Name, engineID); ok {
 			nums = append(nums, n)
 		}
 	}
@@ -79,17 +77,10 @@ func (b *Backend) Snapshot(ctx context.Context, engineID string) (string, error)
 	if err != nil {
 		return "", err
 	}
-	n := 1
-	if len(nums) > 0 {
-		n = nums[len(nums)-1] + 1
-	}
+	n := backend.NextSnapshot(nums)
 	snap := SnapshotVolumeName(engineID, n)
-	labels := map[string]string{
-		backend.LabelManaged:    "true",
-		backend.LabelDeployment: b.cfg.Deployment,
-		backend.LabelSnapshotOf: engineID,
-		backend.LabelSnapshot:   strconv.Itoa(n),
-	}
+	labels := backend.SnapshotLabels(b.cfg.Deployment, engineID)
+	labels[backend.LabelSnapshot] = strconv.Itoa(n)
 	cctx, cancel = b.call(ctx)
 	_, err = b.cli.VolumeCreate(cctx, client.VolumeCreateOptions{Name: snap, Labels: labels})
 	cancel()
@@ -134,8 +125,8 @@ func (b *Backend) PruneSnapshots(ctx context.Context, engineID string, keep int)
 	if err != nil {
 		return nil, err
 	}
-	drop := max(len(nums)-max(keep, 0), 0)
-	for _, n := range nums[:drop] {
+	drop, kept := backend.PruneSnapshots(nums, keep)
+	for _, n := range drop {
 		name := SnapshotVolumeName(engineID, n)
 		cctx, cancel := b.call(ctx)
 		_, err := b.cli.VolumeRemove(cctx, name, client.VolumeRemoveOptions{})
@@ -143,10 +134,6 @@ func (b *Backend) PruneSnapshots(ctx context.Context, engineID string, keep int)
 		if err != nil && !errors.Is(classify(err), backend.ErrNotFound) {
 			return nil, wrap(err, "remove snapshot volume %s", name)
 		}
-	}
-	kept := []string{}
-	for _, n := range nums[drop:] {
-		kept = append(kept, backend.SnapshotName(n))
 	}
 	return kept, nil
 }
@@ -171,13 +158,9 @@ func (b *Backend) copyVolume(ctx context.Context, engineID, from, to string) err
 			// Root, whatever user the image names (the orchestrator's may
 			// run unprivileged): the brain files belong to the engine's user
 			// and must be copied with their contents intact.
-			User: "0:0",
-			Cmd:  []string{"snapshot", backend.SnapshotFrom, backend.SnapshotTo},
-			Labels: map[string]string{
-				backend.LabelManaged:    "true",
-				backend.LabelDeployment: b.cfg.Deployment,
-				backend.LabelSnapshotOf: engineID,
-			},
+			User:            "0:0",
+			Cmd:             []string{"snapshot", backend.SnapshotFrom, backend.SnapshotTo},
+			Labels:          backend.SnapshotLabels(b.cfg.Deployment, engineID),
 			NetworkDisabled: true,
 		},
 		HostConfig: &container.HostConfig{

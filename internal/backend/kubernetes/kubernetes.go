@@ -361,15 +361,7 @@ func (s specAnno) same(o specAnno) bool {
 
 // labels are put on an engine's PVC and Pod.
 func (b *Backend) labels(spec backend.Spec) map[string]string {
-	l := map[string]string{
-		backend.LabelManaged:    "true",
-		backend.LabelEngineID:   spec.EngineID,
-		backend.LabelProductID:  spec.ProductID,
-		backend.LabelDeployment: b.cfg.Deployment,
-	}
-	if spec.Replica != "" {
-		l[backend.LabelReplica] = spec.Replica
-	}
+	l := backend.Labels(spec, b.cfg.Deployment)
 	if b.cfg.Shard != nil {
 		l[LabelShard] = strconv.Itoa(b.cfg.Shard(spec.EngineID))
 	}

@@ -24,24 +24,20 @@ import (
 // List nor the informer takes it for an engine.
 
 // SnapshotClaimName is the PVC of an engine's snapshot n.
-func SnapshotClaimName(engineID string, n int) string {
-	return ClaimName(engineID) + "-snap-" + strconv.Itoa(n)
-}
+func SnapshotClaimName(engineID string, n int) string { return backend.SnapshotDataName(engineID, n) }
 
 // snapshots lists the numbers of the engine's snapshot PVCs, ascending.
 func (b *Backend) snapshots(ctx context.Context, engineID string) ([]int, error) {
 	cctx, cancel := b.call(ctx)
 	defer cancel()
-	sel := labels.SelectorFromSet(labels.Set{
-		backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment, backend.LabelSnapshotOf: engineID,
-	}).String()
+	sel := labels.SelectorFromSet(backend.SnapshotLabels(b.cfg.Deployment, engineID)).String()
 	list, err := b.cs.CoreV1().PersistentVolumeClaims(b.cfg.Namespace).List(cctx, metav1.ListOptions{LabelSelector: sel})
 	if err != nil {
 		return nil, wrap(err, "list snapshots of engine %s", engineID)
 	}
 	var nums []int
 	for _, c := range list.Items {
-		if n, err := strconv.Atoi(c.Labels[backend.LabelSnapshot]); err == nil && n > 0 && c.Name == SnapshotClaimName(engineID, n) && c.DeletionTimestamp == nil {
+		if n, ok := backend.SnapshotNumber(c.Labels, c.Name, engineID); ok && c.DeletionTimestamp == nil {
 			nums = append(nums, n)
 		}
 	}
@@ -78,18 +74,14 @@ func (b *Backend) Snapshot(ctx context.Context, engineID string) (string, error)
 	if err != nil {
 		return "", err
 	}
-	n := 1
-	if len(nums) > 0 {
-		n = nums[len(nums)-1] + 1
-	}
+	n := backend.NextSnapshot(nums)
+	snapLabels := backend.SnapshotLabels(b.cfg.Deployment, engineID)
+	snapLabels[backend.LabelSnapshot] = strconv.Itoa(n)
 	snap := &corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      SnapshotClaimName(engineID, n),
 			Namespace: b.cfg.Namespace,
-			Labels: map[string]string{
-				backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment,
-				backend.LabelSnapshotOf: engineID, backend.LabelSnapshot: strconv.Itoa(n),
-			},
+			Labels:    snapLabels,
 		},
 		Spec: corev1.PersistentVolumeClaimSpec{
 			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
@@ -137,15 +129,11 @@ func (b *Backend) PruneSnapshots(ctx context.Context, engineID string, keep int)
 	if err != nil {
 		return nil, err
 	}
-	cut := max(0, len(nums)-max(keep, 0))
-	for _, n := range nums[:cut] {
+	drop, kept := backend.PruneSnapshots(nums, keep)
+	for _, n := range drop {
 		if err := b.deleteClaim(ctx, SnapshotClaimName(engineID, n)); err != nil {
 			return nil, err
 		}
-	}
-	kept := make([]string, 0, len(nums)-cut)
-	for _, n := range nums[cut:] {
-		kept = append(kept, backend.SnapshotName(n))
 	}
 	return kept, nil
 }
@@ -175,9 +163,7 @@ func (b *Backend) copyClaim(ctx context.Context, engineID, from, to string) erro
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      "engine-snap-" + strings.TrimPrefix(ClaimName(engineID), "engine-data-") + "-" + newInstanceID()[:8],
 			Namespace: b.cfg.Namespace,
-			Labels: map[string]string{
-				backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment, backend.LabelSnapshotOf: engineID,
-			},
+			Labels:    backend.SnapshotLabels(b.cfg.Deployment, engineID),
 		},
 		Spec: corev1.PodSpec{
 			RestartPolicy:                 corev1.RestartPolicyNever,
