@@ -85,13 +85,19 @@ func NextSnapshot(nums []int) int {
 	return nums[len(nums)-1] + 1
 }
 
-// PruneSnapshots splits the snapshot numbers nums (ascending) into those to
-// delete and the names of the newest keep ones, which stay.
-func PruneSnapshots(nums []int, keep int) (drop []int, kept []string) {
+// PruneSnapshots removes, with remove, all but the newest keep of the
+// snapshot numbers nums (ascending), oldest first, and returns the names of
+// those kept; it stops at the first error.
+func PruneSnapshots(nums []int, keep int, remove func(n int) error) ([]string, error) {
 	cut := max(0, len(nums)-max(keep, 0))
-	kept = make([]string, 0, len(nums)-cut)
+	for _, n := range nums[:cut] {
+		if err := remove(n); err != nil {
+			return nil, err
+		}
+	}
+	kept := make([]string, 0, len(nums)-cut)
 	for _, n := range nums[cut:] {
 		kept = append(kept, SnapshotName(n))
 	}
-	return nums[:cut], kept
+	return kept, nil
 }

@@ -60,12 +60,9 @@ func validateSpec(spec backend.Spec) error {
 	switch {
 	case !validEngineID.MatchString(spec.EngineID):
 		return fmt.Errorf("docker backend: engine id %q is not a valid container name part", spec.EngineID)
-	case spec.Port < 1 || spec.Port > 65535:
-		return fmt.Errorf("docker backend: engine %s: port %d out of range", spec.EngineID, spec.Port)
-	case spec.KeyHash == "":
-		return fmt.Errorf("docker backend: engine %s: empty key hash", spec.EngineID)
-	case spec.MemoryMB < 0 || spec.CPUs < 0 || math.IsNaN(spec.CPUs) || math.IsInf(spec.CPUs, 0):
-		return fmt.Errorf("docker backend: engine %s: negative resource ceiling", spec.EngineID)
+	}
+	if err := spec.Check(); err != nil {
+		return fmt.Errorf("docker backend: %w", err)
 	}
 	return nil
 }

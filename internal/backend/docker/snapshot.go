@@ -24,9 +24,6 @@ import (
 // `bap-engine snapshot FROM TO`; it has no network and sees only the two
 // volumes.
 
-// SnapshotVolumeName is the volume of an engine's snapshot n.
-func SnapshotVolumeName(engineID string, n int) string { return backend.SnapshotDataName(engineID, n) }
-
 // snapshots lists the numbers of the engine's snapshot volumes, ascending.
 func (b *Backend) snapshots(ctx context.Context, engineID string) ([]int, error) {
 	cctx, cancel := b.call(ctx)
@@ -78,7 +75,7 @@ func (b *Backend) Snapshot(ctx context.Context, engineID string) (string, error)
 		return "", err
 	}
 	n := backend.NextSnapshot(nums)
-	snap := SnapshotVolumeName(engineID, n)
+	snap := backend.SnapshotDataName(engineID, n)
 	labels := backend.SnapshotLabels(b.cfg.Deployment, engineID)
 	labels[backend.LabelSnapshot] = strconv.Itoa(n)
 	cctx, cancel = b.call(ctx)
@@ -113,7 +110,7 @@ func (b *Backend) Restore(ctx context.Context, engineID, snapshot string) error 
 	if !slices.Contains(nums, n) {
 		return fmt.Errorf("restore engine %s: no snapshot %s: %w", engineID, snapshot, backend.ErrNotFound)
 	}
-	if err := b.copyVolume(ctx, engineID, SnapshotVolumeName(engineID, n), VolumeName(engineID)); err != nil {
+	if err := b.copyVolume(ctx, engineID, backend.SnapshotDataName(engineID, n), VolumeName(engineID)); err != nil {
 		return fmt.Errorf("restore engine %s from %s: %w", engineID, snapshot, err)
 	}
 	return nil
@@ -125,17 +122,16 @@ func (b *Backend) PruneSnapshots(ctx context.Context, engineID string, keep int)
 	if err != nil {
 		return nil, err
 	}
-	drop, kept := backend.PruneSnapshots(nums, keep)
-	for _, n := range drop {
-		name := SnapshotVolumeName(engineID, n)
+	return backend.PruneSnapshots(nums, keep, func(n int) error {
+		name := backend.SnapshotDataName(engineID, n)
 		cctx, cancel := b.call(ctx)
 		_, err := b.cli.VolumeRemove(cctx, name, client.VolumeRemoveOptions{})
 		cancel()
 		if err != nil && !errors.Is(classify(err), backend.ErrNotFound) {
-			return nil, wrap(err, "remove snapshot volume %s", name)
+			return wrap(err, "remove snapshot volume %s", name)
 		}
-	}
-	return kept, nil
+		return nil
+	})
 }
 
 // copyVolume runs the helper container that makes volume to's data the
