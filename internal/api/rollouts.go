@@ -130,11 +130,7 @@ func (s *server) createRollout(w http.ResponseWriter, r *http.Request, _ bap.Pro
 	if err != nil {
 		return err
 	}
-	b, err := s.readBody(w, r)
-	if err != nil {
-		return err
-	}
-	req, err := decodeRollout(b)
+	req, err := readRequest(s, w, r, decodeRollout)
 	if err != nil {
 		return err
 	}
