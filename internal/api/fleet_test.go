@@ -12,13 +12,11 @@ import (
 	"github.com/september/bap-engine/client"
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/bap"
-	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/registrytest"
 )
 
 func TestFleetStatusHealth(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
 		c, p := h.product("fleet", "")
 		other, po := h.product("other", "")
@@ -32,7 +30,7 @@ func TestFleetStatusHealth(t *testing.T) {
 
 		add := func(productID string, n int, state bap.State) {
 			for range n {
-				registrytest.NewEngine(t, store, productID, "u-"+fmt.Sprint(time.Now().UnixNano()), registrytest.WithStatus(state))
+				registrytest.NewEngine(t, h.store, productID, "u-"+fmt.Sprint(time.Now().UnixNano()), registrytest.WithStatus(state))
 			}
 		}
 		add(p.ProductID, 6, bap.StateRunning)
@@ -72,8 +70,7 @@ func TestFleetStatusHealth(t *testing.T) {
 }
 
 func TestFleetMetricsFromAudit(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
 		c, p := h.product("measured", "")
 		m, err := c.Metrics(ctx)
@@ -86,12 +83,12 @@ func TestFleetMetricsFromAudit(t *testing.T) {
 		require.NoError(t, err)
 		// Older history: outside the last hour, inside the totals.
 		old := h.clock.Now().Add(-2 * time.Hour)
-		require.NoError(t, store.AppendAudit(ctx,
+		require.NoError(t, h.store.AppendAudit(ctx,
 			audit.Entry{Timestamp: old, ProductID: p.ProductID, Action: audit.Provision, Actor: "measured", DurationMS: ptr(int64(90000))},
 			audit.Entry{Timestamp: old, ProductID: p.ProductID, Action: audit.HealthFailed, Actor: audit.ActorSystem},
 		))
 		now := h.clock.Now().Add(-time.Minute)
-		require.NoError(t, store.AppendAudit(ctx,
+		require.NoError(t, h.store.AppendAudit(ctx,
 			audit.Entry{Timestamp: now, ProductID: p.ProductID, Action: audit.HealthFailed, Actor: audit.ActorSystem},
 			audit.Entry{Timestamp: now, ProductID: p.ProductID, Action: audit.AutoRestartStart, Actor: audit.ActorSystem},
 			audit.Entry{Timestamp: now, ProductID: p.ProductID, Action: audit.AutoRestartStart, Actor: audit.ActorSystem},
@@ -111,8 +108,7 @@ func TestFleetMetricsFromAudit(t *testing.T) {
 func ptr[T any](v T) *T { return &v }
 
 func TestPrometheusEndpoint(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
 		c, _ := h.product("scraped", "")
 		h.provision(c, "secret-user-name")
@@ -135,8 +131,7 @@ func TestPrometheusEndpoint(t *testing.T) {
 }
 
 func TestConcurrentAutoProvisionAdmits(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		c, p := h.product("crowd", "")
 		const n = 100
 		results := make([]client.AdmitResult, n)
@@ -169,8 +164,7 @@ func TestConcurrentAutoProvisionAdmits(t *testing.T) {
 }
 
 func TestConcurrentProvisionsRespectMaxEngines(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		c, p := h.product("capped", `{"max_engines": 10}`)
 		const n = 50
 		errs := make([]error, n)
@@ -205,8 +199,7 @@ func TestConcurrentProvisionsRespectMaxEngines(t *testing.T) {
 }
 
 func TestListPagination(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
 		c, p := h.product("paged", "")
 		base := time.Now().Add(-time.Hour)
@@ -216,7 +209,7 @@ func TestListPagination(t *testing.T) {
 			if i%3 == 0 {
 				st = bap.StateStopped
 			}
-			e := registrytest.NewEngine(t, store, p.ProductID, fmt.Sprintf("u%d", i),
+			e := registrytest.NewEngine(t, h.store, p.ProductID, fmt.Sprintf("u%d", i),
 				registrytest.WithStatus(st), registrytest.WithCreatedAt(bap.Timestamp(base.Add(time.Duration(i)*time.Second))))
 			ids = append(ids, e.ID)
 		}
@@ -252,11 +245,10 @@ func TestListPagination(t *testing.T) {
 // TestReplicasListsTheOrchestrators: GET /replicas (admin) shows every
 // registered replica, its liveness and the shards it holds.
 func TestReplicasListsTheOrchestrators(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
-		live := registrytest.NewReplica(t, store)
-		_, took, err := store.AcquireLease(ctx, 7, live.ID, time.Hour)
+		live := registrytest.NewReplica(t, h.store)
+		_, took, err := h.store.AcquireLease(ctx, 7, live.ID, time.Hour)
 		require.NoError(t, err)
 		require.True(t, took)
 		list, err := h.admin.Replicas(ctx)
