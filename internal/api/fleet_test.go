@@ -3,7 +3,6 @@ package api_test
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -134,18 +133,9 @@ func TestConcurrentAutoProvisionAdmits(t *testing.T) {
 	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		c, p := h.product("crowd", "")
 		const n = 100
-		results := make([]client.AdmitResult, n)
-		errs := make([]error, n)
-		var wg sync.WaitGroup
-		start := make(chan struct{})
-		for i := range n {
-			wg.Go(func() {
-				<-start
-				results[i], errs[i] = c.Admit(context.Background(), "newcomer", client.AdmitOptions{AutoProvision: true})
-			})
-		}
-		close(start)
-		wg.Wait()
+		results, errs := registrytest.Concurrently(n, func(int) (client.AdmitResult, error) {
+			return c.Admit(context.Background(), "newcomer", client.AdmitOptions{AutoProvision: true})
+		})
 		engineID, key := "", ""
 		for i := range n {
 			require.NoError(t, errs[i], "admit %d", i)
@@ -167,19 +157,10 @@ func TestConcurrentProvisionsRespectMaxEngines(t *testing.T) {
 	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		c, p := h.product("capped", `{"max_engines": 10}`)
 		const n = 50
-		errs := make([]error, n)
-		keys := make([]string, n)
-		var wg sync.WaitGroup
-		start := make(chan struct{})
-		for i := range n {
-			wg.Go(func() {
-				<-start
-				res, err := c.Provision(context.Background(), client.ProvisionRequest{UserID: fmt.Sprintf("user-%02d", i)})
-				errs[i], keys[i] = err, res.APIKey
-			})
-		}
-		close(start)
-		wg.Wait()
+		keys, errs := registrytest.Concurrently(n, func(i int) (string, error) {
+			res, err := c.Provision(context.Background(), client.ProvisionRequest{UserID: fmt.Sprintf("user-%02d", i)})
+			return res.APIKey, err
+		})
 		h.remember(keys...)
 		ok := 0
 		for _, err := range errs {
