@@ -350,14 +350,7 @@ func (s *suite) testLogs(t *testing.T) {
 // waitLine is the next line of a followed log, within 10 s.
 func waitLine(t *testing.T, lines <-chan string) string {
 	t.Helper()
-	select {
-	case l, ok := <-lines:
-		require.True(t, ok, "the followed log ended early")
-		return l
-	case <-time.After(10 * time.Second):
-		t.Fatal("no new log line within 10 s")
-		return ""
-	}
+	return Receive(t, lines, 10*time.Second, "line of the followed log")
 }
 
 // testSnapshots: a snapshot copies the brain of a stopped engine, a restore
