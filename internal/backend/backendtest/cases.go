@@ -1,7 +1,6 @@
 package backendtest
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net/http"
@@ -318,14 +317,7 @@ func (s *suite) testLogs(t *testing.T) {
 	rc, err := b.Logs(ctx, e.spec.EngineID, backend.LogOptions{Tail: 1, Follow: true})
 	require.NoError(t, err)
 	defer rc.Close()
-	got := make(chan string, 100)
-	go func() {
-		defer close(got)
-		sc := bufio.NewScanner(rc)
-		for sc.Scan() {
-			got <- sc.Text()
-		}
-	}()
+	got := Lines(rc)
 	require.Equal(t, lines[len(lines)-1], waitLine(t, got))
 	call(t, http.MethodGet, e.url+"/brain", e.key, nil)
 	for line := waitLine(t, got); !strings.Contains(line, `"/brain"`); line = waitLine(t, got) {

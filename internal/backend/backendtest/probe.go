@@ -11,10 +11,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
-	"testing"
 	"time"
-
-	"github.com/stretchr/testify/require"
 )
 
 // WaitHealthy polls url's GET /health until it answers 200 with
@@ -77,18 +74,3 @@ var ports = struct {
 	sync.Mutex
 	given map[int]bool
 }{given: map[int]bool{}}
-
-// Receive returns the next value from ch; it fails t when ch is closed or
-// no value comes within d. what names the values in the failure.
-func Receive[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
-	t.Helper()
-	select {
-	case v, ok := <-ch:
-		require.True(t, ok, "closed before the next %s", what)
-		return v
-	case <-time.After(d):
-		t.Fatalf("no %s within %s", what, d)
-	}
-	var zero T
-	return zero
-}
