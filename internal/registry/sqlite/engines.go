@@ -44,19 +44,7 @@ func scanEngine(row rowScanner) (bap.Engine, error) {
 
 func (s *Store) queryEngines(ctx context.Context, q querier, op, query string, args ...any) ([]bap.Engine, error) {
 	rows, err := q.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, translate(op, err)
-	}
-	defer rows.Close()
-	out := []bap.Engine{}
-	for rows.Next() {
-		e, err := scanEngine(rows)
-		if err != nil {
-			return nil, translate(op, err)
-		}
-		out = append(out, e)
-	}
-	return out, translate(op, rows.Err())
+	return collect(op, rows, err, scanEngine)
 }
 
 // InsertEngine inserts e only if its user has no engine yet and the product

@@ -96,19 +96,7 @@ func (s *Store) GetProductByKeyHash(ctx context.Context, h string, now time.Time
 // ListProducts returns every product ordered by slug.
 func (s *Store) ListProducts(ctx context.Context) ([]bap.Product, error) {
 	rows, err := s.reader().QueryContext(ctx, `SELECT `+productCols+` FROM products p ORDER BY p.slug`)
-	if err != nil {
-		return nil, translate("list products", err)
-	}
-	defer rows.Close()
-	out := []bap.Product{}
-	for rows.Next() {
-		p, err := scanProduct(rows)
-		if err != nil {
-			return nil, translate("list products", err)
-		}
-		out = append(out, p)
-	}
-	return out, translate("list products", rows.Err())
+	return collect("list products", rows, err, scanProduct)
 }
 
 // UpdatePolicy replaces a product's policy and appends e. ErrNotFound.

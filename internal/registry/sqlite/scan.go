@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"database/sql"
 	"fmt"
 	"strings"
 	"time"
@@ -94,6 +95,25 @@ func placeholders(n int) string {
 		return ""
 	}
 	return strings.Repeat("?, ", n-1) + "?"
+}
+
+// collect reads every row of a query's rows with scan, in order (empty, not
+// nil, when there are none), and closes them; err is the query's. op names
+// the call in errors.
+func collect[T any](op string, rows *sql.Rows, err error, scan func(rowScanner) (T, error)) ([]T, error) {
+	if err != nil {
+		return nil, translate(op, err)
+	}
+	defer rows.Close()
+	out := []T{}
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, translate(op, err)
+		}
+		out = append(out, v)
+	}
+	return out, translate(op, rows.Err())
 }
 
 // conds collects a query's WHERE terms and their arguments.
