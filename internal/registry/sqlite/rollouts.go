@@ -36,11 +36,7 @@ func (s *Store) CreateRollout(ctx context.Context, r bap.Rollout, e audit.Entry)
 
 // GetRollout returns a rollout by id.
 func (s *Store) GetRollout(ctx context.Context, id string) (bap.Rollout, error) {
-	r, err := scanRollout(s.reader().QueryRowContext(ctx, `SELECT `+rolloutCols+` FROM rollouts WHERE id = ?`, id))
-	if err != nil {
-		return bap.Rollout{}, translate("get rollout "+id, err)
-	}
-	return r, nil
+	return one("get rollout "+id, s.reader().QueryRowContext(ctx, `SELECT `+rolloutCols+` FROM rollouts WHERE id = ?`, id), scanRollout)
 }
 
 func (s *Store) queryRollouts(ctx context.Context, op, query string, args ...any) ([]bap.Rollout, error) {

@@ -97,6 +97,17 @@ func placeholders(n int) string {
 	return strings.Repeat("?, ", n-1) + "?"
 }
 
+// one reads a query's one row with scan; op names the call in errors, where
+// no row is ErrNotFound (translate).
+func one[T any](op string, row *sql.Row, scan func(rowScanner) (T, error)) (T, error) {
+	v, err := scan(row)
+	if err != nil {
+		var zero T
+		return zero, translate(op, err)
+	}
+	return v, nil
+}
+
 // collect reads every row of a query's rows with scan, in order (empty, not
 // nil, when there are none), and closes them; err is the query's. op names
 // the call in errors.
