@@ -10,9 +10,7 @@ import (
 // key, which is shown only here. Errors: INVALID_ADMIN_KEY,
 // PRODUCT_SLUG_EXISTS, VALIDATION_ERROR.
 func (c *Client) RegisterProduct(ctx context.Context, req ProductRequest) (Product, error) {
-	var out Product
-	err := c.do(ctx, http.MethodPost, "/products/register", nil, authAdmin, req, &out)
-	return out, err
+	return call[Product](ctx, c, http.MethodPost, "/products/register", nil, authAdmin, req)
 }
 
 // UpdatePolicy replaces a product's policy (admin key) and returns it as
@@ -36,17 +34,13 @@ func (c *Client) UpdatePolicy(ctx context.Context, productID string, p Policy) (
 // only here; the previous key keeps working until PreviousKeyExpiresAt.
 // Errors: INVALID_ADMIN_KEY, PRODUCT_NOT_FOUND.
 func (c *Client) RotatePlatformKey(ctx context.Context, productID string) (PlatformKeyRotated, error) {
-	var out PlatformKeyRotated
-	err := c.do(ctx, http.MethodPost, "/products/"+url.PathEscape(productID)+"/rotate-platform-key", nil, authAdmin, nil, &out)
-	return out, err
+	return call[PlatformKeyRotated](ctx, c, http.MethodPost, "/products/"+url.PathEscape(productID)+"/rotate-platform-key", nil, authAdmin, nil)
 }
 
 // Replicas lists the orchestrator replicas sharing the database, with the
 // shards each holds (admin key). Errors: INVALID_ADMIN_KEY.
 func (c *Client) Replicas(ctx context.Context) (ReplicaList, error) {
-	var out ReplicaList
-	err := c.do(ctx, http.MethodGet, "/replicas", nil, authAdmin, nil, &out)
-	return out, err
+	return call[ReplicaList](ctx, c, http.MethodGet, "/replicas", nil, authAdmin, nil)
 }
 
 func rolloutsPath(product string, rest ...string) string {
@@ -61,39 +55,29 @@ func rolloutsPath(product string, rest ...string) string {
 // product is its id or slug). Errors: ROLLOUT_IN_PROGRESS,
 // PRODUCT_NOT_FOUND, VALIDATION_ERROR.
 func (c *Client) CreateRollout(ctx context.Context, product string, req RolloutRequest) (Rollout, error) {
-	var out Rollout
-	err := c.do(ctx, http.MethodPost, rolloutsPath(product), nil, authAdmin, req, &out)
-	return out, err
+	return call[Rollout](ctx, c, http.MethodPost, rolloutsPath(product), nil, authAdmin, req)
 }
 
 // Rollouts lists the product's rollouts, newest first (admin key).
 func (c *Client) Rollouts(ctx context.Context, product string) (RolloutList, error) {
-	var out RolloutList
-	err := c.do(ctx, http.MethodGet, rolloutsPath(product), nil, authAdmin, nil, &out)
-	return out, err
+	return call[RolloutList](ctx, c, http.MethodGet, rolloutsPath(product), nil, authAdmin, nil)
 }
 
 // Rollout returns one rollout (admin key). Errors: ROLLOUT_NOT_FOUND.
 func (c *Client) Rollout(ctx context.Context, product, rolloutID string) (Rollout, error) {
-	var out Rollout
-	err := c.do(ctx, http.MethodGet, rolloutsPath(product, rolloutID), nil, authAdmin, nil, &out)
-	return out, err
+	return call[Rollout](ctx, c, http.MethodGet, rolloutsPath(product, rolloutID), nil, authAdmin, nil)
 }
 
 // RaiseRollout raises a rollout's percent (never lowers: VALIDATION_ERROR).
 func (c *Client) RaiseRollout(ctx context.Context, product, rolloutID string, percent int) (Rollout, error) {
-	var out Rollout
 	in := struct {
 		Percent int `json:"percent"`
 	}{percent}
-	err := c.do(ctx, http.MethodPatch, rolloutsPath(product, rolloutID), nil, authAdmin, in, &out)
-	return out, err
+	return call[Rollout](ctx, c, http.MethodPatch, rolloutsPath(product, rolloutID), nil, authAdmin, in)
 }
 
 // RolloutAction pauses, resumes or aborts a rollout (action is "pause",
 // "resume" or "abort").
 func (c *Client) RolloutAction(ctx context.Context, product, rolloutID, action string) (Rollout, error) {
-	var out Rollout
-	err := c.do(ctx, http.MethodPost, rolloutsPath(product, rolloutID, action), nil, authAdmin, nil, &out)
-	return out, err
+	return call[Rollout](ctx, c, http.MethodPost, rolloutsPath(product, rolloutID, action), nil, authAdmin, nil)
 }

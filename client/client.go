@@ -63,40 +63,30 @@ const (
 // Errors: ENGINE_ALREADY_EXISTS, QUOTA_EXCEEDED, PORT_EXHAUSTION,
 // BOOT_TIMEOUT, VALIDATION_ERROR.
 func (c *Client) Provision(ctx context.Context, req ProvisionRequest) (Provisioned, error) {
-	var out Provisioned
-	err := c.do(ctx, http.MethodPost, "/engines/provision", nil, authPlatform, req, &out)
-	return out, err
+	return call[Provisioned](ctx, c, http.MethodPost, "/engines/provision", nil, authPlatform, req)
 }
 
 // Destroy removes the user's engine and its data. Errors: ENGINE_NOT_FOUND.
 func (c *Client) Destroy(ctx context.Context, userID string) (Destroyed, error) {
-	var out Destroyed
-	err := c.do(ctx, http.MethodDelete, enginePath(userID, ""), nil, authPlatform, nil, &out)
-	return out, err
+	return call[Destroyed](ctx, c, http.MethodDelete, enginePath(userID, ""), nil, authPlatform, nil)
 }
 
 // Start brings a stopped, sleeping or failed engine to running. Errors:
 // ENGINE_NOT_FOUND, ENGINE_ALREADY_RUNNING, BOOT_TIMEOUT.
 func (c *Client) Start(ctx context.Context, userID string) (Started, error) {
-	var out Started
-	err := c.do(ctx, http.MethodPost, enginePath(userID, "start"), nil, authPlatform, nil, &out)
-	return out, err
+	return call[Started](ctx, c, http.MethodPost, enginePath(userID, "start"), nil, authPlatform, nil)
 }
 
 // Stop stops a running or sleeping engine; its data is kept. Errors:
 // ENGINE_NOT_FOUND, ENGINE_NOT_RUNNING.
 func (c *Client) Stop(ctx context.Context, userID string) (Stopped, error) {
-	var out Stopped
-	err := c.do(ctx, http.MethodPost, enginePath(userID, "stop"), nil, authPlatform, nil, &out)
-	return out, err
+	return call[Stopped](ctx, c, http.MethodPost, enginePath(userID, "stop"), nil, authPlatform, nil)
 }
 
 // RotateKey gives a running engine a new key and returns it. Errors:
 // ENGINE_NOT_FOUND, ENGINE_NOT_RUNNING, BOOT_TIMEOUT.
 func (c *Client) RotateKey(ctx context.Context, userID string) (KeyRotated, error) {
-	var out KeyRotated
-	err := c.do(ctx, http.MethodPost, enginePath(userID, "rotate-key"), nil, authPlatform, nil, &out)
-	return out, err
+	return call[KeyRotated](ctx, c, http.MethodPost, enginePath(userID, "rotate-key"), nil, authPlatform, nil)
 }
 
 // Upgrade moves the user's engine to engineVersion on the same brain, key
@@ -106,19 +96,15 @@ func (c *Client) RotateKey(ctx context.Context, userID string) (KeyRotated, erro
 // ENGINE_NOT_RUNNING, UPGRADE_FAILED (rolled back; the message has the
 // engine's reason), IMAGE_NOT_FOUND, VALIDATION_ERROR.
 func (c *Client) Upgrade(ctx context.Context, userID, engineVersion string) (Upgraded, error) {
-	var out Upgraded
 	in := struct {
 		EngineVersion string `json:"engine_version"`
 	}{engineVersion}
-	err := c.do(ctx, http.MethodPost, enginePath(userID, "upgrade"), nil, authPlatform, in, &out)
-	return out, err
+	return call[Upgraded](ctx, c, http.MethodPost, enginePath(userID, "upgrade"), nil, authPlatform, in)
 }
 
 // Get returns the user's engine with its key. Errors: ENGINE_NOT_FOUND.
 func (c *Client) Get(ctx context.Context, userID string) (Engine, error) {
-	var out Engine
-	err := c.do(ctx, http.MethodGet, enginePath(userID, ""), nil, authPlatform, nil, &out)
-	return out, err
+	return call[Engine](ctx, c, http.MethodGet, enginePath(userID, ""), nil, authPlatform, nil)
 }
 
 // Admit is the call to make on every user request: it returns the user's
@@ -126,9 +112,7 @@ func (c *Client) Get(ctx context.Context, userID string) (Engine, error) {
 // it is not admitted. Errors: RATE_LIMITED (with RetryAfter),
 // QUOTA_EXCEEDED, PORT_EXHAUSTION, BOOT_TIMEOUT.
 func (c *Client) Admit(ctx context.Context, userID string, opts AdmitOptions) (AdmitResult, error) {
-	var out AdmitResult
-	err := c.do(ctx, http.MethodPost, enginePath(userID, "admit"), nil, authPlatform, opts, &out)
-	return out, err
+	return call[AdmitResult](ctx, c, http.MethodPost, enginePath(userID, "admit"), nil, authPlatform, opts)
 }
 
 // List returns one page of the product's engines (without keys), ordered by
@@ -139,23 +123,17 @@ func (c *Client) List(ctx context.Context, opts ListOptions) (EngineList, error)
 		q.Set("status", opts.Status)
 	}
 	setPage(q, opts.Limit, opts.Offset)
-	var out EngineList
-	err := c.do(ctx, http.MethodGet, "/engines", q, authPlatform, nil, &out)
-	return out, err
+	return call[EngineList](ctx, c, http.MethodGet, "/engines", q, authPlatform, nil)
 }
 
 // Status returns the product's fleet health snapshot.
 func (c *Client) Status(ctx context.Context) (FleetStatus, error) {
-	var out FleetStatus
-	err := c.do(ctx, http.MethodGet, "/status", nil, authPlatform, nil, &out)
-	return out, err
+	return call[FleetStatus](ctx, c, http.MethodGet, "/status", nil, authPlatform, nil)
 }
 
 // Metrics returns the product's operational numbers (last hour, all time).
 func (c *Client) Metrics(ctx context.Context) (FleetMetrics, error) {
-	var out FleetMetrics
-	err := c.do(ctx, http.MethodGet, "/metrics", nil, authPlatform, nil, &out)
-	return out, err
+	return call[FleetMetrics](ctx, c, http.MethodGet, "/metrics", nil, authPlatform, nil)
 }
 
 // Audit returns one page of the user's engine audit trail, newest first.
@@ -163,9 +141,7 @@ func (c *Client) Metrics(ctx context.Context) (FleetMetrics, error) {
 func (c *Client) Audit(ctx context.Context, userID string, opts AuditOptions) (AuditPage, error) {
 	q := url.Values{}
 	setPage(q, opts.Limit, opts.Offset)
-	var out AuditPage
-	err := c.do(ctx, http.MethodGet, enginePath(userID, "audit"), q, authPlatform, nil, &out)
-	return out, err
+	return call[AuditPage](ctx, c, http.MethodGet, enginePath(userID, "audit"), q, authPlatform, nil)
 }
 
 // setPage adds a page's limit and offset to q; zero leaves the server's

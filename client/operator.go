@@ -11,17 +11,13 @@ import (
 // Products lists every product with its engines counted by state (admin
 // key). Errors: INVALID_ADMIN_KEY.
 func (c *Client) Products(ctx context.Context) (ProductList, error) {
-	var out ProductList
-	err := c.do(ctx, http.MethodGet, "/products", nil, authAdmin, nil, &out)
-	return out, err
+	return call[ProductList](ctx, c, http.MethodGet, "/products", nil, authAdmin, nil)
 }
 
 // Product returns one product by id or slug (admin key). Errors:
 // INVALID_ADMIN_KEY, PRODUCT_NOT_FOUND.
 func (c *Client) Product(ctx context.Context, product string) (ProductInfo, error) {
-	var out ProductInfo
-	err := c.do(ctx, http.MethodGet, "/products/"+url.PathEscape(product), nil, authAdmin, nil, &out)
-	return out, err
+	return call[ProductInfo](ctx, c, http.MethodGet, "/products/"+url.PathEscape(product), nil, authAdmin, nil)
 }
 
 // FleetEngines returns one page of the engines of every product (admin
@@ -35,9 +31,7 @@ func (c *Client) FleetEngines(ctx context.Context, opts FleetOptions) (FleetEngi
 		}
 	}
 	setPage(q, opts.Limit, opts.Offset)
-	var out FleetEngineList
-	err := c.do(ctx, http.MethodGet, "/fleet/engines", q, authAdmin, nil, &out)
-	return out, err
+	return call[FleetEngineList](ctx, c, http.MethodGet, "/fleet/engines", q, authAdmin, nil)
 }
 
 // Logs returns the engine's own output (platform key) as text: the last

@@ -22,6 +22,14 @@ func enginePath(userID, action string) string {
 	return p
 }
 
+// call sends a request with an optional JSON body and returns its 2xx JSON
+// answer decoded as a T.
+func call[T any](ctx context.Context, c *Client, method, path string, q url.Values, a auth, in any) (T, error) {
+	var out T
+	err := c.do(ctx, method, path, q, a, in, &out)
+	return out, err
+}
+
 // do sends a request with an optional JSON body and decodes a 2xx JSON
 // answer into out.
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, a auth, in, out any) error {

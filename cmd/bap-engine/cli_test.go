@@ -9,12 +9,13 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/september/bap-engine/internal/testlog"
 )
 
 // cli runs one client command against url with env (BAP_* variables) and
@@ -148,7 +149,7 @@ func TestWatchPrintsChanges(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out syncBuf
+	var out testlog.Buffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"engines", "get", "alice", "-w", "-o", "json"}, getenvOf(product), &out)
@@ -177,24 +178,6 @@ func TestWatchPrintsChanges(t *testing.T) {
 	}
 	require.Equal(t, []string{"running", "stopped"}, states)
 	mustCLI(t, product, "engines", "destroy", "alice", "--yes")
-}
-
-// syncBuf is a buffer written by one goroutine and read by another.
-type syncBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestVersionAndProbe(t *testing.T) {
@@ -237,7 +220,7 @@ func TestLogsFollowEndsWithTheServer(t *testing.T) {
 	}
 	require.NoError(t, json.Unmarshal([]byte(mustCLI(t, product, "engines", "provision", "alice", "-o", "json")), &prov))
 
-	var out syncBuf
+	var out testlog.Buffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(context.Background(), []string{"engines", "logs", "alice", "-f", "--tail", "1"}, getenvOf(product), &out)

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/september/bap-engine/client"
+	"github.com/september/bap-engine/internal/backend/backendtest"
 )
 
 // limitsServe starts serve on SQLite with the given ORCH_HTTP_* settings.
@@ -263,14 +264,7 @@ func TestStreamOutlivesReadTimeout(t *testing.T) {
 	logs, err := platform.Logs(ctx, "alice", client.LogOptions{Follow: true})
 	require.NoError(t, err)
 	defer logs.Close()
-	lines := make(chan string, 100)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(logs)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
+	lines := backendtest.Lines(logs)
 	followed := time.Now()
 	time.Sleep(3 * limit)
 	remember(t, alice.URL, alice.APIKey, "after-the-quiet")

@@ -94,6 +94,17 @@ func upgradeEnv(t *testing.T, dbURL string) map[string]string {
 	return env
 }
 
+// eachUpgradeEnv runs fn as a parallel subtest per store, on upgradeEnv's
+// environment for that store.
+func eachUpgradeEnv(t *testing.T, fn func(t *testing.T, env map[string]string)) {
+	for _, st := range stores() {
+		t.Run(st.name, func(t *testing.T) {
+			t.Parallel() // mostly waits out boot timeouts: the stores share them
+			fn(t, upgradeEnv(t, st.url(t)))
+		})
+	}
+}
+
 // TestUpgradeKeepsTheBrainAndRollsBackARefusedVersion upgrades one engine
 // through the API on a real orchestrator with reference engines: the brain,
 // key and URL stay, the engine reports the new version; an upgrade to a
@@ -101,106 +112,102 @@ func upgradeEnv(t *testing.T, dbURL string) map[string]string {
 // reason and leaves the engine on the old version with its brain intact;
 // ORCH_SNAPSHOTS_KEPT snapshots are kept and destroy deletes them.
 func TestUpgradeKeepsTheBrainAndRollsBackARefusedVersion(t *testing.T) {
-	for _, st := range stores() {
-		t.Run(st.name, func(t *testing.T) {
-			t.Parallel() // mostly waits out boot timeouts: the stores share them
-			env := upgradeEnv(t, st.url(t))
-			// Engines take half a second to answer, so the CLI sees the wait.
-			engineEnv(env, "ENGINE_WARMUP_S", "0.5")
-			ctx := context.Background()
-			o := startServe(t, env)
-			prod, pc := registerAcme(t, o.url, env)
-			eng, err := pc.Provision(ctx, client.ProvisionRequest{UserID: "alice", EngineVersion: "v1"})
-			require.NoError(t, err)
-			require.Equal(t, "v1", versionOf(t, eng.URL))
-			remember(t, eng.URL, eng.APIKey, "first")
-			require.Equal(t, 2, remember(t, eng.URL, eng.APIKey, "second"))
+	eachUpgradeEnv(t, func(t *testing.T, env map[string]string) {
+		// Engines take half a second to answer, so the CLI sees the wait.
+		engineEnv(env, "ENGINE_WARMUP_S", "0.5")
+		ctx := context.Background()
+		o := startServe(t, env)
+		prod, pc := registerAcme(t, o.url, env)
+		eng, err := pc.Provision(ctx, client.ProvisionRequest{UserID: "alice", EngineVersion: "v1"})
+		require.NoError(t, err)
+		require.Equal(t, "v1", versionOf(t, eng.URL))
+		remember(t, eng.URL, eng.APIKey, "first")
+		require.Equal(t, 2, remember(t, eng.URL, eng.APIKey, "second"))
 
-			up, err := pc.Upgrade(ctx, "alice", "v2")
-			require.NoError(t, err)
-			require.Equal(t, "v2", up.EngineVersion)
-			require.Equal(t, "v1", up.PreviousVersion)
-			require.Equal(t, "running", up.Status)
-			require.Equal(t, eng.URL, up.URL, "same URL")
-			require.Equal(t, "v2", versionOf(t, eng.URL), "the engine runs the new version")
-			counter, notes := brainOf(t, eng.URL, eng.APIKey) // same key
-			require.Equal(t, 2, counter, "the brain survived the upgrade")
-			require.ElementsMatch(t, []string{"first", "second"}, notes)
-			got, err := pc.Get(ctx, "alice")
-			require.NoError(t, err)
-			require.Equal(t, "v2", got.EngineVersion)
-			require.Nil(t, got.Operation, "no operation in flight")
-			require.Equal(t, 3, remember(t, eng.URL, eng.APIKey, "third"))
+		up, err := pc.Upgrade(ctx, "alice", "v2")
+		require.NoError(t, err)
+		require.Equal(t, "v2", up.EngineVersion)
+		require.Equal(t, "v1", up.PreviousVersion)
+		require.Equal(t, "running", up.Status)
+		require.Equal(t, eng.URL, up.URL, "same URL")
+		require.Equal(t, "v2", versionOf(t, eng.URL), "the engine runs the new version")
+		counter, notes := brainOf(t, eng.URL, eng.APIKey) // same key
+		require.Equal(t, 2, counter, "the brain survived the upgrade")
+		require.ElementsMatch(t, []string{"first", "second"}, notes)
+		got, err := pc.Get(ctx, "alice")
+		require.NoError(t, err)
+		require.Equal(t, "v2", got.EngineVersion)
+		require.Nil(t, got.Operation, "no operation in flight")
+		require.Equal(t, 3, remember(t, eng.URL, eng.APIKey, "third"))
 
-			began := time.Now()
-			_, err = pc.Upgrade(ctx, "alice", "v-bad")
-			require.Equal(t, client.CodeUpgradeFailed, client.ErrorCode(err), "%v", err)
-			var apiErr *client.Error
-			require.ErrorAs(t, err, &apiErr)
-			require.Equal(t, http.StatusBadGateway, apiErr.Status)
-			require.Contains(t, apiErr.Message, "refused", "the engine's reason")
-			require.Contains(t, apiErr.Message, "v2")
-			t.Logf("refused upgrade rolled back in %s", time.Since(began).Round(time.Millisecond))
-			got, err = pc.Get(ctx, "alice")
-			require.NoError(t, err)
-			require.Equal(t, "running", got.Status)
-			require.Equal(t, "v2", got.EngineVersion, "rolled back to the old version")
-			require.Equal(t, "v2", versionOf(t, eng.URL))
-			counter, notes = brainOf(t, eng.URL, eng.APIKey)
-			require.Equal(t, 3, counter, "the brain is intact after the rollback")
-			require.ElementsMatch(t, []string{"first", "second", "third"}, notes)
+		began := time.Now()
+		_, err = pc.Upgrade(ctx, "alice", "v-bad")
+		require.Equal(t, client.CodeUpgradeFailed, client.ErrorCode(err), "%v", err)
+		var apiErr *client.Error
+		require.ErrorAs(t, err, &apiErr)
+		require.Equal(t, http.StatusBadGateway, apiErr.Status)
+		require.Contains(t, apiErr.Message, "refused", "the engine's reason")
+		require.Contains(t, apiErr.Message, "v2")
+		t.Logf("refused upgrade rolled back in %s", time.Since(began).Round(time.Millisecond))
+		got, err = pc.Get(ctx, "alice")
+		require.NoError(t, err)
+		require.Equal(t, "running", got.Status)
+		require.Equal(t, "v2", got.EngineVersion, "rolled back to the old version")
+		require.Equal(t, "v2", versionOf(t, eng.URL))
+		counter, notes = brainOf(t, eng.URL, eng.APIKey)
+		require.Equal(t, 3, counter, "the brain is intact after the rollback")
+		require.ElementsMatch(t, []string{"first", "second", "third"}, notes)
 
-			// An engine already on the version is left alone.
-			same, err := pc.Upgrade(ctx, "alice", "v2")
-			require.NoError(t, err)
-			require.Equal(t, "v2", same.EngineVersion)
+		// An engine already on the version is left alone.
+		same, err := pc.Upgrade(ctx, "alice", "v2")
+		require.NoError(t, err)
+		require.Equal(t, "v2", same.EngineVersion)
 
-			// The CLI's upgrade names its phases on stderr, whole lines (not
-			// a terminal), and prints the outcome.
-			cliEnv := map[string]string{"BAP_URL": o.url, "BAP_PLATFORM_KEY": prod.PlatformAPIKey}
-			stdout, stderr, err := cliRun(t, cliEnv, "engines", "upgrade", "alice", "--engine-version", "v3")
-			require.NoError(t, err, stderr)
-			require.Contains(t, stdout, "engine_version:")
-			require.Contains(t, stdout, "v3")
-			require.NotContains(t, stderr, "\r")
-			require.Contains(t, stderr, "upgrade alice: waiting for health…\n")
-			require.Contains(t, stderr, "upgrade alice: done in ")
-			require.Equal(t, "v3", versionOf(t, eng.URL))
-			_, stderr, err = cliRun(t, cliEnv, "engines", "upgrade", "alice", "--engine-version", "v-bad")
-			require.Error(t, err)
-			require.Contains(t, stderr, "upgrade alice: rolling back to the old version…\n")
-			require.Contains(t, stderr, "UPGRADE_FAILED")
-			require.Len(t, snapshotDirs(t, env, eng.EngineID), 2, "ORCH_SNAPSHOTS_KEPT snapshots are kept")
+		// The CLI's upgrade names its phases on stderr, whole lines (not
+		// a terminal), and prints the outcome.
+		cliEnv := map[string]string{"BAP_URL": o.url, "BAP_PLATFORM_KEY": prod.PlatformAPIKey}
+		stdout, stderr, err := cliRun(t, cliEnv, "engines", "upgrade", "alice", "--engine-version", "v3")
+		require.NoError(t, err, stderr)
+		require.Contains(t, stdout, "engine_version:")
+		require.Contains(t, stdout, "v3")
+		require.NotContains(t, stderr, "\r")
+		require.Contains(t, stderr, "upgrade alice: waiting for health…\n")
+		require.Contains(t, stderr, "upgrade alice: done in ")
+		require.Equal(t, "v3", versionOf(t, eng.URL))
+		_, stderr, err = cliRun(t, cliEnv, "engines", "upgrade", "alice", "--engine-version", "v-bad")
+		require.Error(t, err)
+		require.Contains(t, stderr, "upgrade alice: rolling back to the old version…\n")
+		require.Contains(t, stderr, "UPGRADE_FAILED")
+		require.Len(t, snapshotDirs(t, env, eng.EngineID), 2, "ORCH_SNAPSHOTS_KEPT snapshots are kept")
 
-			page, err := pc.Audit(ctx, "alice", client.AuditOptions{})
-			require.NoError(t, err)
-			var actions []string
-			for _, e := range page.Entries {
-				actions = append(actions, e.Action)
-				if e.Action == "upgrade_rolled_back" {
-					require.Equal(t, "v-bad", e.Metadata["to"])
-					require.Contains(t, e.Metadata["reason"], "refused")
-				}
-				if e.Action == "upgrade" {
-					require.NotEmpty(t, e.Metadata["snapshot"])
-				}
+		page, err := pc.Audit(ctx, "alice", client.AuditOptions{})
+		require.NoError(t, err)
+		var actions []string
+		for _, e := range page.Entries {
+			actions = append(actions, e.Action)
+			if e.Action == "upgrade_rolled_back" {
+				require.Equal(t, "v-bad", e.Metadata["to"])
+				require.Contains(t, e.Metadata["reason"], "refused")
 			}
-			require.Equal(t, []string{"upgrade_rolled_back", "upgrade", "upgrade_rolled_back", "upgrade", "provision"}, actions)
+			if e.Action == "upgrade" {
+				require.NotEmpty(t, e.Metadata["snapshot"])
+			}
+		}
+		require.Equal(t, []string{"upgrade_rolled_back", "upgrade", "upgrade_rolled_back", "upgrade", "provision"}, actions)
 
-			// Bad input leaves nothing behind.
-			_, err = pc.Upgrade(ctx, "alice", "not an image")
-			require.Equal(t, client.CodeValidation, client.ErrorCode(err))
-			_, err = pc.Upgrade(ctx, "nobody", "v4")
-			require.Equal(t, client.CodeEngineNotFound, client.ErrorCode(err))
+		// Bad input leaves nothing behind.
+		_, err = pc.Upgrade(ctx, "alice", "not an image")
+		require.Equal(t, client.CodeValidation, client.ErrorCode(err))
+		_, err = pc.Upgrade(ctx, "nobody", "v4")
+		require.Equal(t, client.CodeEngineNotFound, client.ErrorCode(err))
 
-			_, err = pc.Destroy(ctx, "alice")
-			require.NoError(t, err)
-			require.Empty(t, snapshotDirs(t, env, eng.EngineID), "destroy deletes the snapshots")
-			entries, err := os.ReadDir(env["ORCH_DATA_ROOT"])
-			require.NoError(t, err)
-			require.Empty(t, entries)
-		})
-	}
+		_, err = pc.Destroy(ctx, "alice")
+		require.NoError(t, err)
+		require.Empty(t, snapshotDirs(t, env, eng.EngineID), "destroy deletes the snapshots")
+		entries, err := os.ReadDir(env["ORCH_DATA_ROOT"])
+		require.NoError(t, err)
+		require.Empty(t, entries)
+	})
 }
 
 // TestKilledDuringUpgrade SIGKILLs the orchestrator (its own process) in

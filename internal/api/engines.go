@@ -75,6 +75,27 @@ func (s *server) engineOf(r *http.Request, p bap.Product) (bap.Engine, error) {
 	return e, nil
 }
 
+// engineFunc serves a route on e, the calling product p's engine of the
+// {user_id} in the path, and returns the 200 answer's body.
+type engineFunc func(w http.ResponseWriter, r *http.Request, e bap.Engine, p bap.Product) (any, error)
+
+// onEngine adapts an engineFunc: it finds the engine (engineOf) and answers
+// 200 with what op returns.
+func (s *server) onEngine(op engineFunc) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, p bap.Product) error {
+		e, err := s.engineOf(r, p)
+		if err != nil {
+			return err
+		}
+		out, err := op(w, r, e, p)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, out)
+		return nil
+	}
+}
+
 type provisionResponse struct {
 	EngineID string `json:"engine_id"`
 	UserID   string `json:"user_id"`
@@ -85,11 +106,7 @@ type provisionResponse struct {
 
 // provision: POST /engines/provision.
 func (s *server) provision(w http.ResponseWriter, r *http.Request, p bap.Product) error {
-	b, err := s.readBody(w, r)
-	if err != nil {
-		return err
-	}
-	req, err := decodeProvision(b)
+	req, err := readRequest(s, w, r, decodeProvision)
 	if err != nil {
 		return err
 	}
@@ -113,16 +130,11 @@ type statusEngineResponse struct {
 }
 
 // destroy: DELETE /engines/{user_id}.
-func (s *server) destroy(w http.ResponseWriter, r *http.Request, p bap.Product) error {
-	e, err := s.engineOf(r, p)
-	if err != nil {
-		return err
-	}
+func (s *server) destroy(_ http.ResponseWriter, r *http.Request, e bap.Engine, p bap.Product) (any, error) {
 	if _, err := s.lifecycle.Destroy(r.Context(), e.ID, p.Slug); err != nil {
-		return err
+		return nil, err
 	}
-	writeJSON(w, http.StatusOK, statusEngineResponse{Status: "destroyed", EngineID: e.ID})
-	return nil
+	return statusEngineResponse{Status: "destroyed", EngineID: e.ID}, nil
 }
 
 type startResponse struct {
@@ -131,31 +143,21 @@ type startResponse struct {
 }
 
 // start: POST /engines/{user_id}/start.
-func (s *server) start(w http.ResponseWriter, r *http.Request, p bap.Product) error {
-	e, err := s.engineOf(r, p)
-	if err != nil {
-		return err
-	}
+func (s *server) start(_ http.ResponseWriter, r *http.Request, e bap.Engine, p bap.Product) (any, error) {
 	res, err := s.lifecycle.Start(r.Context(), e.ID, p.Slug)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	writeJSON(w, http.StatusOK, startResponse{Status: string(res.Engine.Status), URL: res.Engine.URL})
-	return nil
+	return startResponse{Status: string(res.Engine.Status), URL: res.Engine.URL}, nil
 }
 
 // stop: POST /engines/{user_id}/stop.
-func (s *server) stop(w http.ResponseWriter, r *http.Request, p bap.Product) error {
-	e, err := s.engineOf(r, p)
-	if err != nil {
-		return err
-	}
+func (s *server) stop(_ http.ResponseWriter, r *http.Request, e bap.Engine, p bap.Product) (any, error) {
 	res, err := s.lifecycle.Stop(r.Context(), e.ID, p.Slug)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	writeJSON(w, http.StatusOK, statusEngineResponse{Status: string(res.Engine.Status), EngineID: e.ID})
-	return nil
+	return statusEngineResponse{Status: string(res.Engine.Status), EngineID: e.ID}, nil
 }
 
 type rotateKeyResponse struct {
@@ -165,31 +167,17 @@ type rotateKeyResponse struct {
 }
 
 // rotateKey: POST /engines/{user_id}/rotate-key.
-func (s *server) rotateKey(w http.ResponseWriter, r *http.Request, p bap.Product) error {
-	e, err := s.engineOf(r, p)
-	if err != nil {
-		return err
-	}
+func (s *server) rotateKey(_ http.ResponseWriter, r *http.Request, e bap.Engine, p bap.Product) (any, error) {
 	res, err := s.lifecycle.RotateKey(r.Context(), e.ID, p.Slug)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	writeJSON(w, http.StatusOK, rotateKeyResponse{EngineID: e.ID, APIKey: res.APIKey, Status: string(res.Engine.Status)})
-	return nil
+	return rotateKeyResponse{EngineID: e.ID, APIKey: res.APIKey, Status: string(res.Engine.Status)}, nil
 }
 
 // getEngine: GET /engines/{user_id}.
-func (s *server) getEngine(w http.ResponseWriter, r *http.Request, p bap.Product) error {
-	e, err := s.engineOf(r, p)
-	if err != nil {
-		return err
-	}
-	info, err := s.withKey(e)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, info)
-	return nil
+func (s *server) getEngine(_ http.ResponseWriter, _ *http.Request, e bap.Engine, _ bap.Product) (any, error) {
+	return s.withKey(e)
 }
 
 type admitResponse struct {

@@ -17,7 +17,6 @@ import (
 	"github.com/september/bap-engine/client"
 	"github.com/september/bap-engine/internal/api"
 	"github.com/september/bap-engine/internal/audit"
-	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/storetest"
 )
 
@@ -43,8 +42,7 @@ func keysOf(m map[string]any) []string {
 }
 
 func TestEngineLifecycleThroughHTTP(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		c, p := h.product("acme", "")
 		ctx := t.Context()
 
@@ -150,8 +148,7 @@ func checkGoldenErr(t *testing.T, h *harness, name string, err error, status int
 }
 
 func TestEngineInfoShapes(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		c, p := h.product("shapes", "")
 		prov := h.provision(c, "u1")
 		key := map[string]string{api.HeaderPlatformKey: p.PlatformAPIKey}

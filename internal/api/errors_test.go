@@ -29,8 +29,7 @@ func samplePath(p string) string {
 }
 
 func TestEveryRouteRequiresItsKey(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		_, p := h.product("keyed", "")
 		checked := 0
 		for _, rt := range api.Routes() {
@@ -105,8 +104,7 @@ func TestUnknownRouteAndWrongMethod(t *testing.T) {
 }
 
 func TestValidationLeavesNothingBehind(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{maxBody: 4096})
+	eachHarness(t, options{maxBody: 4096}, func(t *testing.T, h *harness) {
 		_, p := h.product("strict", "")
 		key := map[string]string{api.HeaderPlatformKey: p.PlatformAPIKey}
 		cases := []struct {
@@ -163,7 +161,7 @@ func TestValidationLeavesNothingBehind(t *testing.T) {
 		require.Equal(t, 0, h.engineCount(p.ProductID), "no engine row from a rejected request")
 		require.Equal(t, 1, h.auditTotal(p.ProductID), "no audit row from a rejected request")
 		require.Zero(t, h.fake.Calls(backendtest.MethodCreate), "no instance from a rejected request")
-		ports, err := store.ListPortAllocations(t.Context())
+		ports, err := h.store.ListPortAllocations(t.Context())
 		require.NoError(t, err)
 		require.Empty(t, ports, "no port from a rejected request")
 
@@ -178,8 +176,7 @@ func TestValidationLeavesNothingBehind(t *testing.T) {
 }
 
 func TestCrossProductIsolation(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		a, _ := h.product("alpha", "")
 		b, pb := h.product("beta", "")
 		ctx := t.Context()
@@ -218,15 +215,14 @@ func TestCrossProductIsolation(t *testing.T) {
 }
 
 func TestBackendAndBootErrors(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{bootTimeout: 300 * time.Millisecond, ports: 2})
+	eachHarness(t, options{bootTimeout: 300 * time.Millisecond, ports: 2}, func(t *testing.T, h *harness) {
 		c, p := h.product("faulty", "")
 		ctx := t.Context()
 
 		// Failed provisions keep their rows (failed) and ports for the
 		// operator; clear them so the two ports last the test.
 		clear := func() {
-			engines, _, err := store.ListEngines(ctx, registry.EngineFilter{ProductID: p.ProductID})
+			engines, _, err := h.store.ListEngines(ctx, registry.EngineFilter{ProductID: p.ProductID})
 			require.NoError(t, err)
 			for _, en := range engines {
 				_, err := c.Destroy(ctx, en.UserID)
@@ -271,7 +267,7 @@ func TestBackendAndBootErrors(t *testing.T) {
 		apiError(t, err, 503, client.CodePortExhaustion)
 		require.False(t, adm.Admitted)
 		for _, u := range []string{"third", "fourth"} {
-			_, n, err := store.ListAudit(ctx, registry.AuditFilter{ProductID: p.ProductID, UserID: u})
+			_, n, err := h.store.ListAudit(ctx, registry.AuditFilter{ProductID: p.ProductID, UserID: u})
 			require.NoError(t, err)
 			require.Zero(t, n, "no audit row for the port-exhausted request of %s", u)
 		}
@@ -303,19 +299,18 @@ func checkGoldenErrRet(t *testing.T, h *harness, name string, err error, status 
 }
 
 func TestEngineBusyAndInternal(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		c, p := h.product("odd", "")
 		ctx := t.Context()
 
 		// An engine another process is provisioning.
-		registrytest.NewEngine(t, store, p.ProductID, "midway", registrytest.WithStatus(bap.StateProvisioning))
+		registrytest.NewEngine(t, h.store, p.ProductID, "midway", registrytest.WithStatus(bap.StateProvisioning))
 		_, err := c.Start(ctx, "midway")
 		checkGoldenErr(t, h, "engine_busy", err, 409, client.CodeEngineBusy)
 
 		// A row whose key token cannot be decrypted: an internal fault,
 		// answered generically and logged with the request id.
-		registrytest.NewEngine(t, store, p.ProductID, "corrupt")
+		registrytest.NewEngine(t, h.store, p.ProductID, "corrupt")
 		r := h.do(http.MethodGet, "/engines/corrupt", "", map[string]string{
 			api.HeaderPlatformKey: p.PlatformAPIKey, api.HeaderRequestID: "req-internal-1",
 		})
@@ -327,8 +322,7 @@ func TestEngineBusyAndInternal(t *testing.T) {
 }
 
 func TestRateLimitRetryAfter(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		c, p := h.product("limited", `{"rate_limit_rpm": 5}`)
 		ctx := t.Context()
 		h.provision(c, "u1")
@@ -359,8 +353,7 @@ func TestRateLimitRetryAfter(t *testing.T) {
 }
 
 func TestQuotaExceeded(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		c, _ := h.product("small", `{"max_engines": 1}`)
 		ctx := t.Context()
 		h.provision(c, "u1")
@@ -372,13 +365,12 @@ func TestQuotaExceeded(t *testing.T) {
 }
 
 func TestHealth(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		hl, err := h.admin.Health(t.Context())
 		require.NoError(t, err)
 		require.Equal(t, "ok", hl.Status)
 
-		require.NoError(t, store.Close())
+		require.NoError(t, h.store.Close())
 		r := h.do(http.MethodGet, "/health", "", nil)
 		require.Equal(t, http.StatusServiceUnavailable, r.status)
 		checkGolden(t, "database_unavailable", r)

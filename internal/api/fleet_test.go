@@ -3,7 +3,6 @@ package api_test
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,13 +11,11 @@ import (
 	"github.com/september/bap-engine/client"
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/bap"
-	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/registrytest"
 )
 
 func TestFleetStatusHealth(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
 		c, p := h.product("fleet", "")
 		other, po := h.product("other", "")
@@ -32,7 +29,7 @@ func TestFleetStatusHealth(t *testing.T) {
 
 		add := func(productID string, n int, state bap.State) {
 			for range n {
-				registrytest.NewEngine(t, store, productID, "u-"+fmt.Sprint(time.Now().UnixNano()), registrytest.WithStatus(state))
+				registrytest.NewEngine(t, h.store, productID, "u-"+fmt.Sprint(time.Now().UnixNano()), registrytest.WithStatus(state))
 			}
 		}
 		add(p.ProductID, 6, bap.StateRunning)
@@ -72,8 +69,7 @@ func TestFleetStatusHealth(t *testing.T) {
 }
 
 func TestFleetMetricsFromAudit(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
 		c, p := h.product("measured", "")
 		m, err := c.Metrics(ctx)
@@ -86,12 +82,12 @@ func TestFleetMetricsFromAudit(t *testing.T) {
 		require.NoError(t, err)
 		// Older history: outside the last hour, inside the totals.
 		old := h.clock.Now().Add(-2 * time.Hour)
-		require.NoError(t, store.AppendAudit(ctx,
+		require.NoError(t, h.store.AppendAudit(ctx,
 			audit.Entry{Timestamp: old, ProductID: p.ProductID, Action: audit.Provision, Actor: "measured", DurationMS: ptr(int64(90000))},
 			audit.Entry{Timestamp: old, ProductID: p.ProductID, Action: audit.HealthFailed, Actor: audit.ActorSystem},
 		))
 		now := h.clock.Now().Add(-time.Minute)
-		require.NoError(t, store.AppendAudit(ctx,
+		require.NoError(t, h.store.AppendAudit(ctx,
 			audit.Entry{Timestamp: now, ProductID: p.ProductID, Action: audit.HealthFailed, Actor: audit.ActorSystem},
 			audit.Entry{Timestamp: now, ProductID: p.ProductID, Action: audit.AutoRestartStart, Actor: audit.ActorSystem},
 			audit.Entry{Timestamp: now, ProductID: p.ProductID, Action: audit.AutoRestartStart, Actor: audit.ActorSystem},
@@ -111,8 +107,7 @@ func TestFleetMetricsFromAudit(t *testing.T) {
 func ptr[T any](v T) *T { return &v }
 
 func TestPrometheusEndpoint(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
 		c, _ := h.product("scraped", "")
 		h.provision(c, "secret-user-name")
@@ -135,22 +130,12 @@ func TestPrometheusEndpoint(t *testing.T) {
 }
 
 func TestConcurrentAutoProvisionAdmits(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		c, p := h.product("crowd", "")
 		const n = 100
-		results := make([]client.AdmitResult, n)
-		errs := make([]error, n)
-		var wg sync.WaitGroup
-		start := make(chan struct{})
-		for i := range n {
-			wg.Go(func() {
-				<-start
-				results[i], errs[i] = c.Admit(context.Background(), "newcomer", client.AdmitOptions{AutoProvision: true})
-			})
-		}
-		close(start)
-		wg.Wait()
+		results, errs := registrytest.Concurrently(n, func(int) (client.AdmitResult, error) {
+			return c.Admit(context.Background(), "newcomer", client.AdmitOptions{AutoProvision: true})
+		})
 		engineID, key := "", ""
 		for i := range n {
 			require.NoError(t, errs[i], "admit %d", i)
@@ -169,23 +154,13 @@ func TestConcurrentAutoProvisionAdmits(t *testing.T) {
 }
 
 func TestConcurrentProvisionsRespectMaxEngines(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		c, p := h.product("capped", `{"max_engines": 10}`)
 		const n = 50
-		errs := make([]error, n)
-		keys := make([]string, n)
-		var wg sync.WaitGroup
-		start := make(chan struct{})
-		for i := range n {
-			wg.Go(func() {
-				<-start
-				res, err := c.Provision(context.Background(), client.ProvisionRequest{UserID: fmt.Sprintf("user-%02d", i)})
-				errs[i], keys[i] = err, res.APIKey
-			})
-		}
-		close(start)
-		wg.Wait()
+		keys, errs := registrytest.Concurrently(n, func(i int) (string, error) {
+			res, err := c.Provision(context.Background(), client.ProvisionRequest{UserID: fmt.Sprintf("user-%02d", i)})
+			return res.APIKey, err
+		})
 		h.remember(keys...)
 		ok := 0
 		for _, err := range errs {
@@ -205,8 +180,7 @@ func TestConcurrentProvisionsRespectMaxEngines(t *testing.T) {
 }
 
 func TestListPagination(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
 		c, p := h.product("paged", "")
 		base := time.Now().Add(-time.Hour)
@@ -216,7 +190,7 @@ func TestListPagination(t *testing.T) {
 			if i%3 == 0 {
 				st = bap.StateStopped
 			}
-			e := registrytest.NewEngine(t, store, p.ProductID, fmt.Sprintf("u%d", i),
+			e := registrytest.NewEngine(t, h.store, p.ProductID, fmt.Sprintf("u%d", i),
 				registrytest.WithStatus(st), registrytest.WithCreatedAt(bap.Timestamp(base.Add(time.Duration(i)*time.Second))))
 			ids = append(ids, e.ID)
 		}
@@ -252,11 +226,10 @@ func TestListPagination(t *testing.T) {
 // TestReplicasListsTheOrchestrators: GET /replicas (admin) shows every
 // registered replica, its liveness and the shards it holds.
 func TestReplicasListsTheOrchestrators(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
-		live := registrytest.NewReplica(t, store)
-		_, took, err := store.AcquireLease(ctx, 7, live.ID, time.Hour)
+		live := registrytest.NewReplica(t, h.store)
+		_, took, err := h.store.AcquireLease(ctx, 7, live.ID, time.Hour)
 		require.NoError(t, err)
 		require.True(t, took)
 		list, err := h.admin.Replicas(ctx)

@@ -37,6 +37,13 @@ func runBoth(t *testing.T, fn func(t *testing.T, store registry.Store)) {
 	storetest.Each(t, func(t *testing.T, open func(testing.TB) registry.Store) { fn(t, open(t)) })
 }
 
+// eachHarness runs fn on a whole server tuned by o (newHarness), once on a
+// fresh SQLite store and once on a fresh PostgreSQL store (runBoth).
+func eachHarness(t *testing.T, o options, fn func(t *testing.T, h *harness)) {
+	t.Helper()
+	runBoth(t, func(t *testing.T, store registry.Store) { fn(t, newHarness(t, store, o)) })
+}
+
 // options tune a harness.
 type options struct {
 	grace       time.Duration

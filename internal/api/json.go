@@ -47,6 +47,16 @@ func (s *server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error
 	return b, nil
 }
 
+// readRequest reads the request body (readBody) and decodes it with decode.
+func readRequest[T any](s *server, w http.ResponseWriter, r *http.Request, decode func([]byte) (T, error)) (T, error) {
+	b, err := s.readBody(w, r)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return decode(b)
+}
+
 func tooLarge(limit int64) error {
 	return bap.Errorf(bap.CodePayloadTooLarge, "The request body is larger than %d bytes.", limit)
 }

@@ -24,8 +24,7 @@ import (
 )
 
 func TestProductsListAndGetBySlugOrID(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
 		acme, ap := h.product("acme", `{"max_engines": 5}`)
 		_, bp := h.product("beta", "")
@@ -80,8 +79,7 @@ func TestProductsListAndGetBySlugOrID(t *testing.T) {
 }
 
 func TestFleetEnginesFilters(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
 		acme, ap := h.product("acme", "")
 		beta, _ := h.product("beta", "")
@@ -145,8 +143,7 @@ func users(l client.FleetEngineList) []string {
 }
 
 func TestEmptyStatusFilterMeansAnyState(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		c, p := h.product("acme", "")
 		h.provision(c, "a")
 		h.provision(c, "b")
@@ -162,8 +159,7 @@ func TestEmptyStatusFilterMeansAnyState(t *testing.T) {
 }
 
 func TestEngineLogsTailAndFollow(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
 		c, cp := h.product("acme", "")
 		other, _ := h.product("other", "")

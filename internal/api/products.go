@@ -25,11 +25,7 @@ type registerResponse struct {
 // registerProduct: POST /products/register. The plaintext key is answered
 // once; only its hash is stored.
 func (s *server) registerProduct(w http.ResponseWriter, r *http.Request, _ bap.Product) error {
-	b, err := s.readBody(w, r)
-	if err != nil {
-		return err
-	}
-	req, err := decodeRegister(b)
+	req, err := readRequest(s, w, r, decodeRegister)
 	if err != nil {
 		return err
 	}
@@ -72,11 +68,7 @@ func (s *server) updatePolicy(w http.ResponseWriter, r *http.Request, _ bap.Prod
 	if err != nil {
 		return err
 	}
-	b, err := s.readBody(w, r)
-	if err != nil {
-		return err
-	}
-	pol, err := decodePolicyUpdate(b)
+	pol, err := readRequest(s, w, r, decodePolicyUpdate)
 	if err != nil {
 		return err
 	}

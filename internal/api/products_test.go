@@ -16,8 +16,7 @@ import (
 )
 
 func TestRegisterProduct(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
 		admin := map[string]string{api.HeaderAdminKey: h.adminKey}
 
@@ -31,13 +30,13 @@ func TestRegisterProduct(t *testing.T) {
 		require.Len(t, key, len("pk-sept-")+43, "32 random bytes, URL-safe base64 without padding")
 		id := body["product_id"].(string)
 
-		p, err := store.GetProduct(ctx, id)
+		p, err := h.store.GetProduct(ctx, id)
 		require.NoError(t, err)
 		require.Equal(t, "demo", p.Slug)
 		require.Equal(t, "Demo", p.DisplayName)
 		require.NotContains(t, p.APIKeyHash, "pk-sept-", "only the hash is stored")
 		require.JSONEq(t, `{"max_engines":1000,"rate_limit_rpm":600,"tier":"gold"}`, string(p.Policy.JSON()), "unknown keys are kept")
-		entries, _, err := store.ListAudit(ctx, registry.AuditFilter{ProductID: id})
+		entries, _, err := h.store.ListAudit(ctx, registry.AuditFilter{ProductID: id})
 		require.NoError(t, err)
 		require.Len(t, entries, 1)
 		require.Equal(t, audit.PolicyRegister, entries[0].Action)
@@ -72,7 +71,7 @@ func TestRegisterProduct(t *testing.T) {
 			require.Equal(t, http.StatusUnprocessableEntity, r.status, "%s: %s", tc.body, r.body)
 			checkGolden(t, tc.golden, r)
 		}
-		products, err := store.ListProducts(ctx)
+		products, err := h.store.ListProducts(ctx)
 		require.NoError(t, err)
 		require.Len(t, products, 1, "rejected registrations leave no product")
 
@@ -80,15 +79,14 @@ func TestRegisterProduct(t *testing.T) {
 		p2, err := h.admin.RegisterProduct(ctx, client.ProductRequest{Slug: "x1", DisplayName: "X"})
 		require.NoError(t, err)
 		h.remember(p2.PlatformAPIKey)
-		got, err := store.GetProduct(ctx, p2.ProductID)
+		got, err := h.store.GetProduct(ctx, p2.ProductID)
 		require.NoError(t, err)
 		require.JSONEq(t, `{}`, string(got.Policy.JSON()))
 	})
 }
 
 func TestUpdatePolicy(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
 		c, p := h.product("tenant", `{"max_engines": 1}`)
 		h.provision(c, "u1")
@@ -132,8 +130,7 @@ func TestUpdatePolicy(t *testing.T) {
 }
 
 func TestRotatePlatformKey(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{grace: 300 * time.Second})
+	eachHarness(t, options{grace: 300 * time.Second}, func(t *testing.T, h *harness) {
 		ctx := t.Context()
 		old, p := h.product("rotating", "")
 

@@ -114,27 +114,22 @@ func (s *server) pathProduct(r *http.Request) (bap.Product, error) {
 	return bap.Product{}, bap.Errorf(bap.CodeProductNotFound, msgProductNotFound)
 }
 
-func (s *server) rolloutsOff() error {
+// rolloutProduct is the product (id or slug) the path names, when
+// rollouts are served here.
+func (s *server) rolloutProduct(r *http.Request) (bap.Product, error) {
 	if s.rollouts == nil {
-		return bap.Errorf(bap.CodeNotFound, "Rollouts are not served here.")
+		return bap.Product{}, bap.Errorf(bap.CodeNotFound, "Rollouts are not served here.")
 	}
-	return nil
+	return s.pathProduct(r)
 }
 
 // createRollout: POST /products/{product}/rollouts.
 func (s *server) createRollout(w http.ResponseWriter, r *http.Request, _ bap.Product) error {
-	if err := s.rolloutsOff(); err != nil {
-		return err
-	}
-	p, err := s.pathProduct(r)
+	p, err := s.rolloutProduct(r)
 	if err != nil {
 		return err
 	}
-	b, err := s.readBody(w, r)
-	if err != nil {
-		return err
-	}
-	req, err := decodeRollout(b)
+	req, err := readRequest(s, w, r, decodeRollout)
 	if err != nil {
 		return err
 	}
@@ -153,10 +148,7 @@ type rolloutList struct {
 
 // listRollouts: GET /products/{product}/rollouts.
 func (s *server) listRollouts(w http.ResponseWriter, r *http.Request, _ bap.Product) error {
-	if err := s.rolloutsOff(); err != nil {
-		return err
-	}
-	p, err := s.pathProduct(r)
+	p, err := s.rolloutProduct(r)
 	if err != nil {
 		return err
 	}
@@ -176,10 +168,7 @@ func (s *server) listRollouts(w http.ResponseWriter, r *http.Request, _ bap.Prod
 // rollout.
 func (s *server) rolloutOp(op string) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, _ bap.Product) error {
-		if err := s.rolloutsOff(); err != nil {
-			return err
-		}
-		p, err := s.pathProduct(r)
+		p, err := s.rolloutProduct(r)
 		if err != nil {
 			return err
 		}

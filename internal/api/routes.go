@@ -30,12 +30,12 @@ func (s *server) routes() []route {
 	return []route{
 		// Engine lifecycle.
 		{http.MethodPost, "/engines/provision", authPlatform, s.provision},
-		{http.MethodDelete, "/engines/{user_id}", authPlatform, s.destroy},
-		{http.MethodPost, "/engines/{user_id}/start", authPlatform, s.start},
-		{http.MethodPost, "/engines/{user_id}/stop", authPlatform, s.stop},
-		{http.MethodPost, "/engines/{user_id}/rotate-key", authPlatform, s.rotateKey},
+		{http.MethodDelete, "/engines/{user_id}", authPlatform, s.onEngine(s.destroy)},
+		{http.MethodPost, "/engines/{user_id}/start", authPlatform, s.onEngine(s.start)},
+		{http.MethodPost, "/engines/{user_id}/stop", authPlatform, s.onEngine(s.stop)},
+		{http.MethodPost, "/engines/{user_id}/rotate-key", authPlatform, s.onEngine(s.rotateKey)},
 		// Discovery and admission.
-		{http.MethodGet, "/engines/{user_id}", authPlatform, s.getEngine},
+		{http.MethodGet, "/engines/{user_id}", authPlatform, s.onEngine(s.getEngine)},
 		{http.MethodPost, "/engines/{user_id}/admit", authSelf, s.admit},
 		// Fleet.
 		{http.MethodGet, "/engines", authPlatform, s.listEngines},
@@ -63,7 +63,7 @@ func (s *server) routes() []route {
 		{http.MethodGet, "/readyz", authNone, s.readyz},
 		{http.MethodGet, "/version", authNone, s.version},
 		// Upgrades and rollouts (SPEC §16).
-		{http.MethodPost, "/engines/{user_id}/upgrade", authPlatform, s.upgrade},
+		{http.MethodPost, "/engines/{user_id}/upgrade", authPlatform, s.onEngine(s.upgrade)},
 		{http.MethodPost, "/products/{product}/rollouts", authAdmin, s.createRollout},
 		{http.MethodGet, "/products/{product}/rollouts", authAdmin, s.listRollouts},
 		{http.MethodGet, "/products/{product}/rollouts/{rollout_id}", authAdmin, s.rolloutOp("get")},

@@ -33,32 +33,23 @@ type upgradeResponse struct {
 }
 
 // upgrade: POST /engines/{user_id}/upgrade (SPEC §16).
-func (s *server) upgrade(w http.ResponseWriter, r *http.Request, p bap.Product) error {
-	e, err := s.engineOf(r, p)
+func (s *server) upgrade(w http.ResponseWriter, r *http.Request, e bap.Engine, p bap.Product) (any, error) {
+	image, err := readRequest(s, w, r, decodeUpgrade)
 	if err != nil {
-		return err
-	}
-	b, err := s.readBody(w, r)
-	if err != nil {
-		return err
-	}
-	image, err := decodeUpgrade(b)
-	if err != nil {
-		return err
+		return nil, err
 	}
 	res, err := s.lifecycle.Upgrade(r.Context(), e.ID, image, p.Slug)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	writeJSON(w, http.StatusOK, upgradeResponse{
+	return upgradeResponse{
 		EngineID:        res.Engine.ID,
 		UserID:          res.Engine.UserID,
 		Status:          string(res.Engine.Status),
 		URL:             res.Engine.URL,
 		EngineVersion:   res.Engine.Image,
 		PreviousVersion: e.Image,
-	})
-	return nil
+	}, nil
 }
 
 // operationInfo is the operation in flight on an engine, shown so that a

@@ -10,12 +10,10 @@ import (
 
 	"github.com/september/bap-engine/client"
 	"github.com/september/bap-engine/internal/api"
-	"github.com/september/bap-engine/internal/registry"
 )
 
 func TestUpgradeRoute(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{bootTimeout: 500 * time.Millisecond})
+	eachHarness(t, options{bootTimeout: 500 * time.Millisecond}, func(t *testing.T, h *harness) {
 		c, p := h.product("upgrades", "")
 		ctx := t.Context()
 		prov := h.provision(c, "alice")
@@ -52,9 +50,21 @@ func TestUpgradeRoute(t *testing.T) {
 	})
 }
 
+// rolloutDone waits for the product's rollout to be done and returns it.
+func rolloutDone(t *testing.T, h *harness, product, rolloutID string) client.Rollout {
+	t.Helper()
+	var ro client.Rollout
+	require.Eventually(t, func() bool {
+		var err error
+		ro, err = h.admin.Rollout(t.Context(), product, rolloutID)
+		require.NoError(t, err)
+		return ro.State == "done"
+	}, 10*time.Second, 10*time.Millisecond)
+	return ro
+}
+
 func TestRolloutRoutes(t *testing.T) {
-	runBoth(t, func(t *testing.T, store registry.Store) {
-		h := newHarness(t, store, options{})
+	eachHarness(t, options{}, func(t *testing.T, h *harness) {
 		c, p := h.product("fleet", "")
 		ctx := t.Context()
 		for i := range 4 {
@@ -69,11 +79,7 @@ func TestRolloutRoutes(t *testing.T) {
 		_, err = h.admin.CreateRollout(ctx, p.ProductID, client.RolloutRequest{EngineVersion: "v3", Percent: 10})
 		checkGoldenErr(t, h, "rollout_in_progress", err, http.StatusConflict, client.CodeRolloutInProgress)
 
-		require.Eventually(t, func() bool {
-			ro, err = h.admin.Rollout(ctx, "fleet", ro.RolloutID)
-			require.NoError(t, err)
-			return ro.State == "done"
-		}, 10*time.Second, 10*time.Millisecond)
+		ro = rolloutDone(t, h, "fleet", ro.RolloutID)
 		require.Equal(t, client.RolloutCounts{Upgraded: 2}, ro.Counts)
 
 		_, err = h.admin.RaiseRollout(ctx, "fleet", ro.RolloutID, 25)
@@ -88,11 +94,7 @@ func TestRolloutRoutes(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, "running", resumed.State)
 		}
-		require.Eventually(t, func() bool {
-			ro, err = h.admin.Rollout(ctx, "fleet", ro.RolloutID)
-			require.NoError(t, err)
-			return ro.State == "done"
-		}, 10*time.Second, 10*time.Millisecond)
+		ro = rolloutDone(t, h, "fleet", ro.RolloutID)
 		require.Equal(t, client.RolloutCounts{Upgraded: 4}, ro.Counts)
 		_, err = h.admin.RolloutAction(ctx, "fleet", ro.RolloutID, "abort")
 		apiError(t, err, http.StatusUnprocessableEntity, client.CodeValidation)

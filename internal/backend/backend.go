@@ -1,14 +1,21 @@
 // Package backend defines what runs engines: the Backend interface, the
 // instance description it returns and its error classes. It knows containers
-// and processes, not products or policies. Implementations: docker/ and
-// subprocess/; backendtest holds the shared conformance suite and a
-// fault-injecting fake for the layers above. Only lifecycle calls a Backend.
+// and processes, not products or policies, and holds what the
+// implementations share (labels, snapshot names, the spec checks and the
+// transport failures they class as unavailable). Implementations: docker/,
+// kubernetes/ and subprocess/; backendtest holds the shared conformance
+// suite and a fault-injecting fake for the layers above. Only lifecycle
+// calls a Backend.
 package backend
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"math"
+	"net"
+	"syscall"
 	"time"
 )
 
@@ -26,6 +33,20 @@ var (
 	ErrImageNotFound = errors.New("engine image not found")
 )
 
+// IsConnectionFailure reports whether err is a call's deadline or a
+// connection to the daemon or API server failing (refused, reset, broken,
+// cut short, timed out): the transport failures every backend classes as
+// ErrUnavailable, beside those its client reports in its own way.
+func IsConnectionFailure(err error) bool {
+	var netErr net.Error
+	return errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.ErrUnexpectedEOF) ||
+		(errors.As(err, &netErr) && netErr.Timeout())
+}
+
 // Labels put on every instance (SPEC §9).
 const (
 	LabelManaged    = "bap-engine.managed"
@@ -37,6 +58,35 @@ const (
 	// is dead is an orphan at once.
 	LabelReplica = "bap-engine.replica"
 )
+
+// Labels are the labels of the instance (and its data) made for spec in
+// deployment.
+func Labels(spec Spec, deployment string) map[string]string {
+	l := map[string]string{
+		LabelManaged:    "true",
+		LabelEngineID:   spec.EngineID,
+		LabelProductID:  spec.ProductID,
+		LabelDeployment: deployment,
+	}
+	if spec.Replica != "" {
+		l[LabelReplica] = spec.Replica
+	}
+	return l
+}
+
+// Check reports what every backend refuses in a spec whatever its engine
+// id: a port out of range, no key hash, a negative or non-finite ceiling.
+func (s Spec) Check() error {
+	switch {
+	case s.Port < 1 || s.Port > 65535:
+		return fmt.Errorf("engine %s: port %d out of range", s.EngineID, s.Port)
+	case s.KeyHash == "":
+		return fmt.Errorf("engine %s: empty key hash", s.EngineID)
+	case s.MemoryMB < 0 || s.CPUs < 0 || math.IsNaN(s.CPUs) || math.IsInf(s.CPUs, 0):
+		return fmt.Errorf("engine %s: negative resource ceiling", s.EngineID)
+	}
+	return nil
+}
 
 // Spec describes the instance to create for one engine.
 type Spec struct {

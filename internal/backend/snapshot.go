@@ -52,3 +52,52 @@ func DataName(engineID string) string {
 	}
 	return "engine-data-" + engineID
 }
+
+// SnapshotDataName is the name of the volume or claim holding an engine's
+// snapshot n: its DataName with -snap-<n>.
+func SnapshotDataName(engineID string, n int) string {
+	return DataName(engineID) + "-snap-" + strconv.Itoa(n)
+}
+
+// SnapshotLabels are the labels of the engine's snapshot helpers in
+// deployment; a snapshot's own add LabelSnapshot.
+func SnapshotLabels(deployment, engineID string) map[string]string {
+	return map[string]string{
+		LabelManaged:    "true",
+		LabelDeployment: deployment,
+		LabelSnapshotOf: engineID,
+	}
+}
+
+// SnapshotNumber is the number of the engine's snapshot that a volume or
+// claim named name with labels holds, and false when it holds none (a
+// foreign or mislabelled one).
+func SnapshotNumber(labels map[string]string, name, engineID string) (int, bool) {
+	n, err := strconv.Atoi(labels[LabelSnapshot])
+	return n, err == nil && n > 0 && name == SnapshotDataName(engineID, n)
+}
+
+// NextSnapshot is the number of the snapshot to take after nums (ascending).
+func NextSnapshot(nums []int) int {
+	if len(nums) == 0 {
+		return 1
+	}
+	return nums[len(nums)-1] + 1
+}
+
+// PruneSnapshots removes, with remove, all but the newest keep of the
+// snapshot numbers nums (ascending), oldest first, and returns the names of
+// those kept; it stops at the first error.
+func PruneSnapshots(nums []int, keep int, remove func(n int) error) ([]string, error) {
+	cut := max(0, len(nums)-max(keep, 0))
+	for _, n := range nums[:cut] {
+		if err := remove(n); err != nil {
+			return nil, err
+		}
+	}
+	kept := make([]string, 0, len(nums)-cut)
+	for _, n := range nums[cut:] {
+		kept = append(kept, SnapshotName(n))
+	}
+	return kept, nil
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/september/bap-engine/internal/audit"
 	"github.com/september/bap-engine/internal/bap"
 	"github.com/september/bap-engine/internal/discovery"
+	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/pgtest"
 	"github.com/september/bap-engine/internal/registry"
 	"github.com/september/bap-engine/internal/registry/postgres"
@@ -97,6 +98,22 @@ func (e *env) cached(t *testing.T) (*discovery.Service, *watchingStore) {
 	return svc, ws
 }
 
+// cachedEngine is a caching Service and the running engine of user "u" of
+// a fresh product: where most engine cache tests start.
+type cachedEngine struct {
+	svc *discovery.Service
+	ws  *watchingStore
+	h   string // the product's key hash
+	res lifecycle.Result
+}
+
+func (e *env) cachedEngine(t *testing.T) cachedEngine {
+	t.Helper()
+	svc, ws := e.cached(t)
+	p, h := e.product(t, `{}`)
+	return cachedEngine{svc: svc, ws: ws, h: h, res: e.provisioned(t, p, "u")}
+}
+
 // settle waits until the store's reports of the writes made so far have
 // all reached svc, then admits user once so that its engine is cached. On
 // PostgreSQL each write is reported when it returns and again when its
@@ -136,9 +153,8 @@ func admit(t *testing.T, svc *discovery.Service, keyHash, user string, o discove
 func TestEngineCacheAdmitsWithoutTheDatabase(t *testing.T) {
 	eachStore(t, func(t *testing.T, open func(testing.TB) registry.Store) {
 		e := newEnv(t, open, envOptions{})
-		svc, ws := e.cached(t)
-		p, h := e.product(t, `{}`)
-		res := e.provisioned(t, p, "u")
+		c := e.cachedEngine(t)
+		svc, ws, h, res := c.svc, c.ws, c.h, c.res
 		settle(t, e, svc, ws, h, "u")
 		before := ws.reads.Load()
 		for range 5 {
@@ -163,9 +179,8 @@ func TestEngineCacheAdmitsWithoutTheDatabase(t *testing.T) {
 func TestEngineCacheDropsChangedEngines(t *testing.T) {
 	eachStore(t, func(t *testing.T, open func(testing.TB) registry.Store) {
 		e := newEnv(t, open, envOptions{})
-		svc, _ := e.cached(t)
-		p, h := e.product(t, `{}`)
-		res := e.provisioned(t, p, "u")
+		c := e.cachedEngine(t)
+		svc, h, res := c.svc, c.h, c.res
 		warm := func() {
 			t.Helper()
 			for range 2 {
@@ -222,9 +237,8 @@ func TestEngineCacheDropsChangedEngines(t *testing.T) {
 func TestEngineCacheRefusesARowReadBeforeAChange(t *testing.T) {
 	eachStore(t, func(t *testing.T, open func(testing.TB) registry.Store) {
 		e := newEnv(t, open, envOptions{})
-		svc, ws := e.cached(t)
-		p, h := e.product(t, `{}`)
-		res := e.provisioned(t, p, "u")
+		c := e.cachedEngine(t)
+		svc, ws, h, res := c.svc, c.ws, c.h, c.res
 		// The stop commits after the admit read the running row and before
 		// it could cache it.
 		ws.mu.Lock()
@@ -250,9 +264,8 @@ func TestEngineCacheRefusesARowReadBeforeAChange(t *testing.T) {
 func TestEngineCacheIsOffWhileTheFeedIsLost(t *testing.T) {
 	eachStore(t, func(t *testing.T, open func(testing.TB) registry.Store) {
 		e := newEnv(t, open, envOptions{})
-		svc, ws := e.cached(t)
-		p, h := e.product(t, `{}`)
-		e.provisioned(t, p, "u")
+		c := e.cachedEngine(t)
+		svc, ws, h := c.svc, c.ws, c.h
 		settle(t, e, svc, ws, h, "u")
 		before := ws.reads.Load()
 

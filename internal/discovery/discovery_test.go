@@ -446,22 +446,14 @@ func TestAdmitConcurrentAutoProvision(t *testing.T) {
 		svc2 := discovery.New(e.store, other, policy.NewLimiter(e.clock.Now), discovery.Config{Now: e.clock.Now})
 
 		const n = 100
-		decisions := make([]discovery.Decision, n)
-		errs := make([]error, n)
-		start := make(chan struct{})
-		var wg sync.WaitGroup
-		for i := range n {
+		decisions, errs := registrytest.Concurrently(n, func(i int) (discovery.Decision, error) {
 			svc := e.svc
 			if i%2 == 1 {
 				svc = svc2
 			}
-			wg.Go(func() {
-				<-start
-				_, decisions[i], errs[i] = svc.Admit(context.Background(), h, "crowd", discovery.Options{AutoProvision: true})
-			})
-		}
-		close(start)
-		wg.Wait()
+			_, d, err := svc.Admit(context.Background(), h, "crowd", discovery.Options{AutoProvision: true})
+			return d, err
+		})
 		for i := range n {
 			require.NoError(t, errs[i], "admit %d", i)
 			requireAdmitted(t, decisions[i], false)

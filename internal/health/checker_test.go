@@ -96,71 +96,68 @@ func (o *countingObserver) get() (probeFailures, restarts, restartErrors map[str
 // neighbour is untouched.
 func TestUnhealthyEngineFailsAndIsRestarted(t *testing.T) {
 	t.Parallel()
-	for _, s := range storetest.Both {
-		t.Run(s.Name, func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, envOptions{store: s.Open(t), bootTimeout: 2 * time.Second})
-			sick, sickKey := e.provision(t, "sick")
-			well, _ := e.provision(t, "well")
-			require.Equal(t, 1, execute(t, sick, sickKey))
+	storetest.Each(t, func(t *testing.T, open func(testing.TB) registry.Store) {
+		e := newEnv(t, envOptions{store: open(t), bootTimeout: 2 * time.Second})
+		sick, sickKey := e.provision(t, "sick")
+		well, _ := e.provision(t, "well")
+		require.Equal(t, 1, execute(t, sick, sickKey))
 
-			obs := newCountingObserver()
-			cfg := fastConfig()
-			cfg.Observer = obs
-			c := startChecker(t, e, cfg, true, false)
+		obs := newCountingObserver()
+		cfg := fastConfig()
+		cfg.Observer = obs
+		c := startChecker(t, e, cfg, true, false)
 
-			st := c.sweep(t)
-			require.Equal(t, 2, st.Engines)
-			require.Equal(t, 2, st.Probed)
-			require.Zero(t, st.Failed)
-			require.NotNil(t, e.engine(t, sick.ID).LastHealthAt)
+		st := c.sweep(t)
+		require.Equal(t, 2, st.Engines)
+		require.Equal(t, 2, st.Probed)
+		require.Zero(t, st.Failed)
+		require.NotNil(t, e.engine(t, sick.ID).LastHealthAt)
 
-			e.fake.SetUnhealthy(sick.ID, true)
-			for i := 1; i < 3; i++ {
-				st = c.sweep(t)
-				require.Equal(t, 1, st.Failed)
-				require.Zero(t, st.MarkedFailed)
-				got := e.engine(t, sick.ID)
-				require.Equal(t, bap.StateRunning, got.Status)
-				require.Equal(t, i, got.HealthFailures, "failures are recorded in the registry")
-			}
+		e.fake.SetUnhealthy(sick.ID, true)
+		for i := 1; i < 3; i++ {
 			st = c.sweep(t)
 			require.Equal(t, 1, st.Failed)
-			require.Equal(t, 1, st.MarkedFailed)
+			require.Zero(t, st.MarkedFailed)
 			got := e.engine(t, sick.ID)
-			require.Equal(t, bap.StateFailed, got.Status)
-			require.NotNil(t, got.NextRestartAt)
-			require.Contains(t, got.FailureReason, "health check failed 3 times")
-			require.Equal(t, bap.StateRunning, e.engine(t, well.ID).Status)
-			require.Zero(t, e.engine(t, well.ID).HealthFailures)
-
-			// The engine recovers; the restart scheduler brings it back.
-			e.fake.SetUnhealthy(sick.ID, false)
-			results := c.restartUntil(t, lifecycle.RestartSucceeded, 8)
-			for _, r := range results {
-				require.Equal(t, sick.ID, r.EngineID)
-				require.Equal(t, e.product.ID, r.ProductID)
-			}
-			got = e.engine(t, sick.ID)
 			require.Equal(t, bap.StateRunning, got.Status)
-			require.Zero(t, got.HealthFailures)
-			require.Zero(t, got.RestartAttempts)
-			require.Nil(t, got.NextRestartAt)
-			require.Equal(t, 1, brain(t, got, sickKey), "the brain survives the restart")
-			requireInOrder(t, e.actions(t, sick.ID),
-				audit.Provision, audit.HealthFailed, audit.AutoRestartStart, audit.AutoRestartSuccess)
-			require.Equal(t, 1, count(e.actions(t, sick.ID), audit.HealthFailed))
+			require.Equal(t, i, got.HealthFailures, "failures are recorded in the registry")
+		}
+		st = c.sweep(t)
+		require.Equal(t, 1, st.Failed)
+		require.Equal(t, 1, st.MarkedFailed)
+		got := e.engine(t, sick.ID)
+		require.Equal(t, bap.StateFailed, got.Status)
+		require.NotNil(t, got.NextRestartAt)
+		require.Contains(t, got.FailureReason, "health check failed 3 times")
+		require.Equal(t, bap.StateRunning, e.engine(t, well.ID).Status)
+		require.Zero(t, e.engine(t, well.ID).HealthFailures)
 
-			st = c.sweep(t)
-			require.Equal(t, 2, st.Engines, "the restarted engine is probed again")
-			require.Zero(t, st.Failed)
+		// The engine recovers; the restart scheduler brings it back.
+		e.fake.SetUnhealthy(sick.ID, false)
+		results := c.restartUntil(t, lifecycle.RestartSucceeded, 8)
+		for _, r := range results {
+			require.Equal(t, sick.ID, r.EngineID)
+			require.Equal(t, e.product.ID, r.ProductID)
+		}
+		got = e.engine(t, sick.ID)
+		require.Equal(t, bap.StateRunning, got.Status)
+		require.Zero(t, got.HealthFailures)
+		require.Zero(t, got.RestartAttempts)
+		require.Nil(t, got.NextRestartAt)
+		require.Equal(t, 1, brain(t, got, sickKey), "the brain survives the restart")
+		requireInOrder(t, e.actions(t, sick.ID),
+			audit.Provision, audit.HealthFailed, audit.AutoRestartStart, audit.AutoRestartSuccess)
+		require.Equal(t, 1, count(e.actions(t, sick.ID), audit.HealthFailed))
 
-			failures, restarts, restartErrors := obs.get()
-			require.Equal(t, 3, failures[e.product.ID])
-			require.Equal(t, len(results), restarts[e.product.ID])
-			require.Equal(t, len(results)-1, restartErrors[e.product.ID])
-		})
-	}
+		st = c.sweep(t)
+		require.Equal(t, 2, st.Engines, "the restarted engine is probed again")
+		require.Zero(t, st.Failed)
+
+		failures, restarts, restartErrors := obs.get()
+		require.Equal(t, 3, failures[e.product.ID])
+		require.Equal(t, len(results), restarts[e.product.ID])
+		require.Equal(t, len(results)-1, restartErrors[e.product.ID])
+	})
 }
 
 // TestCrashedEngineIsRestarted: a crash event marks the engine failed
@@ -169,33 +166,30 @@ func TestUnhealthyEngineFailsAndIsRestarted(t *testing.T) {
 // only the kick and the timer to the due time can restart it.
 func TestCrashedEngineIsRestarted(t *testing.T) {
 	t.Parallel()
-	for _, s := range storetest.Both {
-		t.Run(s.Name, func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, envOptions{store: s.Open(t),
-				restart: lifecycle.RestartPolicy{BackoffBase: 200 * time.Millisecond, BackoffMax: 400 * time.Millisecond}})
-			en, key := e.provision(t, "crashy")
-			require.Equal(t, 1, execute(t, en, key))
-			cfg := fastConfig()
-			cfg.RestartPoll = time.Hour
-			c := startChecker(t, e, cfg, true, true)
-			c.sweep(t)
-			e.awaitWatching(t)
+	storetest.Each(t, func(t *testing.T, open func(testing.TB) registry.Store) {
+		e := newEnv(t, envOptions{store: open(t),
+			restart: lifecycle.RestartPolicy{BackoffBase: 200 * time.Millisecond, BackoffMax: 400 * time.Millisecond}})
+		en, key := e.provision(t, "crashy")
+		require.Equal(t, 1, execute(t, en, key))
+		cfg := fastConfig()
+		cfg.RestartPoll = time.Hour
+		c := startChecker(t, e, cfg, true, true)
+		c.sweep(t)
+		e.awaitWatching(t)
 
-			require.NoError(t, e.fake.Crash(en.ID, 137))
-			r := c.restart(t)
-			require.Equal(t, lifecycle.RestartSucceeded, r.Outcome)
-			require.NoError(t, r.Err)
-			require.Equal(t, en.ID, r.EngineID)
-			got := e.engine(t, en.ID)
-			require.Equal(t, bap.StateRunning, got.Status)
-			require.Equal(t, 1, brain(t, got, key))
-			actions := e.actions(t, en.ID)
-			requireInOrder(t, actions,
-				audit.Provision, audit.EngineDied, audit.AutoRestartStart, audit.AutoRestartSuccess)
-			require.Equal(t, 1, count(actions, audit.AutoRestartStart), "one attempt was enough")
-		})
-	}
+		require.NoError(t, e.fake.Crash(en.ID, 137))
+		r := c.restart(t)
+		require.Equal(t, lifecycle.RestartSucceeded, r.Outcome)
+		require.NoError(t, r.Err)
+		require.Equal(t, en.ID, r.EngineID)
+		got := e.engine(t, en.ID)
+		require.Equal(t, bap.StateRunning, got.Status)
+		require.Equal(t, 1, brain(t, got, key))
+		actions := e.actions(t, en.ID)
+		requireInOrder(t, actions,
+			audit.Provision, audit.EngineDied, audit.AutoRestartStart, audit.AutoRestartSuccess)
+		require.Equal(t, 1, count(actions, audit.AutoRestartStart), "one attempt was enough")
+	})
 }
 
 // TestRestartGivesUp: an engine that never recovers ends failed after
@@ -247,51 +241,48 @@ func TestRestartGivesUp(t *testing.T) {
 // is honoured by the next.
 func TestFailureCountersSurviveCheckerRestart(t *testing.T) {
 	t.Parallel()
-	for _, s := range storetest.Both {
-		t.Run(s.Name, func(t *testing.T) {
-			t.Parallel()
-			// The restart delay is long enough to see that no restart runs
-			// before the due time the second process wrote.
-			e := newEnv(t, envOptions{store: s.Open(t),
-				restart: lifecycle.RestartPolicy{BackoffBase: 300 * time.Millisecond, BackoffMax: 400 * time.Millisecond}})
-			en, _ := e.provision(t, "flaky")
-			e.fake.SetUnhealthy(en.ID, true)
-			cfg := fastConfig()
+	storetest.Each(t, func(t *testing.T, open func(testing.TB) registry.Store) {
+		// The restart delay is long enough to see that no restart runs
+		// before the due time the second process wrote.
+		e := newEnv(t, envOptions{store: open(t),
+			restart: lifecycle.RestartPolicy{BackoffBase: 300 * time.Millisecond, BackoffMax: 400 * time.Millisecond}})
+		en, _ := e.provision(t, "flaky")
+		e.fake.SetUnhealthy(en.ID, true)
+		cfg := fastConfig()
 
-			first := startChecker(t, e, cfg, true, false)
-			for range 2 {
-				st := first.sweep(t)
-				require.Equal(t, 1, st.Failed)
-				require.Zero(t, st.MarkedFailed)
-			}
-			first.stop()
-			require.Equal(t, 2, e.engine(t, en.ID).HealthFailures)
-
-			// A new process needs one more failure, not three.
-			second := startChecker(t, e, cfg, true, false)
-			st := second.sweep(t)
+		first := startChecker(t, e, cfg, true, false)
+		for range 2 {
+			st := first.sweep(t)
 			require.Equal(t, 1, st.Failed)
-			require.Equal(t, 1, st.MarkedFailed)
-			second.stop()
-			got := e.engine(t, en.ID)
-			require.Equal(t, bap.StateFailed, got.Status)
-			require.NotNil(t, got.NextRestartAt)
-			due := *got.NextRestartAt
-			if count(e.actions(t, en.ID), audit.AutoRestartStart) > 0 {
-				t.Fatalf("restart ran before its due time %s", due)
-			}
+			require.Zero(t, st.MarkedFailed)
+		}
+		first.stop()
+		require.Equal(t, 2, e.engine(t, en.ID).HealthFailures)
 
-			e.fake.SetUnhealthy(en.ID, false)
-			third := startChecker(t, e, fastConfig(), true, false)
-			r := third.restart(t)
-			require.Equal(t, lifecycle.RestartSucceeded, r.Outcome)
-			entries, _, err := e.store.ListAudit(context.Background(), registry.AuditFilter{EngineID: en.ID,
-				Actions: []audit.Action{audit.AutoRestartStart}})
-			require.NoError(t, err)
-			require.Len(t, entries, 1)
-			require.False(t, entries[0].Timestamp.Before(due), "the persisted restart time is honoured")
-		})
-	}
+		// A new process needs one more failure, not three.
+		second := startChecker(t, e, cfg, true, false)
+		st := second.sweep(t)
+		require.Equal(t, 1, st.Failed)
+		require.Equal(t, 1, st.MarkedFailed)
+		second.stop()
+		got := e.engine(t, en.ID)
+		require.Equal(t, bap.StateFailed, got.Status)
+		require.NotNil(t, got.NextRestartAt)
+		due := *got.NextRestartAt
+		if count(e.actions(t, en.ID), audit.AutoRestartStart) > 0 {
+			t.Fatalf("restart ran before its due time %s", due)
+		}
+
+		e.fake.SetUnhealthy(en.ID, false)
+		third := startChecker(t, e, fastConfig(), true, false)
+		r := third.restart(t)
+		require.Equal(t, lifecycle.RestartSucceeded, r.Outcome)
+		entries, _, err := e.store.ListAudit(context.Background(), registry.AuditFilter{EngineID: en.ID,
+			Actions: []audit.Action{audit.AutoRestartStart}})
+		require.NoError(t, err)
+		require.Len(t, entries, 1)
+		require.False(t, entries[0].Timestamp.Before(due), "the persisted restart time is honoured")
+	})
 }
 
 // hangingListener accepts connections and never answers; it counts the
@@ -550,31 +541,27 @@ func procState(pid int) byte {
 // mark mode it keeps running and is probed.
 func TestPausedSleepersAreNotProbed(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []string{lifecycle.SleepMark, lifecycle.SleepPause, lifecycle.SleepStop} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, envOptions{sleepMode: mode})
-			en, _ := e.provision(t, "sleepy")
-			slept, err := e.lm.Sleep(context.Background(), en.ID, time.Time{})
-			require.NoError(t, err)
-			require.True(t, slept)
-			cfg := fastConfig()
-			cfg.MaxFailures = 1
-			c := startChecker(t, e, cfg, true, false)
-			for range 3 {
-				st := c.sweep(t)
-				require.Zero(t, st.Failed)
-				require.Zero(t, st.MarkedFailed)
-				if mode == lifecycle.SleepMark {
-					require.Equal(t, 1, st.Probed)
-				} else {
-					require.Zero(t, st.Engines)
-					require.Zero(t, st.Probed)
-				}
+	eachSleepMode(t, func(t *testing.T, mode string, e *env) {
+		en, _ := e.provision(t, "sleepy")
+		slept, err := e.lm.Sleep(context.Background(), en.ID, time.Time{})
+		require.NoError(t, err)
+		require.True(t, slept)
+		cfg := fastConfig()
+		cfg.MaxFailures = 1
+		c := startChecker(t, e, cfg, true, false)
+		for range 3 {
+			st := c.sweep(t)
+			require.Zero(t, st.Failed)
+			require.Zero(t, st.MarkedFailed)
+			if mode == lifecycle.SleepMark {
+				require.Equal(t, 1, st.Probed)
+			} else {
+				require.Zero(t, st.Engines)
+				require.Zero(t, st.Probed)
 			}
-			require.Equal(t, bap.StateSleeping, e.engine(t, en.ID).Status)
-		})
-	}
+		}
+		require.Equal(t, bap.StateSleeping, e.engine(t, en.ID).Status)
+	})
 }
 
 // TestRunTwice: a Checker runs once.

@@ -147,35 +147,43 @@ func (r *raceStore) EnginesByStatus(ctx context.Context, states ...bap.State) ([
 	return engines, err
 }
 
+// eachSleepMode runs fn as a parallel subtest per sleep mode, on an env
+// that puts engines to sleep in that mode.
+func eachSleepMode(t *testing.T, fn func(t *testing.T, mode string, e *env)) {
+	t.Helper()
+	for _, mode := range []string{lifecycle.SleepMark, lifecycle.SleepPause, lifecycle.SleepStop} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			fn(t, mode, newEnv(t, envOptions{sleepMode: mode}))
+		})
+	}
+}
+
 // TestIdleSweepLosesToAdmit: an engine admitted after the sweep decided it
 // was idle is not put to sleep.
 func TestIdleSweepLosesToAdmit(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []string{lifecycle.SleepMark, lifecycle.SleepPause, lifecycle.SleepStop} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, envOptions{sleepMode: mode})
-			en, key := e.provision(t, "racer")
-			ahead := time.Now().Add(2 * time.Hour)
-			ctx := context.Background()
-			rs := &raceStore{Store: e.store, admit: func() {
-				// Runs on the sweeper's goroutine: report, do not FailNow.
-				if err := e.store.TouchActive(ctx, []string{en.ID}, bap.Timestamp(ahead)); err != nil {
-					t.Error(err)
-				}
-			}}
-			s := startSweeper(t, rs, e.lm, health.IdleConfig{IdleTimeout: time.Hour,
-				Now: func() time.Time { return ahead }})
-			st := s.sweep(t)
-			require.Equal(t, 1, st.Idle, "the sweep saw the engine idle")
-			require.Zero(t, st.Slept)
-			require.Equal(t, 1, st.Kept, "the admit won")
-			got := e.engine(t, en.ID)
-			require.Equal(t, bap.StateRunning, got.Status)
-			require.NotContains(t, e.actions(t, en.ID), audit.Sleep)
-			require.Equal(t, 1, execute(t, got, key), "the engine still serves")
-		})
-	}
+	eachSleepMode(t, func(t *testing.T, mode string, e *env) {
+		en, key := e.provision(t, "racer")
+		ahead := time.Now().Add(2 * time.Hour)
+		ctx := context.Background()
+		rs := &raceStore{Store: e.store, admit: func() {
+			// Runs on the sweeper's goroutine: report, do not FailNow.
+			if err := e.store.TouchActive(ctx, []string{en.ID}, bap.Timestamp(ahead)); err != nil {
+				t.Error(err)
+			}
+		}}
+		s := startSweeper(t, rs, e.lm, health.IdleConfig{IdleTimeout: time.Hour,
+			Now: func() time.Time { return ahead }})
+		st := s.sweep(t)
+		require.Equal(t, 1, st.Idle, "the sweep saw the engine idle")
+		require.Zero(t, st.Slept)
+		require.Equal(t, 1, st.Kept, "the admit won")
+		got := e.engine(t, en.ID)
+		require.Equal(t, bap.StateRunning, got.Status)
+		require.NotContains(t, e.actions(t, en.ID), audit.Sleep)
+		require.Equal(t, 1, execute(t, got, key), "the engine still serves")
+	})
 }
 
 // TestIdleSweepDisabled: IdleTimeout 0 turns the sweeper off.

@@ -1,11 +1,9 @@
 package health_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,26 +12,13 @@ import (
 	"github.com/september/bap-engine/internal/lifecycle"
 	"github.com/september/bap-engine/internal/registry/storetest"
 	"github.com/september/bap-engine/internal/requestid"
+	"github.com/september/bap-engine/internal/testlog"
 )
 
-// lockedBuffer collects log lines written from several goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// records returns the JSON log records whose msg is msg.
-func (b *lockedBuffer) records(msg string) []map[string]any {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+// records returns the JSON log records in logs whose msg is msg.
+func records(logs *testlog.Buffer, msg string) []map[string]any {
 	var out []map[string]any
-	for _, line := range strings.Split(b.buf.String(), "\n") {
+	for _, line := range strings.Split(logs.String(), "\n") {
 		var rec map[string]any
 		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
 			out = append(out, rec)
@@ -48,7 +33,7 @@ func TestHealthWorkLogsUnderAnID(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{store: storetest.SQLite(t), bootTimeout: 2 * time.Second})
 	sick, _ := e.provision(t, "sick")
-	var logs lockedBuffer
+	var logs testlog.Buffer
 	cfg := fastConfig()
 	cfg.Logger = slog.New(requestid.Handler(slog.NewJSONHandler(&logs, nil)))
 	c := startChecker(t, e, cfg, true, false)
@@ -60,14 +45,14 @@ func TestHealthWorkLogsUnderAnID(t *testing.T) {
 		marked += c.sweep(t).MarkedFailed
 	}
 	require.Equal(t, 1, marked, "the third failed probe marks it failed")
-	require.Eventually(t, func() bool { return len(logs.records("engine failed its health checks")) == 1 },
+	require.Eventually(t, func() bool { return len(records(&logs, "engine failed its health checks")) == 1 },
 		10*time.Second, 10*time.Millisecond)
-	mark := logs.records("engine failed its health checks")[0]
+	mark := records(&logs, "engine failed its health checks")[0]
 	require.Regexp(t, `^health-[0-9a-f]{16}$`, mark["request_id"])
 
 	e.fake.SetUnhealthy(sick.ID, false)
 	c.restartUntil(t, lifecycle.RestartSucceeded, 8)
-	restarted := logs.records("engine restarted")
+	restarted := records(&logs, "engine restarted")
 	require.Len(t, restarted, 1)
 	require.Regexp(t, `^restart-[0-9a-f]{16}$`, restarted[0]["request_id"])
 	require.NotEqual(t, mark["request_id"], restarted[0]["request_id"])

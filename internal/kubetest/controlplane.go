@@ -82,12 +82,9 @@ func Start() (*ControlPlane, error) {
 				"(minutes the first time; cached afterwards), or point %s at a directory holding both", ErrNoBinaries, bin, EnvBinDir)
 		}
 	}
-	base := "/dev/shm"
-	if fi, err := os.Stat(base); err != nil || !fi.IsDir() {
-		base = os.TempDir()
-	}
-	removeStale(base)
-	dir, err := os.MkdirTemp(base, dirPrefix)
+	// Orphaned control planes' processes died with their test binary
+	// (Pdeathsig): only their directories are left to remove.
+	dir, err := pdeath.ScratchDir(dirPrefix, nil)
 	if err != nil {
 		return nil, fmt.Errorf("kubetest: create directory: %w", err)
 	}
@@ -393,12 +390,4 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
-}
-
-// removeStale deletes the directories of control planes whose test binary
-// is gone (killed or crashed). Their processes died with it (Pdeathsig).
-func removeStale(base string) {
-	for _, dir := range pdeath.Orphaned(base, dirPrefix) {
-		_ = os.RemoveAll(dir)
-	}
 }

@@ -9,11 +9,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/util/retry"
 )
 
 // syncClaim plays the PVC protection controller: a PVC being deleted loses
@@ -46,19 +44,8 @@ func (n *Node) syncClaim(name string) error {
 	if !hasFinalizer(pvc, pvcProtection) {
 		return nil
 	}
-	return retry.RetryOnConflict(retry.DefaultBackoff, func() error {
-		ctx, cancel := ctxCall()
-		defer cancel()
-		cur, err := n.cs.CoreV1().PersistentVolumeClaims(n.cfg.Namespace).Get(ctx, name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if cur.UID != pvc.UID {
-			return nil
-		}
+	claims := n.cs.CoreV1().PersistentVolumeClaims(n.cfg.Namespace)
+	return updateLatest(name, pvc.UID, claims.Get, claims.Update, func(cur *corev1.PersistentVolumeClaim) {
 		var kept []string
 		for _, f := range cur.Finalizers {
 			if f != pvcProtection {
@@ -66,11 +53,6 @@ func (n *Node) syncClaim(name string) error {
 			}
 		}
 		cur.Finalizers = kept
-		_, err = n.cs.CoreV1().PersistentVolumeClaims(n.cfg.Namespace).Update(ctx, cur, metav1.UpdateOptions{})
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		return err
 	})
 }
 

@@ -165,21 +165,33 @@ func setCondition(s *corev1.PodStatus, t corev1.PodConditionType, st corev1.Cond
 // updateStatus applies mutate to the latest status of the Pod uid (nothing
 // when the name now belongs to another Pod).
 func (n *Node) updateStatus(uid types.UID, name string, mutate func(*corev1.PodStatus)) error {
+	pods := n.cs.CoreV1().Pods(n.cfg.Namespace)
+	return updateLatest(name, uid, pods.Get, pods.UpdateStatus, func(cur *corev1.Pod) { mutate(&cur.Status) })
+}
+
+// updateLatest applies change to the latest copy of the object named name
+// and writes it back with update, again on a conflict; nothing when it is
+// gone or the name now belongs to another object than uid.
+func updateLatest[T metav1.Object](name string, uid types.UID,
+	get func(context.Context, string, metav1.GetOptions) (T, error),
+	update func(context.Context, T, metav1.UpdateOptions) (T, error),
+	change func(T),
+) error {
 	return retry.RetryOnConflict(retry.DefaultBackoff, func() error {
 		ctx, cancel := ctxCall()
 		defer cancel()
-		cur, err := n.cs.CoreV1().Pods(n.cfg.Namespace).Get(ctx, name, metav1.GetOptions{})
+		cur, err := get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		if cur.UID != uid {
+		if cur.GetUID() != uid {
 			return nil
 		}
-		mutate(&cur.Status)
-		_, err = n.cs.CoreV1().Pods(n.cfg.Namespace).UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		change(cur)
+		_, err = update(ctx, cur, metav1.UpdateOptions{})
 		if apierrors.IsNotFound(err) {
 			return nil
 		}

@@ -161,6 +161,15 @@ func cmpErr(err, otherwise error) error {
 // the error it left), or not ok to try again.
 type joinFunc func(before, after bap.Engine, gone bool) (res Result, ok bool, err error)
 
+// observe reports an operation that began at began, and the error *err it
+// ended with, to the observer under its engine's product, once the
+// operation has learnt that (*productID). Each operation defers it.
+func (m *Manager) observe(productID *string, op string, began time.Time, err *error) {
+	if *productID != "" {
+		m.obs.Operation(*productID, op, time.Since(began), *err)
+	}
+}
+
 // runOp runs a caller's operation on engine id: it claims the engine,
 // waiting first for another operation to end (or taking over one whose
 // owner died), runs body under the claim, and ends the claim if body did

@@ -26,11 +26,7 @@ func (m *Manager) Destroy(ctx context.Context, engineID, actor string) (Result, 
 	return m.flights.do(ctx, engineID, "destroy", func(ctx context.Context) (res Result, err error) {
 		began := time.Now()
 		var productID string
-		defer func() {
-			if productID != "" {
-				m.obs.Operation(productID, "destroy", time.Since(began), err)
-			}
-		}()
+		defer m.observe(&productID, "destroy", began, &err)
 		join := func(before, _ bap.Engine, gone bool) (Result, bool, error) {
 			if gone {
 				before.Status = bap.StateDestroying

@@ -23,11 +23,7 @@ func (m *Manager) RotateKey(ctx context.Context, engineID, actor string) (Result
 	return m.flights.do(ctx, engineID, "rotate-key", func(ctx context.Context) (res Result, err error) {
 		began := time.Now()
 		var productID string
-		defer func() {
-			if productID != "" {
-				m.obs.Operation(productID, "rotate_key", time.Since(began), err)
-			}
-		}()
+		defer m.observe(&productID, "rotate_key", began, &err)
 		notRunning := func(cur bap.Engine) error {
 			productID = cur.ProductID
 			if cur.Status != bap.StateRunning {

@@ -39,11 +39,7 @@ func (m *Manager) bringUp(ctx context.Context, engineID, actor string, op bap.Op
 		action = audit.Wake
 	}
 	var productID string
-	defer func() {
-		if productID != "" {
-			m.obs.Operation(productID, string(action), time.Since(began), err)
-		}
-	}()
+	defer m.observe(&productID, string(action), began, &err)
 	spec := claimSpec{
 		op:   op,
 		hard: hardBusy,

@@ -18,11 +18,7 @@ func (m *Manager) Stop(ctx context.Context, engineID, actor string) (Result, err
 	return m.flights.do(ctx, engineID, "stop", func(ctx context.Context) (res Result, err error) {
 		began := time.Now()
 		var productID string
-		defer func() {
-			if productID != "" {
-				m.obs.Operation(productID, "stop", time.Since(began), err)
-			}
-		}()
+		defer m.observe(&productID, "stop", began, &err)
 		spec := claimSpec{
 			op:   bap.OpStop,
 			hard: hardBusy,

@@ -83,11 +83,7 @@ func (m *Manager) Upgrade(ctx context.Context, engineID, image, actor string) (R
 		defer cancel()
 		began := time.Now()
 		var productID string
-		defer func() {
-			if productID != "" {
-				m.obs.Operation(productID, string(audit.Upgrade), time.Since(began), err)
-			}
-		}()
+		defer m.observe(&productID, string(audit.Upgrade), began, &err)
 		spec := claimSpec{
 			op:   bap.OpUpgrade,
 			hard: hardBusy,

@@ -5,7 +5,8 @@
 // sends it when the *thread* that started the child exits, not the process:
 // a goroutine's thread may end at any time. Start therefore runs every
 // cmd.Start on one OS thread locked for the purpose, which lives until Stop.
-// Orphaned finds the scratch directories of test binaries that are gone.
+// Orphaned finds the scratch directories of test binaries that are gone;
+// ScratchDir removes them and makes a new one.
 package pdeath
 
 import (
@@ -87,4 +88,27 @@ func Orphaned(base, prefix string) []string {
 		out = append(out, dir)
 	}
 	return out
+}
+
+// RemoveOrphaned deletes the Orphaned directories base/prefix*; stop, when
+// not nil, is called on each first to end what may still run from it.
+func RemoveOrphaned(base, prefix string, stop func(dir string)) {
+	for _, dir := range Orphaned(base, prefix) {
+		if stop != nil {
+			stop(dir)
+		}
+		_ = os.RemoveAll(dir)
+	}
+}
+
+// ScratchDir makes a new directory prefix* for a test helper's data, in
+// memory (/dev/shm) where there is one, else in the temporary directory,
+// after removing the orphaned ones there (RemoveOrphaned with stop).
+func ScratchDir(prefix string, stop func(dir string)) (string, error) {
+	base := "/dev/shm"
+	if fi, err := os.Stat(base); err != nil || !fi.IsDir() {
+		base = os.TempDir()
+	}
+	RemoveOrphaned(base, prefix, stop)
+	return os.MkdirTemp(base, prefix)
 }

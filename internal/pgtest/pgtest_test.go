@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/september/bap-engine/internal/pdeath"
 )
 
 // TestMain also checks that nothing is left running once the servers are
@@ -115,7 +117,7 @@ func TestRemoveStaleDeletesDirectoriesOfDeadRuns(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dead, "owner"), []byte("2147483647"), 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(live, "owner"), []byte(strconv.Itoa(os.Getpid())), 0o644))
 
-	removeStale(base)
+	pdeath.RemoveOrphaned(base, dirPrefix, stopStale)
 
 	require.NoDirExists(t, dead)
 	require.DirExists(t, live)

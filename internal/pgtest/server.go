@@ -80,12 +80,7 @@ func startServer() (*Server, error) {
 		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
 		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 	}
-	base := "/dev/shm"
-	if fi, err := os.Stat(base); err != nil || !fi.IsDir() {
-		base = os.TempDir()
-	}
-	removeStale(base)
-	dir, err := os.MkdirTemp(base, dirPrefix)
+	dir, err := pdeath.ScratchDir(dirPrefix, stopStale)
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: create data directory: %w", err)
 	}
@@ -272,19 +267,16 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// removeStale deletes the directories of test servers whose test binary is
-// gone (killed or crashed), stopping their server if it still runs.
-func removeStale(base string) {
-	for _, dir := range pdeath.Orphaned(base, dirPrefix) {
-		if pidFile, err := os.ReadFile(filepath.Join(dir, "data", "postmaster.pid")); err == nil {
-			first, _, _ := bytes.Cut(pidFile, []byte("\n"))
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(first))); err == nil && pdeath.Alive(pid) {
-				_ = syscall.Kill(pid, syscall.SIGQUIT)
-				for i := 0; i < 100 && pdeath.Alive(pid); i++ {
-					time.Sleep(20 * time.Millisecond)
-				}
+// stopStale stops the server of the directory of a test binary that is
+// gone (killed or crashed), if it still runs, before the directory goes.
+func stopStale(dir string) {
+	if pidFile, err := os.ReadFile(filepath.Join(dir, "data", "postmaster.pid")); err == nil {
+		first, _, _ := bytes.Cut(pidFile, []byte("\n"))
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(first))); err == nil && pdeath.Alive(pid) {
+			_ = syscall.Kill(pid, syscall.SIGQUIT)
+			for i := 0; i < 100 && pdeath.Alive(pid); i++ {
+				time.Sleep(20 * time.Millisecond)
 			}
 		}
-		_ = os.RemoveAll(dir)
 	}
 }

@@ -1,7 +1,6 @@
 package backendtest
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net/http"
@@ -318,14 +317,7 @@ func (s *suite) testLogs(t *testing.T) {
 	rc, err := b.Logs(ctx, e.spec.EngineID, backend.LogOptions{Tail: 1, Follow: true})
 	require.NoError(t, err)
 	defer rc.Close()
-	got := make(chan string, 100)
-	go func() {
-		defer close(got)
-		sc := bufio.NewScanner(rc)
-		for sc.Scan() {
-			got <- sc.Text()
-		}
-	}()
+	got := Lines(rc)
 	require.Equal(t, lines[len(lines)-1], waitLine(t, got))
 	call(t, http.MethodGet, e.url+"/brain", e.key, nil)
 	for line := waitLine(t, got); !strings.Contains(line, `"/brain"`); line = waitLine(t, got) {
@@ -350,14 +342,7 @@ func (s *suite) testLogs(t *testing.T) {
 // waitLine is the next line of a followed log, within 10 s.
 func waitLine(t *testing.T, lines <-chan string) string {
 	t.Helper()
-	select {
-	case l, ok := <-lines:
-		require.True(t, ok, "the followed log ended early")
-		return l
-	case <-time.After(10 * time.Second):
-		t.Fatal("no new log line within 10 s")
-		return ""
-	}
+	return Receive(t, lines, 10*time.Second, "line of the followed log")
 }
 
 // testSnapshots: a snapshot copies the brain of a stopped engine, a restore

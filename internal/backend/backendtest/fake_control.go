@@ -11,16 +11,30 @@ import (
 	"github.com/september/bap-engine/internal/backend"
 )
 
+// engine enters method (named verb in errors) and returns the engine of
+// engineID: ErrNotFound without one, ErrConflict when running and it does
+// not run. f.mu is held.
+func (f *Fake) engine(method, verb, engineID string, running bool) (*fakeEngine, error) {
+	if err := f.enter(method); err != nil {
+		return nil, err
+	}
+	e := f.engines[engineID]
+	if e == nil {
+		return nil, fmt.Errorf("%s %s: %w", verb, engineID, backend.ErrNotFound)
+	}
+	if running && e.run == nil {
+		return nil, fmt.Errorf("%s %s: not running: %w", verb, engineID, backend.ErrConflict)
+	}
+	return e, nil
+}
+
 // Start serves the engine on its port; running is success, paused resumes.
 func (f *Fake) Start(_ context.Context, engineID string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.enter(MethodStart); err != nil {
+	e, err := f.engine(MethodStart, "start", engineID, false)
+	if err != nil {
 		return err
-	}
-	e := f.engines[engineID]
-	if e == nil {
-		return fmt.Errorf("start %s: %w", engineID, backend.ErrNotFound)
 	}
 	if e.run != nil {
 		e.run.resume()
@@ -66,15 +80,9 @@ func (f *Fake) Stop(_ context.Context, engineID string, _ time.Duration) error {
 func (f *Fake) Pause(_ context.Context, engineID string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.enter(MethodPause); err != nil {
+	e, err := f.engine(MethodPause, "pause", engineID, true)
+	if err != nil {
 		return err
-	}
-	e := f.engines[engineID]
-	if e == nil {
-		return fmt.Errorf("pause %s: %w", engineID, backend.ErrNotFound)
-	}
-	if e.run == nil {
-		return fmt.Errorf("pause %s: not running: %w", engineID, backend.ErrConflict)
 	}
 	if e.run.gate == nil {
 		e.run.gate = make(chan struct{})
@@ -87,15 +95,9 @@ func (f *Fake) Pause(_ context.Context, engineID string) error {
 func (f *Fake) Unpause(_ context.Context, engineID string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.enter(MethodUnpause); err != nil {
+	e, err := f.engine(MethodUnpause, "unpause", engineID, true)
+	if err != nil {
 		return err
-	}
-	e := f.engines[engineID]
-	if e == nil {
-		return fmt.Errorf("unpause %s: %w", engineID, backend.ErrNotFound)
-	}
-	if e.run == nil {
-		return fmt.Errorf("unpause %s: not running: %w", engineID, backend.ErrConflict)
 	}
 	e.run.resume()
 	e.status = backend.StatusRunning
@@ -139,12 +141,9 @@ func (f *Fake) drop(method, engineID string, data bool) error {
 func (f *Fake) Inspect(_ context.Context, engineID string) (backend.Instance, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.enter(MethodInspect); err != nil {
+	e, err := f.engine(MethodInspect, "inspect", engineID, false)
+	if err != nil {
 		return backend.Instance{}, err
-	}
-	e := f.engines[engineID]
-	if e == nil {
-		return backend.Instance{}, fmt.Errorf("inspect %s: %w", engineID, backend.ErrNotFound)
 	}
 	return e.instance(), nil
 }

@@ -22,16 +22,7 @@ import (
 
 // labels are put on an engine's container and volume.
 func (b *Backend) labels(spec backend.Spec) map[string]string {
-	l := map[string]string{
-		backend.LabelManaged:    "true",
-		backend.LabelEngineID:   spec.EngineID,
-		backend.LabelProductID:  spec.ProductID,
-		backend.LabelDeployment: b.cfg.Deployment,
-	}
-	if spec.Replica != "" {
-		l[backend.LabelReplica] = spec.Replica
-	}
-	return l
+	return backend.Labels(spec, b.cfg.Deployment)
 }
 
 // env is the engine's whole environment: the contract's variables and the
@@ -69,12 +60,9 @@ func validateSpec(spec backend.Spec) error {
 	switch {
 	case !validEngineID.MatchString(spec.EngineID):
 		return fmt.Errorf("docker backend: engine id %q is not a valid container name part", spec.EngineID)
-	case spec.Port < 1 || spec.Port > 65535:
-		return fmt.Errorf("docker backend: engine %s: port %d out of range", spec.EngineID, spec.Port)
-	case spec.KeyHash == "":
-		return fmt.Errorf("docker backend: engine %s: empty key hash", spec.EngineID)
-	case spec.MemoryMB < 0 || spec.CPUs < 0 || math.IsNaN(spec.CPUs) || math.IsInf(spec.CPUs, 0):
-		return fmt.Errorf("docker backend: engine %s: negative resource ceiling", spec.EngineID)
+	}
+	if err := spec.Check(); err != nil {
+		return fmt.Errorf("docker backend: %w", err)
 	}
 	return nil
 }

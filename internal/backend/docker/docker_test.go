@@ -686,14 +686,7 @@ func TestNewErrors(t *testing.T) {
 // test asserts order, not speed; the latency is logged).
 func nextEvent(t *testing.T, ch <-chan backend.Event) backend.Event {
 	t.Helper()
-	select {
-	case ev, ok := <-ch:
-		require.True(t, ok, "event channel closed")
-		return ev
-	case <-time.After(20 * time.Second):
-		t.Fatal("no die event")
-	}
-	return backend.Event{}
+	return backendtest.Receive(t, ch, 20*time.Second, "event")
 }
 
 func TestEventsReportCrashesButNotOwnStops(t *testing.T) {

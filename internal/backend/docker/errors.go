@@ -1,12 +1,6 @@
 package docker
 
 import (
-	"context"
-	"errors"
-	"io"
-	"net"
-	"syscall"
-
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
 
@@ -23,17 +17,11 @@ func classify(err error) error {
 	if err == nil {
 		return nil
 	}
-	var netErr net.Error
 	switch {
-	case errors.Is(err, context.DeadlineExceeded),
+	case backend.IsConnectionFailure(err),
 		cerrdefs.IsDeadlineExceeded(err),
 		cerrdefs.IsUnavailable(err),
-		client.IsErrConnectionFailed(err),
-		errors.Is(err, syscall.ECONNREFUSED),
-		errors.Is(err, syscall.ECONNRESET),
-		errors.Is(err, syscall.EPIPE),
-		errors.Is(err, io.ErrUnexpectedEOF),
-		errors.As(err, &netErr) && netErr.Timeout():
+		client.IsErrConnectionFailed(err):
 		return backend.ErrUnavailable
 	case cerrdefs.IsNotFound(err):
 		return backend.ErrNotFound

@@ -24,11 +24,6 @@ import (
 // `bap-engine snapshot FROM TO`; it has no network and sees only the two
 // volumes.
 
-// SnapshotVolumeName is the volume of an engine's snapshot n.
-func SnapshotVolumeName(engineID string, n int) string {
-	return VolumeName(engineID) + "-snap-" + strconv.Itoa(n)
-}
-
 // snapshots lists the numbers of the engine's snapshot volumes, ascending.
 func (b *Backend) snapshots(ctx context.Context, engineID string) ([]int, error) {
 	cctx, cancel := b.call(ctx)
@@ -40,7 +35,7 @@ func (b *Backend) snapshots(ctx context.Context, engineID string) ([]int, error)
 	}
 	var nums []int
 	for _, v := range res.Items {
-		if n, err := strconv.Atoi(v.Labels[backend.LabelSnapshot]); err == nil && n > 0 && v.Name == SnapshotVolumeName(engineID, n) {
+		if n, ok := backend.SnapshotNumber(v.Labels, v.Name, engineID); ok {
 			nums = append(nums, n)
 		}
 	}
@@ -79,17 +74,10 @@ func (b *Backend) Snapshot(ctx context.Context, engineID string) (string, error)
 	if err != nil {
 		return "", err
 	}
-	n := 1
-	if len(nums) > 0 {
-		n = nums[len(nums)-1] + 1
-	}
-	snap := SnapshotVolumeName(engineID, n)
-	labels := map[string]string{
-		backend.LabelManaged:    "true",
-		backend.LabelDeployment: b.cfg.Deployment,
-		backend.LabelSnapshotOf: engineID,
-		backend.LabelSnapshot:   strconv.Itoa(n),
-	}
+	n := backend.NextSnapshot(nums)
+	snap := backend.SnapshotDataName(engineID, n)
+	labels := backend.SnapshotLabels(b.cfg.Deployment, engineID)
+	labels[backend.LabelSnapshot] = strconv.Itoa(n)
 	cctx, cancel = b.call(ctx)
 	_, err = b.cli.VolumeCreate(cctx, client.VolumeCreateOptions{Name: snap, Labels: labels})
 	cancel()
@@ -122,7 +110,7 @@ func (b *Backend) Restore(ctx context.Context, engineID, snapshot string) error 
 	if !slices.Contains(nums, n) {
 		return fmt.Errorf("restore engine %s: no snapshot %s: %w", engineID, snapshot, backend.ErrNotFound)
 	}
-	if err := b.copyVolume(ctx, engineID, SnapshotVolumeName(engineID, n), VolumeName(engineID)); err != nil {
+	if err := b.copyVolume(ctx, engineID, backend.SnapshotDataName(engineID, n), VolumeName(engineID)); err != nil {
 		return fmt.Errorf("restore engine %s from %s: %w", engineID, snapshot, err)
 	}
 	return nil
@@ -134,21 +122,16 @@ func (b *Backend) PruneSnapshots(ctx context.Context, engineID string, keep int)
 	if err != nil {
 		return nil, err
 	}
-	drop := max(len(nums)-max(keep, 0), 0)
-	for _, n := range nums[:drop] {
-		name := SnapshotVolumeName(engineID, n)
+	return backend.PruneSnapshots(nums, keep, func(n int) error {
+		name := backend.SnapshotDataName(engineID, n)
 		cctx, cancel := b.call(ctx)
 		_, err := b.cli.VolumeRemove(cctx, name, client.VolumeRemoveOptions{})
 		cancel()
 		if err != nil && !errors.Is(classify(err), backend.ErrNotFound) {
-			return nil, wrap(err, "remove snapshot volume %s", name)
+			return wrap(err, "remove snapshot volume %s", name)
 		}
-	}
-	kept := []string{}
-	for _, n := range nums[drop:] {
-		kept = append(kept, backend.SnapshotName(n))
-	}
-	return kept, nil
+		return nil
+	})
 }
 
 // copyVolume runs the helper container that makes volume to's data the
@@ -171,13 +154,9 @@ func (b *Backend) copyVolume(ctx context.Context, engineID, from, to string) err
 			// Root, whatever user the image names (the orchestrator's may
 			// run unprivileged): the brain files belong to the engine's user
 			// and must be copied with their contents intact.
-			User: "0:0",
-			Cmd:  []string{"snapshot", backend.SnapshotFrom, backend.SnapshotTo},
-			Labels: map[string]string{
-				backend.LabelManaged:    "true",
-				backend.LabelDeployment: b.cfg.Deployment,
-				backend.LabelSnapshotOf: engineID,
-			},
+			User:            "0:0",
+			Cmd:             []string{"snapshot", backend.SnapshotFrom, backend.SnapshotTo},
+			Labels:          backend.SnapshotLabels(b.cfg.Deployment, engineID),
 			NetworkDisabled: true,
 		},
 		HostConfig: &container.HostConfig{

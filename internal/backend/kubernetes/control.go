@@ -20,15 +20,25 @@ import (
 // image cannot be pulled; the scheduler's message when the Pod cannot be
 // placed.
 func (b *Backend) Start(ctx context.Context, engineID string) error {
-	pvc, err := b.getClaim(ctx, engineID)
+	pvc, s, err := b.engineClaim(ctx, "start", engineID)
 	if err != nil {
 		return err
 	}
+	return b.run(ctx, engineID, pvc, s)
+}
+
+// engineClaim reads the engine's PVC and the spec it records, for op:
+// ErrNotFound when there is none of this deployment's or it is going.
+func (b *Backend) engineClaim(ctx context.Context, op, engineID string) (*corev1.PersistentVolumeClaim, specAnno, error) {
+	pvc, err := b.getClaim(ctx, engineID)
+	if err != nil {
+		return nil, specAnno{}, err
+	}
 	s, ok := claimSpec(pvc)
 	if !ok || !b.ours(pvc.Labels, engineID) {
-		return fmt.Errorf("start engine %s: %w", engineID, backend.ErrNotFound)
+		return nil, specAnno{}, fmt.Errorf("%s engine %s: %w", op, engineID, backend.ErrNotFound)
 	}
-	return b.run(ctx, engineID, pvc, s)
+	return pvc, s, nil
 }
 
 // run makes the instance of pvc run: an existing live Pod of it is waited
@@ -209,12 +219,9 @@ func (b *Backend) deletePodObj(ctx context.Context, pod *corev1.Pod, grace int64
 // pause: Kubernetes cannot freeze a Pod). Paused is success; ErrConflict
 // when it is not running, ErrNotFound when there is no instance.
 func (b *Backend) Pause(ctx context.Context, engineID string) error {
-	pvc, err := b.getClaim(ctx, engineID)
+	pvc, _, err := b.engineClaim(ctx, "pause", engineID)
 	if err != nil {
 		return err
-	}
-	if _, ok := claimSpec(pvc); !ok || !b.ours(pvc.Labels, engineID) {
-		return fmt.Errorf("pause engine %s: %w", engineID, backend.ErrNotFound)
 	}
 	pod, err := b.getPod(ctx, engineID)
 	if err != nil {
@@ -236,13 +243,9 @@ func (b *Backend) Pause(ctx context.Context, engineID string) error {
 // running is success. ErrNotFound when there is no instance, ErrConflict
 // when it is neither paused nor running.
 func (b *Backend) Unpause(ctx context.Context, engineID string) error {
-	pvc, err := b.getClaim(ctx, engineID)
+	pvc, s, err := b.engineClaim(ctx, "unpause", engineID)
 	if err != nil {
 		return err
-	}
-	s, ok := claimSpec(pvc)
-	if !ok || !b.ours(pvc.Labels, engineID) {
-		return fmt.Errorf("unpause engine %s: %w", engineID, backend.ErrNotFound)
 	}
 	pod, err := b.getPod(ctx, engineID)
 	if err != nil {

@@ -1,11 +1,9 @@
 package kubernetes
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
-	"syscall"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
@@ -25,18 +23,16 @@ func classify(err error) error {
 		return backend.ErrNotFound
 	case apierrors.IsConflict(err), apierrors.IsAlreadyExists(err):
 		return backend.ErrConflict
-	case errors.Is(err, context.DeadlineExceeded),
+	case backend.IsConnectionFailure(err),
 		apierrors.IsServerTimeout(err),
 		apierrors.IsTimeout(err),
 		apierrors.IsTooManyRequests(err),
 		apierrors.IsServiceUnavailable(err),
 		apierrors.IsInternalError(err),
 		apierrors.IsUnexpectedServerError(err),
-		errors.Is(err, syscall.ECONNREFUSED),
-		errors.Is(err, syscall.ECONNRESET),
-		errors.Is(err, syscall.EPIPE),
-		errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, io.EOF),
+		// Any network error, where IsConnectionFailure takes only
+		// timeouts.
 		errors.As(err, &netErr):
 		return backend.ErrUnavailable
 	}

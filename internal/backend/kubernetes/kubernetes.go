@@ -361,15 +361,7 @@ func (s specAnno) same(o specAnno) bool {
 
 // labels are put on an engine's PVC and Pod.
 func (b *Backend) labels(spec backend.Spec) map[string]string {
-	l := map[string]string{
-		backend.LabelManaged:    "true",
-		backend.LabelEngineID:   spec.EngineID,
-		backend.LabelProductID:  spec.ProductID,
-		backend.LabelDeployment: b.cfg.Deployment,
-	}
-	if spec.Replica != "" {
-		l[backend.LabelReplica] = spec.Replica
-	}
+	l := backend.Labels(spec, b.cfg.Deployment)
 	if b.cfg.Shard != nil {
 		l[LabelShard] = strconv.Itoa(b.cfg.Shard(spec.EngineID))
 	}
@@ -418,12 +410,9 @@ func validateSpec(spec backend.Spec) error {
 		return fmt.Errorf("kubernetes backend: engine id %q is not a DNS label (lowercase letters, digits, dashes)", spec.EngineID)
 	case strings.HasSuffix(ClaimName(spec.EngineID), "-"):
 		return fmt.Errorf("kubernetes backend: engine id %q: its first 12 characters end with a dash", spec.EngineID)
-	case spec.Port < 1 || spec.Port > 65535:
-		return fmt.Errorf("kubernetes backend: engine %s: port %d out of range", spec.EngineID, spec.Port)
-	case spec.KeyHash == "":
-		return fmt.Errorf("kubernetes backend: engine %s: empty key hash", spec.EngineID)
-	case spec.MemoryMB < 0 || spec.CPUs < 0 || math.IsNaN(spec.CPUs) || math.IsInf(spec.CPUs, 0):
-		return fmt.Errorf("kubernetes backend: engine %s: negative resource ceiling", spec.EngineID)
+	}
+	if err := spec.Check(); err != nil {
+		return fmt.Errorf("kubernetes backend: %w", err)
 	}
 	return nil
 }
@@ -445,7 +434,6 @@ func (b *Backend) podFor(engineID string, claim *corev1.PersistentVolumeClaim, s
 		volumes = append(volumes, corev1.Volume{Name: catalogVolume, VolumeSource: corev1.VolumeSource{
 			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: b.cfg.CatalogPVC, ReadOnly: true}}})
 	}
-	grace := int64(podGrace)
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:        PodName(engineID),
@@ -453,21 +441,27 @@ func (b *Backend) podFor(engineID string, claim *corev1.PersistentVolumeClaim, s
 			Labels:      lbl,
 			Annotations: map[string]string{annoInstance: claim.Annotations[annoInstance]},
 		},
-		Spec: corev1.PodSpec{
-			RestartPolicy:                 corev1.RestartPolicyNever,
-			AutomountServiceAccountToken:  ptr(false),
-			EnableServiceLinks:            ptr(false),
-			TerminationGracePeriodSeconds: &grace,
-			Containers: []corev1.Container{{
-				Name:         containerName,
-				Image:        s.Image,
-				Env:          b.env(s.KeyHash),
-				Ports:        []corev1.ContainerPort{{Name: "http", ContainerPort: enginePort, Protocol: corev1.ProtocolTCP}},
-				VolumeMounts: mounts,
-				Resources:    resources(s),
-			}},
-			Volumes: volumes,
-		},
+		Spec: podSpec(podGrace, corev1.Container{
+			Name:         containerName,
+			Image:        s.Image,
+			Env:          b.env(s.KeyHash),
+			Ports:        []corev1.ContainerPort{{Name: "http", ContainerPort: enginePort, Protocol: corev1.ProtocolTCP}},
+			VolumeMounts: mounts,
+			Resources:    resources(s),
+		}, volumes),
+	}
+}
+
+// podSpec is the spec of every Pod the backend makes: one container, never
+// restarted by the kubelet, no service account token and no service links.
+func podSpec(grace int64, c corev1.Container, volumes []corev1.Volume) corev1.PodSpec {
+	return corev1.PodSpec{
+		RestartPolicy:                 corev1.RestartPolicyNever,
+		AutomountServiceAccountToken:  ptr(false),
+		EnableServiceLinks:            ptr(false),
+		TerminationGracePeriodSeconds: &grace,
+		Containers:                    []corev1.Container{c},
+		Volumes:                       volumes,
 	}
 }
 

@@ -26,30 +26,27 @@ func newInstanceID() string {
 
 // getClaim reads the engine's PVC; nil without error when it is missing.
 func (b *Backend) getClaim(ctx context.Context, engineID string) (*corev1.PersistentVolumeClaim, error) {
-	cctx, cancel := b.call(ctx)
-	defer cancel()
-	pvc, err := b.cs.CoreV1().PersistentVolumeClaims(b.cfg.Namespace).Get(cctx, ClaimName(engineID), metav1.GetOptions{})
-	switch {
-	case errors.Is(classify(err), backend.ErrNotFound):
-		return nil, nil
-	case err != nil:
-		return nil, wrap(err, "get persistentvolumeclaim %s", ClaimName(engineID))
-	}
-	return pvc, nil
+	return getObject(ctx, b, "persistentvolumeclaim", ClaimName(engineID), b.cs.CoreV1().PersistentVolumeClaims(b.cfg.Namespace).Get)
 }
 
 // getPod reads the engine's Pod; nil without error when it is missing.
 func (b *Backend) getPod(ctx context.Context, engineID string) (*corev1.Pod, error) {
+	return getObject(ctx, b, "pod", PodName(engineID), b.cs.CoreV1().Pods(b.cfg.Namespace).Get)
+}
+
+// getObject reads the object of kind named name with get, under the call
+// timeout; nil without error when it is missing.
+func getObject[T any](ctx context.Context, b *Backend, kind, name string, get func(context.Context, string, metav1.GetOptions) (*T, error)) (*T, error) {
 	cctx, cancel := b.call(ctx)
 	defer cancel()
-	pod, err := b.cs.CoreV1().Pods(b.cfg.Namespace).Get(cctx, PodName(engineID), metav1.GetOptions{})
+	obj, err := get(cctx, name, metav1.GetOptions{})
 	switch {
 	case errors.Is(classify(err), backend.ErrNotFound):
 		return nil, nil
 	case err != nil:
-		return nil, wrap(err, "get pod %s", PodName(engineID))
+		return nil, wrap(err, "get %s %s", kind, name)
 	}
-	return pod, nil
+	return obj, nil
 }
 
 // ours reports whether an object's labels say it is this deployment's copy

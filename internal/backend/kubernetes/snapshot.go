@@ -23,25 +23,18 @@ import (
 // TO`; it has no service account token and no engine id label, so neither
 // List nor the informer takes it for an engine.
 
-// SnapshotClaimName is the PVC of an engine's snapshot n.
-func SnapshotClaimName(engineID string, n int) string {
-	return ClaimName(engineID) + "-snap-" + strconv.Itoa(n)
-}
-
 // snapshots lists the numbers of the engine's snapshot PVCs, ascending.
 func (b *Backend) snapshots(ctx context.Context, engineID string) ([]int, error) {
 	cctx, cancel := b.call(ctx)
 	defer cancel()
-	sel := labels.SelectorFromSet(labels.Set{
-		backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment, backend.LabelSnapshotOf: engineID,
-	}).String()
+	sel := labels.SelectorFromSet(backend.SnapshotLabels(b.cfg.Deployment, engineID)).String()
 	list, err := b.cs.CoreV1().PersistentVolumeClaims(b.cfg.Namespace).List(cctx, metav1.ListOptions{LabelSelector: sel})
 	if err != nil {
 		return nil, wrap(err, "list snapshots of engine %s", engineID)
 	}
 	var nums []int
 	for _, c := range list.Items {
-		if n, err := strconv.Atoi(c.Labels[backend.LabelSnapshot]); err == nil && n > 0 && c.Name == SnapshotClaimName(engineID, n) && c.DeletionTimestamp == nil {
+		if n, ok := backend.SnapshotNumber(c.Labels, c.Name, engineID); ok && c.DeletionTimestamp == nil {
 			nums = append(nums, n)
 		}
 	}
@@ -78,18 +71,14 @@ func (b *Backend) Snapshot(ctx context.Context, engineID string) (string, error)
 	if err != nil {
 		return "", err
 	}
-	n := 1
-	if len(nums) > 0 {
-		n = nums[len(nums)-1] + 1
-	}
+	n := backend.NextSnapshot(nums)
+	snapLabels := backend.SnapshotLabels(b.cfg.Deployment, engineID)
+	snapLabels[backend.LabelSnapshot] = strconv.Itoa(n)
 	snap := &corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:      SnapshotClaimName(engineID, n),
+			Name:      backend.SnapshotDataName(engineID, n),
 			Namespace: b.cfg.Namespace,
-			Labels: map[string]string{
-				backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment,
-				backend.LabelSnapshotOf: engineID, backend.LabelSnapshot: strconv.Itoa(n),
-			},
+			Labels:    snapLabels,
 		},
 		Spec: corev1.PersistentVolumeClaimSpec{
 			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
@@ -127,7 +116,7 @@ func (b *Backend) Restore(ctx context.Context, engineID, snapshot string) error 
 	if err := b.stopped(ctx, engineID, "restore"); err != nil {
 		return err
 	}
-	return b.copyClaim(ctx, engineID, SnapshotClaimName(engineID, n), ClaimName(engineID))
+	return b.copyClaim(ctx, engineID, backend.SnapshotDataName(engineID, n), ClaimName(engineID))
 }
 
 // PruneSnapshots deletes all but the newest keep snapshots and returns the
@@ -137,17 +126,9 @@ func (b *Backend) PruneSnapshots(ctx context.Context, engineID string, keep int)
 	if err != nil {
 		return nil, err
 	}
-	cut := max(0, len(nums)-max(keep, 0))
-	for _, n := range nums[:cut] {
-		if err := b.deleteClaim(ctx, SnapshotClaimName(engineID, n)); err != nil {
-			return nil, err
-		}
-	}
-	kept := make([]string, 0, len(nums)-cut)
-	for _, n := range nums[cut:] {
-		kept = append(kept, backend.SnapshotName(n))
-	}
-	return kept, nil
+	return backend.PruneSnapshots(nums, keep, func(n int) error {
+		return b.deleteClaim(ctx, backend.SnapshotDataName(engineID, n))
+	})
 }
 
 // deleteSnapshots deletes every snapshot of the engine (Destroy).
@@ -170,35 +151,25 @@ func (b *Backend) deleteClaim(ctx context.Context, name string) error {
 // copyClaim runs a helper Pod that makes PVC to's data the same as from's,
 // waits for it to succeed and deletes it.
 func (b *Backend) copyClaim(ctx context.Context, engineID, from, to string) error {
-	grace := int64(0)
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      "engine-snap-" + strings.TrimPrefix(ClaimName(engineID), "engine-data-") + "-" + newInstanceID()[:8],
 			Namespace: b.cfg.Namespace,
-			Labels: map[string]string{
-				backend.LabelManaged: "true", backend.LabelDeployment: b.cfg.Deployment, backend.LabelSnapshotOf: engineID,
-			},
+			Labels:    backend.SnapshotLabels(b.cfg.Deployment, engineID),
 		},
-		Spec: corev1.PodSpec{
-			RestartPolicy:                 corev1.RestartPolicyNever,
-			AutomountServiceAccountToken:  ptr(false),
-			EnableServiceLinks:            ptr(false),
-			TerminationGracePeriodSeconds: &grace,
-			Containers: []corev1.Container{{
-				Name:    "snapshot",
-				Image:   b.cfg.HelperImage,
-				Command: []string{"/bap-engine"},
-				Args:    []string{"snapshot", backend.SnapshotFrom, backend.SnapshotTo},
-				VolumeMounts: []corev1.VolumeMount{
-					{Name: "from", MountPath: backend.SnapshotFrom, ReadOnly: true},
-					{Name: "to", MountPath: backend.SnapshotTo},
-				},
-			}},
-			Volumes: []corev1.Volume{
-				{Name: "from", VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: from, ReadOnly: true}}},
-				{Name: "to", VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: to}}},
+		Spec: podSpec(0, corev1.Container{
+			Name:    "snapshot",
+			Image:   b.cfg.HelperImage,
+			Command: []string{"/bap-engine"},
+			Args:    []string{"snapshot", backend.SnapshotFrom, backend.SnapshotTo},
+			VolumeMounts: []corev1.VolumeMount{
+				{Name: "from", MountPath: backend.SnapshotFrom, ReadOnly: true},
+				{Name: "to", MountPath: backend.SnapshotTo},
 			},
-		},
+		}, []corev1.Volume{
+			{Name: "from", VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: from, ReadOnly: true}}},
+			{Name: "to", VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: to}}},
+		}),
 	}
 	cctx, cancel := b.call(ctx)
 	made, err := b.cs.CoreV1().Pods(b.cfg.Namespace).Create(cctx, pod, metav1.CreateOptions{})

@@ -66,20 +66,31 @@ func (b *Backend) freeze(engineID, op string, sig syscall.Signal, stopped bool) 
 	return nil
 }
 
-// Remove stops the engine and deletes its instance (spec and pid file) but
-// keeps its data dir, brain and log. Missing is success.
-func (b *Backend) Remove(ctx context.Context, engineID string) error {
+// end takes the engine's lock for op, stops its process and forgets it, so
+// that op can delete its files; the caller releases the lock with unlock.
+func (b *Backend) end(ctx context.Context, engineID, op string) (unlock func(), err error) {
 	if err := validID(engineID); err != nil {
-		return err
+		return nil, err
 	}
-	unlock := b.lock(engineID, "remove")
-	defer unlock()
+	unlock = b.lock(engineID, op)
 	if p := b.current(engineID); p != nil {
 		if err := b.terminate(ctx, p, removeGrace); err != nil {
-			return fmt.Errorf("remove: %w", err)
+			unlock()
+			return nil, fmt.Errorf("%s: %w", op, err)
 		}
 	}
 	b.forget(engineID, b.procOf(engineID))
+	return unlock, nil
+}
+
+// Remove stops the engine and deletes its instance (spec and pid file) but
+// keeps its data dir, brain and log. Missing is success.
+func (b *Backend) Remove(ctx context.Context, engineID string) error {
+	unlock, err := b.end(ctx, engineID, "remove")
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	dir := b.dir(engineID)
 	if err := removeIfExists(filepath.Join(dir, specFileName)); err != nil {
 		return fmt.Errorf("remove engine %s: %w", engineID, err)
@@ -92,17 +103,11 @@ func (b *Backend) Remove(ctx context.Context, engineID string) error {
 
 // Destroy stops the engine and deletes its data dir. Idempotent.
 func (b *Backend) Destroy(ctx context.Context, engineID string) error {
-	if err := validID(engineID); err != nil {
+	unlock, err := b.end(ctx, engineID, "destroy")
+	if err != nil {
 		return err
 	}
-	unlock := b.lock(engineID, "destroy")
 	defer unlock()
-	if p := b.current(engineID); p != nil {
-		if err := b.terminate(ctx, p, removeGrace); err != nil {
-			return fmt.Errorf("destroy: %w", err)
-		}
-	}
-	b.forget(engineID, b.procOf(engineID))
 	b.fileMu(engineID).Lock()
 	defer b.fileMu(engineID).Unlock()
 	if err := removeDir(ctx, b.dir(engineID)); err != nil {

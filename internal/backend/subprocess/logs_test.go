@@ -1,7 +1,6 @@
 package subprocess
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/september/bap-engine/internal/backend"
+	"github.com/september/bap-engine/internal/backend/backendtest"
 )
 
 // TestLogsFollowAcrossRotation writes an engine's log file by hand (as the
@@ -47,23 +47,8 @@ func TestLogsFollowAcrossRotation(t *testing.T) {
 	rc, err := b.Logs(ctx, id, backend.LogOptions{Tail: 1, Follow: true})
 	require.NoError(t, err)
 	defer rc.Close()
-	lines := make(chan string, 10)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(rc)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
-	next := func() string {
-		select {
-		case l := <-lines:
-			return l
-		case <-time.After(10 * time.Second):
-			t.Fatal("no line within 10 s")
-			return ""
-		}
-	}
+	lines := backendtest.Lines(rc)
+	next := func() string { return backendtest.Receive(t, lines, 10*time.Second, "line") }
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
 	require.NoError(t, err)
 	_, err = f.WriteString(" (end of three)\nfour\n")

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -83,65 +82,35 @@ const auditCols = `a.id, a."timestamp", COALESCE(a.product_id::text, ''), COALES
 
 // ListAudit returns a page of matching entries, newest first, and the total.
 func (s *Store) ListAudit(ctx context.Context, f registry.AuditFilter) ([]audit.Entry, int, error) {
-	var where []string
-	var args []any
-	add := func(cond string, arg any) {
-		args = append(args, arg)
-		where = append(where, strings.ReplaceAll(cond, "$?", "$"+strconv.Itoa(len(args))))
-	}
+	var w conds
 	for _, id := range []string{f.ProductID, f.EngineID} {
 		if id != "" && !validID(id) {
 			return []audit.Entry{}, 0, nil // no row can have it
 		}
 	}
 	if f.ProductID != "" {
-		add("a.product_id = $?::uuid", f.ProductID)
+		w.add("a.product_id = $?::uuid", f.ProductID)
 	}
 	if f.EngineID != "" {
-		add("a.engine_id = $?::uuid", f.EngineID)
+		w.add("a.engine_id = $?::uuid", f.EngineID)
 	}
 	if f.UserID != "" {
-		add("a.user_id = $?", f.UserID)
+		w.add("a.user_id = $?", f.UserID)
 	}
 	if len(f.Actions) > 0 {
 		actions := make([]string, len(f.Actions))
 		for i, a := range f.Actions {
 			actions[i] = string(a)
 		}
-		add("a.action = ANY($?::text[])", actions)
+		w.add("a.action = ANY($?::text[])", actions)
 	}
 	if !f.Since.IsZero() {
-		add(`a."timestamp" >= $?`, bap.Timestamp(f.Since))
+		w.add(`a."timestamp" >= $?`, bap.Timestamp(f.Since))
 	}
-	cond := ""
-	if len(where) > 0 {
-		cond = " WHERE " + strings.Join(where, " AND ")
-	}
-	n := len(args)
-	page := `SELECT ` + auditCols + ` FROM audit_log a` + cond +
-		` ORDER BY a."timestamp" DESC, a.id DESC LIMIT NULLIF($` + strconv.Itoa(n+1) + `::int, 0) OFFSET $` + strconv.Itoa(n+2)
-
-	b := &pgx.Batch{}
-	b.Queue(`SELECT count(*) FROM audit_log a`+cond, args...)
-	b.Queue(page, append(args[:n:n], f.Limit, f.Offset)...)
-	br := s.db.SendBatch(ctx, b)
-	defer br.Close()
-	var total int
-	if err := br.QueryRow().Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("count audit: %w", translate(err))
-	}
-	rows, err := br.Query()
-	if err != nil {
-		return nil, 0, fmt.Errorf("list audit: %w", translate(err))
-	}
-	entries, err := pgx.CollectRows(rows, scanAudit)
-	if err != nil {
-		return nil, 0, fmt.Errorf("list audit: %w", translate(err))
-	}
-	if err := br.Close(); err != nil {
-		return nil, 0, fmt.Errorf("list audit: %w", translate(err))
-	}
-	return entries, total, nil
+	cond, args := w.where(), w.args
+	return countedPage(ctx, s.db, "audit", `SELECT count(*) FROM audit_log a`+cond,
+		`SELECT `+auditCols+` FROM audit_log a`+cond+` ORDER BY a."timestamp" DESC, a.id DESC`+limitOffset(len(args)),
+		args, f.Limit, f.Offset, scanAudit)
 }
 
 func scanAudit(row pgx.CollectableRow) (audit.Entry, error) {

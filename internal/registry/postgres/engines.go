@@ -139,13 +139,7 @@ var sqlProvisionEngine = `WITH t AS (
 	FROM t
 ), p AS (
 	INSERT INTO port_allocations (port, engine_id, created_at)
-	SELECT c.p, $1::uuid, $27 FROM q, (
-		SELECT $25::int AS p WHERE NOT EXISTS (SELECT 1 FROM port_allocations WHERE port = $25::int)
-		UNION ALL
-		SELECT a.port + 1 FROM port_allocations a
-		WHERE a.port >= $25::int AND a.port < $26::int
-			AND NOT EXISTS (SELECT 1 FROM port_allocations b WHERE b.port = a.port + 1)
-	) AS c
+	SELECT c.p, $1::uuid, $27 FROM q, (` + sqlFreePorts("$25", "$26") + `) AS c
 	WHERE q.ok AND c.p <= $26::int
 	ORDER BY c.p LIMIT 1
 	RETURNING port

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -51,67 +50,39 @@ func (s *Store) ListFleet(ctx context.Context, f registry.FleetFilter) ([]regist
 	if err != nil {
 		return nil, 0, err
 	}
-	var where []string
-	var args []any
-	add := func(cond string, arg any) {
-		args = append(args, arg)
-		where = append(where, strings.ReplaceAll(cond, "$?", "$"+strconv.Itoa(len(args))))
-	}
+	var w conds
 	if f.ProductID != "" {
 		if !validID(f.ProductID) {
 			return []registry.FleetEngine{}, 0, nil
 		}
-		add("e.product_id = $?::uuid", f.ProductID)
+		w.add("e.product_id = $?::uuid", f.ProductID)
 	}
 	if f.Status != "" {
-		add("e.status = $?", string(f.Status))
+		w.add("e.status = $?", string(f.Status))
 	}
 	if f.UserID != "" {
-		add("strpos(lower(e.user_id), lower($?)) > 0", f.UserID)
+		w.add("strpos(lower(e.user_id), lower($?)) > 0", f.UserID)
 	}
-	cond := ""
-	if len(where) > 0 {
-		cond = " WHERE " + strings.Join(where, " AND ")
-	}
+	cond, args := w.where(), w.args
 	inner := "" // the products join, when the order needs it
 	if f.Sort == registry.SortProduct {
 		inner = " JOIN products p ON p.id = e.product_id"
 	}
-	n := len(args)
-	b := &pgx.Batch{}
-	b.Queue(`SELECT count(*) FROM engines e`+cond, args...)
 	// The page's ids are chosen on narrow rows first, then only they are
 	// read whole.
-	b.Queue(`SELECT `+engineCols+`, p.slug FROM (SELECT e.id FROM engines e`+inner+cond+
-		` ORDER BY `+order+` LIMIT NULLIF($`+strconv.Itoa(n+1)+`::int, 0) OFFSET $`+strconv.Itoa(n+2)+`) AS page
+	return countedPage(ctx, s.db, "fleet", `SELECT count(*) FROM engines e`+cond,
+		`SELECT `+engineCols+`, p.slug FROM (SELECT e.id FROM engines e`+inner+cond+
+			` ORDER BY `+order+limitOffset(len(args))+`) AS page
 		JOIN engines e ON e.id = page.id JOIN products p ON p.id = e.product_id ORDER BY `+order,
-		append(args[:n:n], max(f.Limit, 0), max(f.Offset, 0))...)
-	br := s.db.SendBatch(ctx, b)
-	defer br.Close()
-	var total int
-	if err := br.QueryRow().Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("count fleet: %w", translate(err))
-	}
-	rows, err := br.Query()
-	if err != nil {
-		return nil, 0, fmt.Errorf("list fleet: %w", translate(err))
-	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (registry.FleetEngine, error) {
-		var r engineRow
-		var fe registry.FleetEngine
-		if err := row.Scan(append(r.dest(), &fe.ProductSlug)...); err != nil {
-			return fe, err
-		}
-		fe.Engine, _ = r.engine()
-		return fe, nil
-	})
-	if err != nil {
-		return nil, 0, fmt.Errorf("list fleet: %w", translate(err))
-	}
-	if err := br.Close(); err != nil {
-		return nil, 0, fmt.Errorf("list fleet: %w", translate(err))
-	}
-	return out, total, nil
+		args, max(f.Limit, 0), max(f.Offset, 0), func(row pgx.CollectableRow) (registry.FleetEngine, error) {
+			var r engineRow
+			var fe registry.FleetEngine
+			if err := row.Scan(append(r.dest(), &fe.ProductSlug)...); err != nil {
+				return fe, err
+			}
+			fe.Engine, _ = r.engine()
+			return fe, nil
+		})
 }
 
 // AuditHourly counts entries of actions per UTC hour since a time.

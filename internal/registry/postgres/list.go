@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -27,29 +28,63 @@ func (s *Store) ListEngines(ctx context.Context, f registry.EngineFilter) ([]bap
 		cond += ` AND e.status = $2`
 		args = append(args, string(f.Status))
 	}
+	return countedPage(ctx, s.db, "engines", `SELECT count(*) FROM engines e`+cond,
+		`SELECT `+engineCols+` FROM engines e`+cond+` ORDER BY e.created_at, e.id`+limitOffset(len(args)),
+		args, f.Limit, f.Offset, scanEngine)
+}
+
+// countedPage runs a count and a page of rows in one round trip: count takes
+// args, page takes args then the limit and offset, whose placeholders
+// limitOffset(len(args)) writes. what names the rows in errors.
+func countedPage[T any](ctx context.Context, q querier, what, count, page string, args []any, limit, offset int, scan pgx.RowToFunc[T]) ([]T, int, error) {
 	n := len(args)
 	b := &pgx.Batch{}
-	b.Queue(`SELECT count(*) FROM engines e`+cond, args...)
-	b.Queue(`SELECT `+engineCols+` FROM engines e`+cond+` ORDER BY e.created_at, e.id LIMIT NULLIF($`+
-		strconv.Itoa(n+1)+`::int, 0) OFFSET $`+strconv.Itoa(n+2), append(args[:n:n], f.Limit, f.Offset)...)
-	br := s.db.SendBatch(ctx, b)
+	b.Queue(count, args...)
+	b.Queue(page, append(args[:n:n], limit, offset)...)
+	br := q.SendBatch(ctx, b)
 	defer br.Close()
 	var total int
 	if err := br.QueryRow().Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("count engines: %w", translate(err))
+		return nil, 0, fmt.Errorf("count %s: %w", what, translate(err))
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, 0, fmt.Errorf("list engines: %w", translate(err))
+		return nil, 0, fmt.Errorf("list %s: %w", what, translate(err))
 	}
-	engines, err := pgx.CollectRows(rows, scanEngine)
+	out, err := pgx.CollectRows(rows, scan)
 	if err != nil {
-		return nil, 0, fmt.Errorf("list engines: %w", translate(err))
+		return nil, 0, fmt.Errorf("list %s: %w", what, translate(err))
 	}
 	if err := br.Close(); err != nil {
-		return nil, 0, fmt.Errorf("list engines: %w", translate(err))
+		return nil, 0, fmt.Errorf("list %s: %w", what, translate(err))
 	}
-	return engines, total, nil
+	return out, total, nil
+}
+
+// conds collects a query's WHERE terms and their arguments; the $? in a
+// term becomes its argument's placeholder.
+type conds struct {
+	terms []string
+	args  []any
+}
+
+func (c *conds) add(term string, arg any) {
+	c.args = append(c.args, arg)
+	c.terms = append(c.terms, strings.ReplaceAll(term, "$?", "$"+strconv.Itoa(len(c.args))))
+}
+
+// where is the WHERE clause of the terms, or "" when there are none.
+func (c *conds) where() string {
+	if len(c.terms) == 0 {
+		return ""
+	}
+	return " WHERE " + strings.Join(c.terms, " AND ")
+}
+
+// limitOffset is the LIMIT and OFFSET of a page query whose first n
+// placeholders are its filter's; a limit of 0 means no limit.
+func limitOffset(n int) string {
+	return ` LIMIT NULLIF($` + strconv.Itoa(n+1) + `::int, 0) OFFSET $` + strconv.Itoa(n+2)
 }
 
 // EnginesByStatus returns every engine in one of states, ordered by id.

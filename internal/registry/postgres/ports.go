@@ -15,18 +15,22 @@ import (
 // allocation ("bap-port" in ASCII). Advisory locks are per database.
 const portLockKey int64 = 0x6261702d706f7274
 
-// sqlAllocatePort inserts the lowest port of [$2,$3] that has no allocation.
-// The candidates are $2 itself and the successor of every allocated port in
-// range whose successor is free: the lowest free port is always one of them,
-// and finding them costs the number of allocations, not the size of the range.
-const sqlAllocatePort = `INSERT INTO port_allocations (port, engine_id, created_at)
-SELECT c.p, $1::uuid, $4 FROM (
-	SELECT $2::int AS p WHERE NOT EXISTS (SELECT 1 FROM port_allocations WHERE port = $2::int)
+// sqlFreePorts selects the candidates for the lowest port of [lo, hi] (two
+// placeholders) that has no allocation: lo itself and the successor of every
+// allocated port in range whose successor is free. The lowest free port is
+// always one of them, and finding them costs the number of allocations, not
+// the size of the range.
+func sqlFreePorts(lo, hi string) string {
+	return `SELECT ` + lo + `::int AS p WHERE NOT EXISTS (SELECT 1 FROM port_allocations WHERE port = ` + lo + `::int)
 	UNION ALL
 	SELECT a.port + 1 FROM port_allocations a
-	WHERE a.port >= $2::int AND a.port < $3::int
-		AND NOT EXISTS (SELECT 1 FROM port_allocations b WHERE b.port = a.port + 1)
-) AS c
+	WHERE a.port >= ` + lo + `::int AND a.port < ` + hi + `::int
+		AND NOT EXISTS (SELECT 1 FROM port_allocations b WHERE b.port = a.port + 1)`
+}
+
+// sqlAllocatePort inserts the lowest port of [$2,$3] that has no allocation.
+var sqlAllocatePort = `INSERT INTO port_allocations (port, engine_id, created_at)
+SELECT c.p, $1::uuid, $4 FROM (` + sqlFreePorts("$2", "$3") + `) AS c
 WHERE c.p <= $3::int
 ORDER BY c.p LIMIT 1
 RETURNING port`

@@ -2,7 +2,6 @@ package registrytest
 
 import (
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
@@ -222,19 +221,11 @@ func testEngineQuotaConcurrent(t *testing.T, s registry.Store) {
 	ctx := t.Context()
 	p := NewProduct(t, s)
 	const n, limit = 50, 10
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i := range n {
-		wg.Go(func() {
-			<-start
-			e := fullEngine(p.ID, "user-"+uuid.NewString()[:8], 10000+i)
-			e.Status = bap.StateProvisioning
-			errs[i] = StepsOf(s).InsertEngine(ctx, e, registry.Quota{MaxEngines: limit})
-		})
-	}
-	close(start)
-	wg.Wait()
+	_, errs := Concurrently(n, func(i int) (struct{}, error) {
+		e := fullEngine(p.ID, "user-"+uuid.NewString()[:8], 10000+i)
+		e.Status = bap.StateProvisioning
+		return struct{}{}, StepsOf(s).InsertEngine(ctx, e, registry.Quota{MaxEngines: limit})
+	})
 	var ok, quota int
 	for _, err := range errs {
 		switch {

@@ -98,18 +98,9 @@ func testPortExhausted(t *testing.T, s registry.Store) {
 func testPortConcurrent(t *testing.T, s registry.Store) {
 	ctx := t.Context()
 	const n, lo, hi = 100, 44000, 44199
-	ports := make([]int, n)
-	errs := make([]error, n)
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			<-start
-			ports[i], errs[i] = StepsOf(s).AllocatePort(ctx, uuid.NewString(), lo, hi)
-		})
-	}
-	close(start)
-	wg.Wait()
+	ports, errs := Concurrently(n, func(int) (int, error) {
+		return StepsOf(s).AllocatePort(ctx, uuid.NewString(), lo, hi)
+	})
 	for _, err := range errs {
 		require.NoError(t, err)
 	}

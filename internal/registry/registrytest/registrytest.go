@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"reflect"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -166,6 +167,24 @@ func WithStatus(st bap.State) func(*bap.Engine) {
 // WithCreatedAt is a NewEngine modifier that sets created_at and updated_at.
 func WithCreatedAt(at time.Time) func(*bap.Engine) {
 	return func(e *bap.Engine) { e.CreatedAt, e.UpdatedAt = at, at }
+}
+
+// Concurrently calls fn(0) to fn(n-1) on n goroutines released together,
+// so that they race for the store, and returns their results and errors by
+// i once all have returned.
+func Concurrently[T any](n int, fn func(i int) (T, error)) ([]T, []error) {
+	out, errs := make([]T, n), make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			out[i], errs[i] = fn(i)
+		})
+	}
+	close(start)
+	wg.Wait()
+	return out, errs
 }
 
 // Steps are what both stores offer beyond registry.Store, for tests only:

@@ -136,8 +136,7 @@ func testReplicaDeregister(t *testing.T, s registry.Store) {
 	ctx := t.Context()
 	r := NewReplica(t, s)
 	for shard := range 3 {
-		_, took, err := s.AcquireLease(ctx, shard, r.ID, time.Hour)
-		require.NoError(t, err)
+		_, took := acquire(t, s, shard, r.ID, time.Hour)
 		require.True(t, took)
 	}
 	list, err := s.Replicas(ctx, time.Hour)
@@ -159,17 +158,14 @@ func testReplicaDeregister(t *testing.T, s registry.Store) {
 func testLeaseLifecycle(t *testing.T, s registry.Store) {
 	ctx := t.Context()
 	a, b := NewReplica(t, s), NewReplica(t, s)
-	la, took, err := s.AcquireLease(ctx, 5, a.ID, time.Hour)
-	require.NoError(t, err)
+	la, took := acquire(t, s, 5, a.ID, time.Hour)
 	require.True(t, took)
 	require.Equal(t, registry.Lease{Shard: 5, ReplicaID: a.ID, Epoch: 1}, la)
 
-	cur, took, err := s.AcquireLease(ctx, 5, b.ID, time.Hour)
-	require.NoError(t, err)
+	cur, took := acquire(t, s, 5, b.ID, time.Hour)
 	require.False(t, took, "a live holder keeps its shard")
 	require.Equal(t, la, cur)
-	cur, took, err = s.AcquireLease(ctx, 5, a.ID, time.Hour)
-	require.NoError(t, err)
+	cur, took = acquire(t, s, 5, a.ID, time.Hour)
 	require.False(t, took, "re-acquiring a held shard changes nothing")
 	require.Equal(t, la, cur)
 
@@ -183,12 +179,10 @@ func testLeaseLifecycle(t *testing.T, s registry.Store) {
 	require.NoError(t, err)
 	require.Equal(t, []registry.Lease{{Shard: 5, Epoch: 1}}, leases, "released: free, epoch kept")
 
-	lb, took, err := s.AcquireLease(ctx, 5, b.ID, time.Hour)
-	require.NoError(t, err)
+	lb, took := acquire(t, s, 5, b.ID, time.Hour)
 	require.True(t, took)
 	require.Equal(t, registry.Lease{Shard: 5, ReplicaID: b.ID, Epoch: 2}, lb, "the epoch grows with every holder")
-	_, _, err = s.AcquireLease(ctx, 0, a.ID, time.Hour)
-	require.NoError(t, err)
+	acquire(t, s, 0, a.ID, time.Hour)
 	leases, err = s.Leases(ctx)
 	require.NoError(t, err)
 	require.Equal(t, []int{0, 5}, []int{leases[0].Shard, leases[1].Shard}, "ordered by shard")
@@ -197,21 +191,17 @@ func testLeaseLifecycle(t *testing.T, s registry.Store) {
 func testLeaseFromDead(t *testing.T, s registry.Store) {
 	ctx := t.Context()
 	dead, live := NewReplica(t, s), NewReplica(t, s)
-	l, took, err := s.AcquireLease(ctx, 1, dead.ID, time.Hour)
-	require.NoError(t, err)
+	l, took := acquire(t, s, 1, dead.ID, time.Hour)
 	require.True(t, took)
 	time.Sleep(20 * time.Millisecond)
 	require.NoError(t, s.HeartbeatReplica(ctx, live.ID))
-	got, took, err := s.AcquireLease(ctx, 1, live.ID, 10*time.Millisecond)
-	require.NoError(t, err)
+	got, took := acquire(t, s, 1, live.ID, 10*time.Millisecond)
 	require.True(t, took, "a holder whose heartbeat is older than the TTL loses the shard")
 	require.Equal(t, registry.Lease{Shard: 1, ReplicaID: live.ID, Epoch: l.Epoch + 1}, got)
 	// A holder without a row at all is dead too.
 	require.NoError(t, s.DeregisterReplica(ctx, live.ID))
-	_, _, err = s.AcquireLease(ctx, 2, live.ID, time.Hour)
-	require.NoError(t, err)
-	got, took, err = s.AcquireLease(ctx, 2, dead.ID, time.Hour)
-	require.NoError(t, err)
+	acquire(t, s, 2, live.ID, time.Hour)
+	got, took = acquire(t, s, 2, dead.ID, time.Hour)
 	require.True(t, took)
 	require.Equal(t, dead.ID, got.ReplicaID)
 }
@@ -230,8 +220,7 @@ func testLeaseConcurrent(t *testing.T, s registry.Store) {
 	)
 	for _, r := range replicas {
 		wg.Go(func() {
-			l, took, err := s.AcquireLease(ctx, 9, r.ID, time.Hour)
-			require.NoError(t, err)
+			l, took := acquire(t, s, 9, r.ID, time.Hour)
 			if took {
 				mu.Lock()
 				winners = append(winners, l)
@@ -270,16 +259,14 @@ func testReplicaGone(t *testing.T, s registry.Store) {
 func testCheckLease(t *testing.T, s registry.Store) {
 	ctx := t.Context()
 	a, b := NewReplica(t, s), NewReplica(t, s)
-	la, _, err := s.AcquireLease(ctx, 3, a.ID, time.Hour)
-	require.NoError(t, err)
+	la, _ := acquire(t, s, 3, a.ID, time.Hour)
 	require.NoError(t, s.CheckLease(ctx, la))
 	require.NoError(t, s.InTx(ctx, func(tx registry.Store) error { return tx.CheckLease(ctx, la) }))
 	require.NoError(t, s.ReleaseLease(ctx, la))
 	require.ErrorIs(t, s.CheckLease(ctx, la), registry.ErrFenced, "a released lease fences")
-	lb, _, err := s.AcquireLease(ctx, 3, b.ID, time.Hour)
-	require.NoError(t, err)
+	lb, _ := acquire(t, s, 3, b.ID, time.Hour)
 	require.ErrorIs(t, s.CheckLease(ctx, la), registry.ErrFenced, "an old epoch fences")
-	err = s.InTx(ctx, func(tx registry.Store) error { return tx.CheckLease(ctx, la) })
+	err := s.InTx(ctx, func(tx registry.Store) error { return tx.CheckLease(ctx, la) })
 	require.ErrorIs(t, err, registry.ErrFenced)
 	require.NoError(t, s.CheckLease(ctx, lb))
 	require.ErrorIs(t, s.CheckLease(ctx, registry.Lease{Shard: 99, ReplicaID: a.ID, Epoch: 1}), registry.ErrFenced,
@@ -371,8 +358,7 @@ func testRecordHealthFenced(t *testing.T, s registry.Store) {
 	ctx := t.Context()
 	p := NewProduct(t, s)
 	r := NewReplica(t, s)
-	lease, _, err := s.AcquireLease(ctx, 0, r.ID, time.Hour)
-	require.NoError(t, err)
+	lease, _ := acquire(t, s, 0, r.ID, time.Hour)
 	stale := registry.Lease{Shard: 0, ReplicaID: r.ID, Epoch: lease.Epoch - 1}
 	held := NewEngine(t, s, p.ID, "held")
 	fenced := NewEngine(t, s, p.ID, "fenced")
@@ -409,4 +395,12 @@ func testRecordHealthFenced(t *testing.T, s registry.Store) {
 	require.NoError(t, err)
 	requireTimePtr(t, &at, e.LastHealthAt, "a success during an operation is recorded")
 	require.False(t, errors.Is(s.CheckLease(ctx, lease), registry.ErrFenced))
+}
+
+// acquire is AcquireLease, failing t on an error.
+func acquire(t *testing.T, s registry.Store, shard int, replicaID string, ttl time.Duration) (registry.Lease, bool) {
+	t.Helper()
+	l, took, err := s.AcquireLease(t.Context(), shard, replicaID, ttl)
+	require.NoError(t, err)
+	return l, took
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/september/bap-engine/internal/audit"
@@ -64,32 +63,27 @@ func (s *Store) appendAudit(ctx context.Context, entries ...audit.Entry) error {
 // and the total matching, from one snapshot.
 func (s *Store) ListAudit(ctx context.Context, f registry.AuditFilter) ([]audit.Entry, int, error) {
 	const op = "list audit"
-	var (
-		conds []string
-		args  []any
-	)
+	var w conds
 	if f.ProductID != "" {
-		conds, args = append(conds, "product_id = ?"), append(args, f.ProductID)
+		w.add("product_id = ?", f.ProductID)
 	}
 	if f.EngineID != "" {
-		conds, args = append(conds, "engine_id = ?"), append(args, f.EngineID)
+		w.add("engine_id = ?", f.EngineID)
 	}
 	if f.UserID != "" {
-		conds, args = append(conds, "user_id = ?"), append(args, f.UserID)
+		w.add("user_id = ?", f.UserID)
 	}
 	if len(f.Actions) > 0 {
-		conds = append(conds, "action IN ("+placeholders(len(f.Actions))+")")
-		for _, a := range f.Actions {
-			args = append(args, string(a))
+		actions := make([]any, len(f.Actions))
+		for i, a := range f.Actions {
+			actions[i] = string(a)
 		}
+		w.add("action IN ("+placeholders(len(f.Actions))+")", actions...)
 	}
 	if !f.Since.IsZero() {
-		conds, args = append(conds, "timestamp >= ?"), append(args, ts(f.Since))
+		w.add("timestamp >= ?", ts(f.Since))
 	}
-	where := ""
-	if len(conds) > 0 {
-		where = " WHERE " + strings.Join(conds, " AND ")
-	}
+	where, args := w.where(), w.args
 
 	var (
 		out   []audit.Entry

@@ -44,19 +44,7 @@ func scanEngine(row rowScanner) (bap.Engine, error) {
 
 func (s *Store) queryEngines(ctx context.Context, q querier, op, query string, args ...any) ([]bap.Engine, error) {
 	rows, err := q.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, translate(op, err)
-	}
-	defer rows.Close()
-	out := []bap.Engine{}
-	for rows.Next() {
-		e, err := scanEngine(rows)
-		if err != nil {
-			return nil, translate(op, err)
-		}
-		out = append(out, e)
-	}
-	return out, translate(op, rows.Err())
+	return collect(op, rows, err, scanEngine)
 }
 
 // InsertEngine inserts e only if its user has no engine yet and the product
@@ -154,35 +142,23 @@ func (s *Store) ProvisionEngine(ctx context.Context, e bap.Engine, q registry.Qu
 
 // GetEngine returns an engine by id. ErrNotFound.
 func (s *Store) GetEngine(ctx context.Context, id string) (bap.Engine, error) {
-	e, err := scanEngine(s.reader().QueryRowContext(ctx,
-		`SELECT `+engineCols+` FROM engines e WHERE e.id = ?`, id))
-	if err != nil {
-		return bap.Engine{}, translate("get engine "+id, err)
-	}
-	return e, nil
+	return one("get engine "+id, s.reader().QueryRowContext(ctx,
+		`SELECT `+engineCols+` FROM engines e WHERE e.id = ?`, id), scanEngine)
 }
 
 // GetEngineByUser returns the product's engine for userID. ErrNotFound.
 func (s *Store) GetEngineByUser(ctx context.Context, productID, userID string) (bap.Engine, error) {
-	e, err := scanEngine(s.reader().QueryRowContext(ctx,
+	return one(fmt.Sprintf("get engine of user %q", userID), s.reader().QueryRowContext(ctx,
 		`SELECT `+engineCols+` FROM engines e WHERE e.product_id = ? AND e.user_id = ?`,
-		productID, userID))
-	if err != nil {
-		return bap.Engine{}, translate(fmt.Sprintf("get engine of user %q", userID), err)
-	}
-	return e, nil
+		productID, userID), scanEngine)
 }
 
 // LockEngine re-reads an engine. Inside InTx the IMMEDIATE transaction
 // already excludes every other writer, which is the lock; outside it is a
 // plain read. ErrNotFound.
 func (s *Store) LockEngine(ctx context.Context, id string) (bap.Engine, error) {
-	e, err := scanEngine(s.reader().QueryRowContext(ctx,
-		`SELECT `+engineCols+` FROM engines e WHERE e.id = ?`, id))
-	if err != nil {
-		return bap.Engine{}, translate("lock engine "+id, err)
-	}
-	return e, nil
+	return one("lock engine "+id, s.reader().QueryRowContext(ctx,
+		`SELECT `+engineCols+` FROM engines e WHERE e.id = ?`, id), scanEngine)
 }
 
 // UpdateEngine writes every mutable column of e, sets updated_at to now and

@@ -45,23 +45,17 @@ func (s *Store) ListFleet(ctx context.Context, f registry.FleetFilter) ([]regist
 	if err != nil {
 		return nil, 0, err
 	}
-	var (
-		conds []string
-		args  []any
-	)
+	var w conds
 	if f.ProductID != "" {
-		conds, args = append(conds, "e.product_id = ?"), append(args, f.ProductID)
+		w.add("e.product_id = ?", f.ProductID)
 	}
 	if f.Status != "" {
-		conds, args = append(conds, "e.status = ?"), append(args, string(f.Status))
+		w.add("e.status = ?", string(f.Status))
 	}
 	if f.UserID != "" {
-		conds, args = append(conds, "instr(lower(e.user_id), lower(?)) > 0"), append(args, f.UserID)
+		w.add("instr(lower(e.user_id), lower(?)) > 0", f.UserID)
 	}
-	where := ""
-	if len(conds) > 0 {
-		where = " WHERE " + strings.Join(conds, " AND ")
-	}
+	where, args := w.where(), w.args
 	inner := "" // the products join, when the order needs it
 	if f.Sort == registry.SortProduct {
 		inner = " JOIN products p ON p.id = e.product_id"

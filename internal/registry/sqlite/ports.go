@@ -53,19 +53,11 @@ func (s *Store) ListPortAllocations(ctx context.Context) ([]registry.PortAllocat
 	const op = "list port allocations"
 	rows, err := s.reader().QueryContext(ctx,
 		`SELECT port, engine_id, created_at FROM port_allocations ORDER BY port`)
-	if err != nil {
-		return nil, translate(op, err)
-	}
-	defer rows.Close()
-	out := []registry.PortAllocation{}
-	for rows.Next() {
+	return collect(op, rows, err, func(row rowScanner) (registry.PortAllocation, error) {
 		var a registry.PortAllocation
-		if err := rows.Scan(&a.Port, &a.EngineID, timeScanner{&a.CreatedAt}); err != nil {
-			return nil, translate(op, err)
-		}
-		out = append(out, a)
-	}
-	return out, translate(op, rows.Err())
+		err := row.Scan(&a.Port, &a.EngineID, timeScanner{&a.CreatedAt})
+		return a, err
+	})
 }
 
 // FreeOrphanPorts deletes allocations whose engine row does not exist and

@@ -61,54 +61,30 @@ func (s *Store) CreateProduct(ctx context.Context, p bap.Product, e audit.Entry)
 
 // GetProduct returns a product by id. ErrNotFound.
 func (s *Store) GetProduct(ctx context.Context, id string) (bap.Product, error) {
-	p, err := scanProduct(s.reader().QueryRowContext(ctx,
-		`SELECT `+productCols+` FROM products p WHERE p.id = ?`, id))
-	if err != nil {
-		return bap.Product{}, translate("get product "+id, err)
-	}
-	return p, nil
+	return one("get product "+id, s.reader().QueryRowContext(ctx,
+		`SELECT `+productCols+` FROM products p WHERE p.id = ?`, id), scanProduct)
 }
 
 // GetProductBySlug returns a product by slug. ErrNotFound.
 func (s *Store) GetProductBySlug(ctx context.Context, slug string) (bap.Product, error) {
-	p, err := scanProduct(s.reader().QueryRowContext(ctx,
-		`SELECT `+productCols+` FROM products p WHERE p.slug = ?`, slug))
-	if err != nil {
-		return bap.Product{}, translate(fmt.Sprintf("get product by slug %q", slug), err)
-	}
-	return p, nil
+	return one(fmt.Sprintf("get product by slug %q", slug), s.reader().QueryRowContext(ctx,
+		`SELECT `+productCols+` FROM products p WHERE p.slug = ?`, slug), scanProduct)
 }
 
 // GetProductByKeyHash returns the product whose current key hash is h, or
 // whose previous key hash is h and unexpired at now. ErrNotFound.
 func (s *Store) GetProductByKeyHash(ctx context.Context, h string, now time.Time) (bap.Product, error) {
-	p, err := scanProduct(s.reader().QueryRowContext(ctx, `SELECT `+productCols+`
+	return one("get product by key", s.reader().QueryRowContext(ctx, `SELECT `+productCols+`
 		FROM products p
 		WHERE p.api_key_hash = ? OR (p.prev_api_key_hash = ? AND p.prev_key_expires_at > ?)
 		ORDER BY p.api_key_hash = ? DESC
-		LIMIT 1`, h, h, ts(now), h))
-	if err != nil {
-		return bap.Product{}, translate("get product by key", err)
-	}
-	return p, nil
+		LIMIT 1`, h, h, ts(now), h), scanProduct)
 }
 
 // ListProducts returns every product ordered by slug.
 func (s *Store) ListProducts(ctx context.Context) ([]bap.Product, error) {
 	rows, err := s.reader().QueryContext(ctx, `SELECT `+productCols+` FROM products p ORDER BY p.slug`)
-	if err != nil {
-		return nil, translate("list products", err)
-	}
-	defer rows.Close()
-	out := []bap.Product{}
-	for rows.Next() {
-		p, err := scanProduct(rows)
-		if err != nil {
-			return nil, translate("list products", err)
-		}
-		out = append(out, p)
-	}
-	return out, translate("list products", rows.Err())
+	return collect("list products", rows, err, scanProduct)
 }
 
 // UpdatePolicy replaces a product's policy and appends e. ErrNotFound.

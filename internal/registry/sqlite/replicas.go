@@ -143,20 +143,12 @@ func (s *Store) Replicas(ctx context.Context, ttl time.Duration) ([]registry.Rep
 			r.heartbeat_at, r.heartbeat_at > ?,
 			(SELECT COUNT(*) FROM shard_leases l WHERE l.replica_id = r.id)
 		FROM replicas r ORDER BY r.id`, ts(time.Now().Add(-ttl)))
-	if err != nil {
-		return nil, translate(op, err)
-	}
-	defer rows.Close()
-	out := []registry.ReplicaStatus{}
-	for rows.Next() {
+	return collect(op, rows, err, func(row rowScanner) (registry.ReplicaStatus, error) {
 		var r registry.ReplicaStatus
-		if err := rows.Scan(&r.ID, &r.Host, &r.Pid, &r.Version, timeScanner{&r.StartedAt},
-			timeScanner{&r.HeartbeatAt}, &r.Alive, &r.Shards); err != nil {
-			return nil, translate(op, err)
-		}
-		out = append(out, r)
-	}
-	return out, translate(op, rows.Err())
+		err := row.Scan(&r.ID, &r.Host, &r.Pid, &r.Version, timeScanner{&r.StartedAt},
+			timeScanner{&r.HeartbeatAt}, &r.Alive, &r.Shards)
+		return r, err
+	})
 }
 
 // ReplicaAlive reports whether the replica heartbeat within ttl.
@@ -175,19 +167,11 @@ func (s *Store) Leases(ctx context.Context) ([]registry.Lease, error) {
 	const op = "list leases"
 	rows, err := s.reader().QueryContext(ctx, `SELECT shard, COALESCE(replica_id, ''), epoch
 		FROM shard_leases ORDER BY shard`)
-	if err != nil {
-		return nil, translate(op, err)
-	}
-	defer rows.Close()
-	out := []registry.Lease{}
-	for rows.Next() {
+	return collect(op, rows, err, func(row rowScanner) (registry.Lease, error) {
 		var l registry.Lease
-		if err := rows.Scan(&l.Shard, &l.ReplicaID, &l.Epoch); err != nil {
-			return nil, translate(op, err)
-		}
-		out = append(out, l)
-	}
-	return out, translate(op, rows.Err())
+		err := row.Scan(&l.Shard, &l.ReplicaID, &l.Epoch)
+		return l, err
+	})
 }
 
 // AcquireLease takes a free shard or one whose holder is dead.

@@ -36,28 +36,12 @@ func (s *Store) CreateRollout(ctx context.Context, r bap.Rollout, e audit.Entry)
 
 // GetRollout returns a rollout by id.
 func (s *Store) GetRollout(ctx context.Context, id string) (bap.Rollout, error) {
-	r, err := scanRollout(s.reader().QueryRowContext(ctx, `SELECT `+rolloutCols+` FROM rollouts WHERE id = ?`, id))
-	if err != nil {
-		return bap.Rollout{}, translate("get rollout "+id, err)
-	}
-	return r, nil
+	return one("get rollout "+id, s.reader().QueryRowContext(ctx, `SELECT `+rolloutCols+` FROM rollouts WHERE id = ?`, id), scanRollout)
 }
 
 func (s *Store) queryRollouts(ctx context.Context, op, query string, args ...any) ([]bap.Rollout, error) {
 	rows, err := s.reader().QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, translate(op, err)
-	}
-	defer rows.Close()
-	out := []bap.Rollout{}
-	for rows.Next() {
-		r, err := scanRollout(rows)
-		if err != nil {
-			return nil, translate(op, err)
-		}
-		out = append(out, r)
-	}
-	return out, translate(op, rows.Err())
+	return collect(op, rows, err, scanRollout)
 }
 
 // ListRollouts returns the product's rollouts, newest first.
@@ -107,17 +91,9 @@ func (s *Store) RolloutEngines(ctx context.Context, rolloutID string) ([]bap.Rol
 	const op = "rollout engines"
 	rows, err := s.reader().QueryContext(ctx, `SELECT rollout_id, engine_id, user_id, outcome,
 		COALESCE(reason, ''), updated_at FROM rollout_engines WHERE rollout_id = ? ORDER BY engine_id`, rolloutID)
-	if err != nil {
-		return nil, translate(op, err)
-	}
-	defer rows.Close()
-	out := []bap.RolloutEngine{}
-	for rows.Next() {
+	return collect(op, rows, err, func(row rowScanner) (bap.RolloutEngine, error) {
 		var re bap.RolloutEngine
-		if err := rows.Scan(&re.RolloutID, &re.EngineID, &re.UserID, &re.Outcome, &re.Reason, timeScanner{&re.UpdatedAt}); err != nil {
-			return nil, translate(op, err)
-		}
-		out = append(out, re)
-	}
-	return out, translate(op, rows.Err())
+		err := row.Scan(&re.RolloutID, &re.EngineID, &re.UserID, &re.Outcome, &re.Reason, timeScanner{&re.UpdatedAt})
+		return re, err
+	})
 }

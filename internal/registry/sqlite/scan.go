@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"database/sql"
 	"fmt"
 	"strings"
 	"time"
@@ -63,8 +64,8 @@ func (s nullTimeScanner) Scan(v any) error {
 		*s.dst = nil
 		return nil
 	}
-	t, err := parseTime(v)
-	if err != nil {
+	var t time.Time
+	if err := (timeScanner{&t}).Scan(v); err != nil {
 		return err
 	}
 	*s.dst = &t
@@ -94,6 +95,55 @@ func placeholders(n int) string {
 		return ""
 	}
 	return strings.Repeat("?, ", n-1) + "?"
+}
+
+// one reads a query's one row with scan; op names the call in errors, where
+// no row is ErrNotFound (translate).
+func one[T any](op string, row *sql.Row, scan func(rowScanner) (T, error)) (T, error) {
+	v, err := scan(row)
+	if err != nil {
+		var zero T
+		return zero, translate(op, err)
+	}
+	return v, nil
+}
+
+// collect reads every row of a query's rows with scan, in order (empty, not
+// nil, when there are none), and closes them; err is the query's. op names
+// the call in errors.
+func collect[T any](op string, rows *sql.Rows, err error, scan func(rowScanner) (T, error)) ([]T, error) {
+	if err != nil {
+		return nil, translate(op, err)
+	}
+	defer rows.Close()
+	out := []T{}
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, translate(op, err)
+		}
+		out = append(out, v)
+	}
+	return out, translate(op, rows.Err())
+}
+
+// conds collects a query's WHERE terms and their arguments.
+type conds struct {
+	terms []string
+	args  []any
+}
+
+func (c *conds) add(term string, args ...any) {
+	c.terms = append(c.terms, term)
+	c.args = append(c.args, args...)
+}
+
+// where is the WHERE clause of the terms, or "" when there are none.
+func (c *conds) where() string {
+	if len(c.terms) == 0 {
+		return ""
+	}
+	return " WHERE " + strings.Join(c.terms, " AND ")
 }
 
 // limitArg maps the registry's "0 means no limit" to SQLite's LIMIT -1.

@@ -75,9 +75,7 @@ func TestForeignKeyToProduct(t *testing.T) {
 		Port: 9001, CreatedAt: now, UpdatedAt: now,
 	}, registry.Quota{})
 	require.ErrorIs(t, err, registry.ErrNotFound)
-	var cause *msqlite.Error
-	require.ErrorAs(t, err, &cause, "the driver's error stays in the chain")
-	require.Equal(t, sqlitelib.SQLITE_CONSTRAINT_FOREIGNKEY, cause.Code())
+	requireDriverCode(t, err, sqlitelib.SQLITE_CONSTRAINT_FOREIGNKEY)
 }
 
 func TestConflictKeepsTheDriverError(t *testing.T) {
@@ -87,9 +85,16 @@ func TestConflictKeepsTheDriverError(t *testing.T) {
 	p.ID = "another-product"
 	err := s.CreateProduct(t.Context(), p, audit.Entry{ProductID: p.ID, Action: audit.PolicyRegister, Actor: audit.ActorAdmin})
 	require.ErrorIs(t, err, registry.ErrConflict, "the slug is taken")
+	requireDriverCode(t, err, sqlitelib.SQLITE_CONSTRAINT_UNIQUE)
+}
+
+// requireDriverCode checks that err keeps the driver's error, of code, in
+// its chain.
+func requireDriverCode(t *testing.T, err error, code int) {
+	t.Helper()
 	var cause *msqlite.Error
 	require.ErrorAs(t, err, &cause, "the driver's error stays in the chain")
-	require.Equal(t, sqlitelib.SQLITE_CONSTRAINT_UNIQUE, cause.Code())
+	require.Equal(t, code, cause.Code())
 }
 
 func TestAuditEntryWithoutActionRefused(t *testing.T) {
