@@ -1,7 +1,8 @@
 // Package engine is the reference engine served by `bap-engine engine`: a
 // small but real single-tenant agent server that honours the engine contract
 // (SPEC §3). It is what the dev mode, the tests, the benchmarks and the test
-// docker image run.
+// docker image run: as `bap-engine engine`, or built alone
+// (internal/engine/standalone) where many engines start, as in the tests.
 //
 // Contract, as implemented here:
 //   - GET /health needs no key and answers 200 {"status":"ok",...} only while
