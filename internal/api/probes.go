@@ -14,6 +14,8 @@ type BuildInfo struct {
 	Go      string `json:"go"`
 }
 
+// probeResponse is the body of a probe that passed: /livez, /readyz,
+// /health.
 type probeResponse struct {
 	Status string `json:"status"`
 }
@@ -32,9 +34,8 @@ func (s *server) livez(w http.ResponseWriter, _ *http.Request, _ bap.Product) er
 func (s *server) readyz(w http.ResponseWriter, r *http.Request, _ bap.Product) error {
 	ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
 	defer cancel()
-	if err := s.store.Ping(ctx); err != nil {
-		loggerFrom(r.Context(), s.log).Warn("readiness: database not ready", "err", err)
-		return bap.Errorf(bap.CodeDatabaseUnavailable, msgDatabaseUnavailable)
+	if err := s.storeReady(ctx, "readiness"); err != nil {
+		return err
 	}
 	if s.ready != nil {
 		if err := s.ready(ctx); err != nil {

@@ -14,20 +14,26 @@ import (
 // database answers 503 before a load balancer's probe gives up.
 const healthTimeout = 3 * time.Second
 
-type healthResponse struct {
-	Status string `json:"status"`
-}
-
 // health: GET /health, no auth. 503 when the database is unreachable or not
 // migrated.
 func (s *server) health(w http.ResponseWriter, r *http.Request, _ bap.Product) error {
 	ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
 	defer cancel()
+	if err := s.storeReady(ctx, "health check"); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, probeResponse{Status: "ok"})
+	return nil
+}
+
+// storeReady is the database half of /health and /readyz: nil when the
+// store answers a ping within ctx, else DATABASE_UNAVAILABLE, with the
+// cause logged under the probe's name.
+func (s *server) storeReady(ctx context.Context, probe string) error {
 	if err := s.store.Ping(ctx); err != nil {
-		loggerFrom(r.Context(), s.log).Warn("health check: database not ready", "err", err)
+		loggerFrom(ctx, s.log).Warn(probe+": database not ready", "err", err)
 		return bap.Errorf(bap.CodeDatabaseUnavailable, msgDatabaseUnavailable)
 	}
-	writeJSON(w, http.StatusOK, healthResponse{Status: "ok"})
 	return nil
 }
 
